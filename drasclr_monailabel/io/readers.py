@@ -1,0 +1,119 @@
+"""Read a CT scan from a file (NIfTI, NRRD, MHA/MHD) or a DICOM series folder.
+
+Every failure becomes an :class:`~drasclr_monailabel.errors.InputError` whose message names the
+file and the problem; nothing here writes to disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.io.dicom_series import read_dicom_series, read_single_dicom
+from drasclr_monailabel.io.validate import validate_ct
+from drasclr_monailabel.io.volume import CTVolume
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+PLAIN_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def read_ct(path: str | Path, validate: bool = True) -> CTVolume:
+    """Read a 3D CT in HU from a volume file or a DICOM series folder.
+
+    Args:
+        path: a ``.nii(.gz)``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd`` or ``.dcm`` file, or a folder
+            holding exactly one DICOM series (nested folders are searched).
+        validate: run :func:`validate_ct` (3D, plausible spacing, CT Hounsfield units).
+
+    Returns:
+        The scan with int16 HU voxels and its geometry unchanged (not reoriented).
+
+    Raises:
+        InputError: unreadable, truncated, 2D, 4D, non-CT or otherwise unusable input.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir():
+        volume = read_dicom_series(path)
+    else:
+        suffix = _suffix(path)
+        if suffix in PLAIN_2D_SUFFIXES:
+            raise InputError(path, f"is a 2D {suffix[1:].upper()} image; a 3D CT volume is needed")
+        if suffix == ".dcm" or (suffix not in VOLUME_SUFFIXES and _looks_like_dicom(path)):
+            volume = read_single_dicom(path)
+        else:
+            volume = _read_with_sitk(path)
+    if validate:
+        validate_ct(volume)
+    return volume
+
+
+def is_scan_path(path: Path) -> bool:
+    """True for a file with a known volume suffix or ``.dcm``, or a folder (a DICOM series)."""
+    return path.is_dir() or _suffix(path) in VOLUME_SUFFIXES + (".dcm",)
+
+
+def scan_id_from_path(path: str | Path) -> str:
+    """A file-name-safe scan id: the file name without its volume suffix (or the folder name)."""
+    path = Path(path)
+    name = path.name
+    for suffix in VOLUME_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "scan"
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_with_sitk(path: Path) -> CTVolume:
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot be read as an image ({_first_reason(exc)})") from None
+    dimension = reader.GetDimension()
+    size = reader.GetSize()
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(path, f"has {reader.GetNumberOfComponents()} values per voxel (colour or vector image); CT has one")
+    if dimension == 4 and size[3] == 1:
+        dimension = 3
+    if dimension == 2 or (dimension == 3 and 1 in size[:3]):
+        raise InputError(path, f"is a 2D image of size {'x'.join(map(str, size))}; a 3D CT volume is needed")
+    if dimension != 3:
+        raise InputError(path, f"is a {dimension}D image of size {'x'.join(map(str, size))}; a 3D CT volume is needed")
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot be read: the file is truncated or corrupt ({_first_reason(exc)})") from None
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8):
+        raise InputError(path, "has 8-bit voxels, which cannot hold Hounsfield units (not a CT in HU)")
+    description = reader.GetMetaData("ITK_InputFilterName") if reader.HasMetaDataKey("ITK_InputFilterName") else ""
+    return CTVolume.from_sitk(image, source=str(path), description=path.name, metadata={"reader": description})
+
+
+def _first_reason(exc: Exception) -> str:
+    """The most informative single line of an ITK exception (ITK messages span several lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Description:" in line:
+            return line.split("Description:", 1)[1].strip()
+    return lines[-1] if lines else type(exc).__name__

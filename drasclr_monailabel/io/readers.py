@@ -6,8 +6,11 @@ file and the problem; nothing here writes to disk.
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from drasclr_monailabel.errors import InputError
@@ -99,6 +102,8 @@ def _read_with_sitk(path: Path) -> CTVolume:
     if dimension != 3:
         raise InputError(path, f"is a {dimension}D image of size {'x'.join(map(str, size))}; a 3D CT volume is needed")
     try:
+        if _suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_complete(path)
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(path, f"cannot be read: the file is truncated or corrupt ({_first_reason(exc)})") from None
@@ -108,6 +113,26 @@ def _read_with_sitk(path: Path) -> CTVolume:
         raise InputError(path, "has 8-bit voxels, which cannot hold Hounsfield units (not a CT in HU)")
     description = reader.GetMetaData("ITK_InputFilterName") if reader.HasMetaDataKey("ITK_InputFilterName") else ""
     return CTVolume.from_sitk(image, source=str(path), description=path.name, metadata={"reader": description})
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK zero-fills a truncated NIfTI silently, so compare the payload with what the header promises."""
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if _suffix(path) == ".nii":
+        actual = path.stat().st_size
+    else:
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 24):
+                    actual += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise RuntimeError(f"Description: compressed data is incomplete ({exc})") from None
+    if actual < expected:
+        raise RuntimeError(f"Description: {actual} of {expected} bytes present")
 
 
 def _first_reason(exc: Exception) -> str:

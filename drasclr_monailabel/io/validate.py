@@ -53,7 +53,9 @@ def _check_hounsfield(source: str, hu: np.ndarray) -> None:
     has_tissue = bool(np.any((sample >= TISSUE_HU) & (sample <= 300)))
     if air_fraction < MIN_AIR_FRACTION or not has_tissue:
         hint = ""
-        if float(np.mean(sample == 0)) > 0.05 and float(np.mean(np.abs(sample - 1024) < 100)) > 0.05:
+        raw_air = float(np.mean((sample >= 0) & (sample <= 100)))
+        raw_tissue = float(np.mean((sample >= 924) & (sample <= 1174)))
+        if raw_air > 0.05 and raw_tissue > 0.05:
             hint = "; if this is CT stored without its rescale intercept, subtract 1024"
         raise InputError(
             source,

@@ -1,0 +1,50 @@
+"""Pretrain an encoder with self-supervision on a preprocessing cache.
+
+The recipe (YAML) names the method (default drasclr); every key can be overridden with
+--set section.key=value. One process uses the CPU or one GPU; for several GPUs or machines start
+the same command with torchrun (see pretrain/ and docs/pretraining.md).
+
+Writes into RUN_DIR: config.yaml, checkpoints/last.pt (every train.checkpoint_every steps and when
+stopped with Ctrl-C or SIGTERM), checkpoints/final.pt, tensorboard/, and at the end the exported
+encoder (encoder.pt + encoder.json).
+
+Examples:
+  drasclr pretrain --config configs/drasclr_demo.yaml --cache cache/ --out runs/demo
+  drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --set optim.lr=0.02
+  drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --resume
+  torchrun --nproc_per_node 4 -m drasclr_monailabel.cli.main pretrain --config configs/drasclr.yaml ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "pretrain"
+HELP = "self-supervised pretraining (DrasCLR) on a preprocessing cache; exports encoder.pt + encoder.json"
+EXIT_STOPPED = 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="recipe YAML (default: built-in DrasCLR defaults)")
+    parser.add_argument("--cache", type=Path, required=True, help="preprocessing cache folder ('drasclr preprocess --out')")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and the exported encoder")
+    parser.add_argument("--atlas", type=Path, help="atlas folder the cache was registered to (default: data.atlas, else the package atlas)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.02 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from drasclr_monailabel.ssl.recipe import load_recipe
+    from drasclr_monailabel.ssl.trainer import run_pretraining
+
+    overrides = list(args.overrides) + ([f"data.atlas={args.atlas}"] if args.atlas else [])
+    config = load_recipe(args.config, overrides)
+    result = run_pretraining(config, args.cache, args.out, resume=args.resume)
+    if not result.completed:
+        print(f"stopped at step {result.step} of {result.total_steps}; continue with --resume")
+        return EXIT_STOPPED
+    if result.export_dir is not None:
+        print(f"encoder exported to {result.export_dir / 'encoder.pt'} and {result.export_dir / 'encoder.json'}")
+    return 0

@@ -1,0 +1,148 @@
+"""Conditional 3D convolution whose kernel depends on the anatomical location of the patch.
+
+Each layer holds ``E`` expert kernels. A location (the landmark's normalised atlas coordinate,
+3 numbers in about [-1, 1]) is routed to mixing weights ``sigmoid(Linear(3 -> E)(location))`` and
+the kernel used for the patch is the weighted sum of the experts; the bias is shared. Routing
+depends only on location, never on image content, so all patches taken at one landmark use the
+same kernel.
+
+That makes the per-sample Python loop of the original implementation unnecessary:
+
+* the whole batch shares one location (a DrasCLR batch holds one landmark): mix one kernel and
+  run one ordinary ``conv3d``;
+* ``G`` equal groups of consecutive samples, each group sharing a location (``G == N``: every
+  sample its own): mix ``G`` kernels and run one grouped convolution with the groups folded into
+  the channel axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CondConv3d(nn.Module):
+    """Location-conditioned 3D convolution (CondConv with location routing).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: cubic kernel edge (voxels).
+        stride: stride (same on every axis).
+        padding: zero padding; default ``kernel_size // 2`` keeps the size at stride 1.
+        num_experts: number of expert kernels ``E``.
+        location_dim: length of the location vector (3: normalised atlas x, y, z).
+        bias: add a learned bias shared by all experts.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        num_experts: int = 8,
+        location_dim: int = 3,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be at least 1, got {num_experts}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.num_experts = num_experts
+        self.location_dim = location_dim
+        self.weight = nn.Parameter(torch.empty(num_experts, out_channels, in_channels, kernel_size, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.routing = nn.Linear(location_dim, num_experts)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every expert like an ordinary ``nn.Conv3d`` of the same shape."""
+        fan_in = self.in_channels * self.kernel_size**3
+        for expert in self.weight:
+            nn.init.kaiming_uniform_(expert, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.routing.reset_parameters()
+
+    def routing_weights(self, location: torch.Tensor) -> torch.Tensor:
+        """Mixing weights in (0, 1): ``(G, 3) -> (G, E)``."""
+        return torch.sigmoid(self.routing(location))
+
+    def mixed_kernels(self, location: torch.Tensor) -> torch.Tensor:
+        """One kernel per location: ``(G, 3) -> (G, out, in, k, k, k)``."""
+        weights = self.routing_weights(location).to(self.weight.dtype)
+        return torch.einsum("ge,eoiabc->goiabc", weights, self.weight)
+
+    def forward(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` (N, in, D, H, W) with the kernels of ``location``.
+
+        Args:
+            x: input batch, samples ordered group by group.
+            location: ``(3,)`` or ``(1, 3)`` for a batch sharing one location, or ``(G, 3)`` for
+                ``G`` equal groups of ``N / G`` consecutive samples (``G == N``: one per sample).
+
+        Returns:
+            (N, out, D', H', W').
+        """
+        location = _as_groups(location, x.shape[0])
+        kernels = self.mixed_kernels(location.to(self.routing.weight.dtype))
+        groups = kernels.shape[0]
+        if groups == 1:
+            return F.conv3d(x, kernels[0].to(x.dtype), _cast(self.bias, x), self.stride, self.padding)
+        per_group = x.shape[0] // groups
+        folded = _fold_groups(x, groups, per_group)
+        weight = kernels.reshape(groups * self.out_channels, self.in_channels, *kernels.shape[-3:]).to(x.dtype)
+        bias = None if self.bias is None else _cast(self.bias, x).repeat(groups)
+        out = F.conv3d(folded, weight, bias, self.stride, self.padding, groups=groups)
+        return _unfold_groups(out, groups, per_group)
+
+    def forward_per_sample(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+        """The original formulation: a Python loop with one mixed kernel and one conv per sample.
+
+        Kept as the reference that tests check the batched paths against and that
+        ``benchmarks/encoder.py`` times; ``location`` is (N, 3).
+        """
+        outputs = []
+        for sample, loc in zip(x, location):
+            kernel = self.mixed_kernels(loc[None])[0].to(x.dtype)
+            outputs.append(F.conv3d(sample[None], kernel, _cast(self.bias, x), self.stride, self.padding))
+        return torch.cat(outputs)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, num_experts={self.num_experts}, bias={self.bias is not None}")
+
+
+def _as_groups(location: torch.Tensor, batch: int) -> torch.Tensor:
+    """Check the location shape against the batch; return it as (G, 3)."""
+    if location.dim() == 1:
+        location = location[None]
+    if location.dim() != 2 or location.shape[0] == 0 or batch % location.shape[0] != 0:
+        raise ValueError(f"location must be (3,) or (G, 3) with G dividing the batch size {batch}, got {tuple(location.shape)}")
+    return location
+
+
+def _cast(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    return None if bias is None else bias.to(x.dtype)
+
+
+def _fold_groups(x: torch.Tensor, groups: int, per_group: int) -> torch.Tensor:
+    """(G*b, C, ...) -> (b, G*C, ...): group g's samples become channel block g."""
+    channels, spatial = x.shape[1], x.shape[2:]
+    return x.reshape(groups, per_group, channels, *spatial).transpose(0, 1).reshape(per_group, groups * channels, *spatial)
+
+
+def _unfold_groups(y: torch.Tensor, groups: int, per_group: int) -> torch.Tensor:
+    """Inverse of :func:`_fold_groups` for the output channels."""
+    channels, spatial = y.shape[1] // groups, y.shape[2:]
+    return y.reshape(per_group, groups, channels, *spatial).transpose(0, 1).reshape(groups * per_group, channels, *spatial)

@@ -1,0 +1,63 @@
+"""Training checkpoints: written atomically, tensors and plain containers only, checked on resume.
+
+A run folder holds ``checkpoints/last.pt`` (rewritten every ``train.checkpoint_every`` steps and on
+a requested stop) and ``checkpoints/final.pt`` (at the end). Both load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drasclr_monailabel.errors import ConfigError, InputError
+from drasclr_monailabel.ssl.config import RESUME_SAFE_KEYS
+from drasclr_monailabel.utils.atomic import write_with
+
+CHECKPOINT_FORMAT = "drasclr-checkpoint/1"
+LAST_NAME = "last.pt"
+FINAL_NAME = "final.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` (plus the format tag) to ``path``."""
+    write_with(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (weights only, on the CPU) and check its format."""
+    if not path.is_file():
+        raise InputError(path, "not found: nothing to resume or export")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt files raise several exception types
+        raise InputError(path, f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, f"is not a {CHECKPOINT_FORMAT} checkpoint")
+    return payload
+
+
+def check_resumable(path: Path, saved_config: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse to resume with a config that changes what the run computes (keys outside RESUME_SAFE_KEYS)."""
+    old, new = _flatten(saved_config), _flatten(config)
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_SAFE_KEYS or old.get(key) == new.get(key):
+            continue
+        raise ConfigError(path, f"'{key}' was {old.get(key)!r} when this run started and is now {new.get(key)!r}; "
+                                f"only {', '.join(sorted(RESUME_SAFE_KEYS))} may change on --resume")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -11,7 +11,8 @@ large clusters, i.e. coalescing holes. D is fitted by least squares of ``log10 N
 ``log10 s`` at sizes spaced evenly in log scale (10 per decade, so each decade weighs the same
 however many clusters it holds), from :data:`FIT_MIN_ML` (and at least :data:`FIT_MIN_VOXELS`
 voxels: smaller clusters are mostly noise and their sizes are quantised by the grid) up to the
-size above which fewer than :data:`FIT_MIN_TAIL` clusters remain.
+size above which fewer than :data:`FIT_MIN_TAIL` clusters remain; at least
+:data:`FIT_MIN_CLUSTERS` clusters must be in that range.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FIT_MIN_VOXELS = 2
 FIT_MIN_TAIL = 3
 FIT_POINTS_PER_DECADE = 10
 FIT_MIN_POINTS = 4
+FIT_MIN_CLUSTERS = 10
 
 
 def label_clusters(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +62,13 @@ class PowerLawFit:
 def fit_power_law(sizes_ml: np.ndarray, min_ml: float) -> PowerLawFit | None:
     """Exponent D of the cumulative size distribution of clusters at least ``min_ml`` large.
 
-    Returns None when fewer than :data:`FIT_MIN_POINTS` log-spaced sizes have at least
-    :data:`FIT_MIN_TAIL` clusters at or above them (too few clusters for a slope).
+    Returns None with fewer than :data:`FIT_MIN_CLUSTERS` such clusters or fewer than
+    :data:`FIT_MIN_POINTS` log-spaced sizes with at least :data:`FIT_MIN_TAIL` clusters at or
+    above them (too few clusters for a slope).
     """
     sizes = np.sort(np.asarray(sizes_ml, dtype=np.float64))
     sizes = sizes[sizes >= min_ml]
-    if sizes.size < FIT_MIN_TAIL:
+    if sizes.size < max(FIT_MIN_CLUSTERS, FIT_MIN_TAIL):
         return None
     max_ml = float(sizes[-FIT_MIN_TAIL])
     n_grid = int(np.floor(np.log10(max_ml / min_ml) * FIT_POINTS_PER_DECADE)) + 1

@@ -6,8 +6,8 @@ radiological convention (patient's right on the image's left, anterior up, head 
 HU histogram with the -950/-910/-856 thresholds and Perc15; %LAA-950 per zone; and the
 cumulative size distribution of the LAA clusters with its power-law fit.
 
-Every file is rendered in memory first and then written atomically, so a failure leaves no
-partial output.
+Every file is rendered in memory first (:func:`render_report`) and then written atomically, so a
+failure leaves no partial output; the JSON is written last.
 """
 
 from __future__ import annotations
@@ -36,29 +36,44 @@ HISTOGRAM_BIN_HU = 4
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """Paths written by :func:`write_report`."""
+    """Paths written by :meth:`RenderedReport.write`."""
 
     json: Path
     csv: Path
     png: Path
 
 
+@dataclass(frozen=True)
+class RenderedReport:
+    """A report rendered in memory: write it only once everything else has succeeded."""
+
+    json: dict
+    csv: str
+    png: bytes
+
+    def write(self, out_dir: str | Path, scan_id: str) -> ReportFiles:
+        """Write ``<scan_id>_emphysema.csv``, ``.png`` and, last, ``.json`` into ``out_dir``."""
+        out_dir = Path(out_dir)
+        files = ReportFiles(json=out_dir / f"{scan_id}_emphysema.json", csv=out_dir / f"{scan_id}_emphysema.csv",
+                            png=out_dir / f"{scan_id}_emphysema.png")
+        write_text(files.csv, self.csv)
+        with atomic_open(files.png, "wb") as fh:
+            fh.write(self.png)
+        write_json(files.json, self.json)
+        return files
+
+
+def render_report(report: EmphysemaReport, volume: CTVolume, lungs: np.ndarray,
+                  emphysema_mask: np.ndarray | None = None) -> RenderedReport:
+    """JSON dict, CSV text and PNG bytes of ``report`` (nothing is written)."""
+    return RenderedReport(json=report.to_dict(), csv=csv_text(report),
+                          png=render_png(report, volume, lungs, emphysema_mask))
+
+
 def write_report(report: EmphysemaReport, volume: CTVolume, lungs: np.ndarray, out_dir: str | Path, scan_id: str,
                  emphysema_mask: np.ndarray | None = None) -> ReportFiles:
-    """Write ``<scan_id>_emphysema.json``, ``.csv`` and ``.png`` into ``out_dir``.
-
-    The PNG and CSV are rendered before anything is written.
-    """
-    out_dir = Path(out_dir)
-    png = render_png(report, volume, lungs, emphysema_mask)
-    table = csv_text(report)
-    files = ReportFiles(json=out_dir / f"{scan_id}_emphysema.json", csv=out_dir / f"{scan_id}_emphysema.csv",
-                        png=out_dir / f"{scan_id}_emphysema.png")
-    write_text(files.csv, table)
-    with atomic_open(files.png, "wb") as fh:
-        fh.write(png)
-    write_json(files.json, report.to_dict())
-    return files
+    """Render ``report`` and write ``<scan_id>_emphysema.json``, ``.csv`` and ``.png`` into ``out_dir``."""
+    return render_report(report, volume, lungs, emphysema_mask).write(out_dir, scan_id)
 
 
 def csv_text(report: EmphysemaReport) -> str:

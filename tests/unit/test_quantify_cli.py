@@ -1,0 +1,109 @@
+"""``drasclr quantify``: outputs, label-map geometry checks and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from drasclr_monailabel.cli.main import main
+from drasclr_monailabel.emphysema import quantify
+
+RIGHT_LOWER = 3
+
+
+def _save(array: np.ndarray, volume, path, spacing=None) -> str:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing or volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def scan_files(lung_case, tmp_path):
+    """The controlled phantom with one low-HU sphere, written as CT, lung mask and emphysema mask."""
+    sphere = lung_case.sphere(lung_case.deepest_voxel(RIGHT_LOWER), 8.0)
+    lung_case.insert(sphere)
+    volume = lung_case.volume
+    return {
+        "case": lung_case,
+        "sphere": sphere,
+        "scan": _save(volume.hu, volume, tmp_path / "chest.nii.gz"),
+        "lungs": _save(lung_case.lungs, volume, tmp_path / "lungs.nii.gz"),
+        "mask": _save(sphere.astype(np.uint8) * 2, volume, tmp_path / "mask.nrrd"),
+        "out": tmp_path / "out",
+    }
+
+
+def test_writes_json_csv_png_that_agree_with_quantify(scan_files, capsys):
+    f = scan_files
+    rc = main(["quantify", f["scan"], "--lungs", f["lungs"], "--mask", f["mask"], "--out", str(f["out"]), "--pseudo-labels"])
+    assert rc == 0
+    expected = quantify(f["case"].volume, f["case"].lungs, f["sphere"].astype(np.uint8) * 2).to_dict()
+    data = json.loads((f["out"] / "chest_emphysema.json").read_text())
+    assert data["regions"] == expected["regions"]
+    assert data["clusters"] == expected["clusters"]
+    with open(f["out"] / "chest_emphysema.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["region"] for r in rows] == list(expected["regions"])
+    assert float(rows[0]["laa950_percent"]) == pytest.approx(expected["regions"]["whole"]["densitometry"]["laa950_percent"])
+    assert float(rows[0]["mask_panlobular_percent"]) > 0
+    png = (f["out"] / "chest_emphysema.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    labels = sitk.ReadImage(str(f["out"] / "chest_pseudo_labels.nii.gz"))
+    assert labels.GetSize() == f["case"].volume.shape_xyz
+    assert np.all(sitk.GetArrayFromImage(labels)[f["sphere"]] > 0)
+    assert "%LAA-950" in capsys.readouterr().out
+
+
+def test_label_map_in_another_axis_order_is_accepted(scan_files):
+    f = scan_files
+    lungs_ras = sitk.DICOMOrient(sitk.ReadImage(f["lungs"]), "RAS")
+    sitk.WriteImage(lungs_ras, f["lungs"])
+    assert main(["quantify", f["scan"], "--lungs", f["lungs"], "--out", str(f["out"])]) == 0
+    data = json.loads((f["out"] / "chest_emphysema.json").read_text())
+    assert data["regions"]["whole"]["voxels"] == int(np.count_nonzero(f["case"].lungs))
+
+
+def test_mask_on_another_grid_is_refused_and_nothing_written(scan_files, tmp_path, capsys):
+    f = scan_files
+    volume = f["case"].volume
+    bad = _save(f["sphere"][:, :, :-1].astype(np.uint8), volume, tmp_path / "bad_mask.nii.gz")
+    assert main(["quantify", f["scan"], "--lungs", f["lungs"], "--mask", bad, "--out", str(f["out"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad_mask.nii.gz" in err and "size" in err
+    assert not f["out"].exists()
+    shifted = _save(f["sphere"].astype(np.uint8), volume, tmp_path / "spacing_mask.nii.gz",
+                    spacing=(volume.spacing[0] * 1.5, volume.spacing[1], volume.spacing[2]))
+    assert main(["quantify", f["scan"], "--lungs", f["lungs"], "--mask", shifted, "--out", str(f["out"])]) == 2
+    assert "spacing" in capsys.readouterr().err
+    assert not f["out"].exists()
+
+
+@pytest.mark.parametrize("problem", ["empty", "values", "missing"])
+def test_bad_lung_mask_exits_2(scan_files, tmp_path, capsys, problem):
+    f = scan_files
+    volume = f["case"].volume
+    if problem == "empty":
+        lungs = _save(np.zeros_like(f["case"].lungs), volume, tmp_path / "bad_lungs.nii.gz")
+    elif problem == "values":
+        lungs = _save(f["case"].lungs * 2, volume, tmp_path / "bad_lungs.nii.gz")
+    else:
+        lungs = str(tmp_path / "bad_lungs.nii.gz")
+    assert main(["quantify", f["scan"], "--lungs", lungs, "--out", str(f["out"])]) == 2
+    err = capsys.readouterr().err
+    assert "bad_lungs.nii.gz" in err
+    assert not f["out"].exists()
+
+
+def test_bad_scan_exits_2(tmp_path, capsys):
+    not_ct = tmp_path / "notes.nii.gz"
+    not_ct.write_text("not an image")
+    assert main(["quantify", str(not_ct), "--out", str(tmp_path / "out")]) == 2
+    assert "notes.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

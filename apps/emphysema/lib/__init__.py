@@ -1,0 +1,1 @@
+"""Wiring of the emphysema app: one config module per model (radiology-app layout)."""

@@ -1,0 +1,135 @@
+"""MONAI Label app: emphysema pre-segmentation, correction, fine-tuning while annotating, next-scan choice.
+
+Start it with
+
+    monailabel start_server --app apps/emphysema --studies <folder of CT scans> \
+        --conf pretrained <exported encoder folder>
+
+Models: ``emphysema`` (segmentation on the pretrained DrasCLR encoder; infer + train),
+``lung`` (lung mask) and ``emphysema_laa`` (LAA-950 pseudo-label). Strategies: ``random``,
+``first``, ``epistemic``, ``diversity``, ``hybrid``. Options: docs/admin-guide.md. All logic
+lives in :mod:`drasclr_monailabel.tasks`; this file only wires it into MONAI Label.
+"""
+
+import logging
+from typing import Any, Dict
+
+import lib.configs
+import requests
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+import drasclr_monailabel
+from drasclr_monailabel.errors import ConfigError
+from drasclr_monailabel.tasks.conf import parse_app_conf, resolve_app_conf
+from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
+from drasclr_monailabel.tasks.guards import require_infer_image, require_known
+from drasclr_monailabel.tasks.http import CONFLICT, refuse
+from drasclr_monailabel.tasks.infer import LungMaskCache
+from drasclr_monailabel.tasks.model_store import TrainingBusy
+
+logger = logging.getLogger(__name__)
+
+
+class EmphysemaApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
+        try:
+            self.resolved = resolve_app_conf(parse_app_conf(conf), app_dir, studies)
+        except ConfigError as exc:
+            logger.error(f"emphysema app cannot start: {exc}")
+            raise
+        logger.info(f"emphysema app: {self.resolved.pretrained_reason}; device {self.resolved.device}")
+        lung_cache = LungMaskCache()
+        self.models = {}
+        for name in self.resolved.conf.models:
+            config = lib.configs.CONFIGS[name]()
+            config.init(name, str(self.resolved.model_dir), conf, None, resolved=self.resolved, lung_cache=lung_cache)
+            self.models[name] = config
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="drasclr emphysema",
+            description="Emphysema segmentation on an anatomy-aware pretrained encoder, fine-tuned while you annotate",
+            version=drasclr_monailabel.__version__,
+            labels=self.resolved.labels,
+        )
+        self._auto_update_scoring = self.resolved.conf.auto_update_scoring and bool(self._scoring_methods)
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return EmphysemaDatastore(
+            self.studies,
+            self.resolved.state_dir,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self):
+        return {name: config.trainer() for name, config in self.models.items() if config.trainer()}
+
+    def init_strategies(self):
+        strategies = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            strategies.update(config.strategy() or {})
+        return strategies
+
+    def init_scoring_methods(self):
+        methods = {}
+        for config in self.models.values():
+            methods.update(config.scoring_method() or {})
+        return methods
+
+    def info(self):
+        info = super().info()
+        info["drasclr"] = {
+            "pretrained": str(self.resolved.pretrained) if self.resolved.pretrained else None,
+            "device": self.resolved.device,
+            "model_dir": str(self.resolved.model_dir),
+        }
+        return info
+
+    def infer(self, request: Dict[str, Any], datastore=None):
+        require_known("model", request.get("model"), self._infers)
+        store = datastore or self.datastore()
+        image = request.get("image")
+        known = isinstance(image, str) and image in store.list_images()
+        require_infer_image(image, known, self._sessions.store_path if self._sessions else None)
+        return super().infer(request, datastore)
+
+    def train(self, request: Dict[str, Any]):
+        require_known("model", request.get("model"), self._trainers)
+        try:
+            return super().train(request)
+        except TrainingBusy as exc:
+            raise refuse(CONFLICT, str(exc)) from None
+
+    def next_sample(self, request: Dict[str, Any]):
+        require_known("strategy", request.get("strategy") or "random", self._strategies)
+        return super().next_sample(request)
+
+    def scoring(self, request: Dict[str, Any], datastore=None):
+        require_known("scoring method", request.get("method"), self._scoring_methods)
+        return super().scoring(request, datastore)
+
+    def bundle_path(self, model):
+        # MONAI Label calls this in the server process before it starts a background training
+        # subprocess: the one place where an unknown model can be refused with a 404 in time.
+        if model is not None:
+            require_known("model", model, self._trainers)
+        return None
+
+    def _local_request(self, url, params, action):
+        # Outside the server (a training subprocess), MONAI Label triggers scoring over HTTP; a
+        # server that is gone must not turn a finished training round into an error.
+        try:
+            return super()._local_request(url, params, action)
+        except requests.RequestException as exc:
+            logger.warning(f"{action} not triggered ({url}): {exc}")
+            return None

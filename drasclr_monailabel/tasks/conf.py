@@ -1,0 +1,237 @@
+"""The emphysema app's ``--conf KEY VALUE`` options, parsed and validated in one place.
+
+MONAI Label hands the app a dict of strings (``--conf max_epochs 3`` arrives as ``"3"``). Every
+key is checked against :class:`AppConf` and every value against the field's type and range before
+any task is built, so a typo or a bad value stops the server at start-up with one line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from drasclr_monailabel.config import from_mapping
+from drasclr_monailabel.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "--conf"
+MODELS = ("emphysema", "lung", "emphysema_laa")
+"""Models the app can serve: the fine-tuned segmentation model, the lung mask, the LAA-950 pseudo-label."""
+
+DEFAULT_PRETRAINED = Path("work/demo/encoder")
+"""Where the README's main command (``drasclr demo --workdir work/demo``) exports its encoder,
+relative to the folder the server is started from. ``DRASCLR_PRETRAINED`` overrides it."""
+
+STATE_DIR = ".drasclr"
+"""Folder inside a local studies folder that holds the app's state (model, caches, label history)."""
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_NO_ENCODER = ("none", "scratch", "")
+
+
+@dataclass
+class AppConf:
+    """Every option of the emphysema app (``--conf KEY VALUE``).
+
+    Attributes:
+        models: comma-separated subset of :data:`MODELS` to serve.
+        pretrained: exported DrasCLR encoder folder (``encoder.pt`` + ``encoder.json``); ``auto``
+            uses :data:`DEFAULT_PRETRAINED` when it exists, ``none`` trains from scratch.
+        labels: ``emphysema`` (binary) or ``centrilobular,panlobular,paraseptal`` (label values 1, 2, 3).
+        device: ``auto`` (GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``.
+        max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs: one
+            fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
+            whose defaults apply when unset).
+        amp: mixed precision in training; ``auto`` turns it on only on a GPU, never on a CPU.
+        seed: random seed of training and patch sampling.
+        skip_training: serve infer only (no trainer is offered to clients).
+        skip_scoring: offer no scoring methods (and so no uncertainty or diversity strategies).
+        auto_update_scoring: re-score after each training round and each next-sample request.
+        epistemic_samples: MC-dropout passes per scan for the epistemic score (at least 2).
+        epistemic_max_images: score at most this many unlabelled scans per call (0 = all).
+        reserve_seconds: a scan handed out by a strategy is not handed out again for this long
+            while other candidates remain (two annotators do not get the same scan).
+        model_dir: where the fine-tuned model is published (default: ``<studies>/.drasclr/model``).
+        cache_dir: per-scan caches such as embeddings (default: ``<studies>/.drasclr/cache``).
+        server_mode: MONAI Label's own key (set by the server); accepted and passed through.
+    """
+
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    pretrained: str = "auto"
+    labels: list[str] = field(default_factory=lambda: ["emphysema"])
+    device: str = "auto"
+    max_epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    patch_size: int | None = None
+    lr: float | None = None
+    freeze_encoder_epochs: int | None = None
+    amp: str = "auto"
+    seed: int = 0
+    skip_training: bool = False
+    skip_scoring: bool = False
+    auto_update_scoring: bool = True
+    epistemic_samples: int = 4
+    epistemic_max_images: int = 0
+    reserve_seconds: int = 600
+    model_dir: Path | None = None
+    cache_dir: Path | None = None
+    server_mode: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedConf:
+    """:class:`AppConf` with defaults that depend on the machine and the studies folder resolved.
+
+    Attributes:
+        conf: the validated options as given.
+        pretrained: encoder folder to start from, or None (scratch).
+        pretrained_reason: one line for the log saying where the encoder came from or why there is none.
+        device: concrete torch device name (``cpu`` or ``cuda[:N]``).
+        amp: mixed precision on (only ever on a GPU).
+        model_dir: folder of the published model.
+        cache_dir: folder of per-scan caches.
+        state_dir: app state folder holding the label history.
+    """
+
+    conf: AppConf
+    pretrained: Path | None
+    pretrained_reason: str
+    device: str
+    amp: bool
+    model_dir: Path
+    cache_dir: Path
+    state_dir: Path
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label name -> value in label maps, as MONAI Label clients expect it."""
+        return {name: value for value, name in enumerate(self.conf.labels, start=1)}
+
+
+def parse_app_conf(raw: Mapping[str, Any] | None) -> AppConf:
+    """Validate MONAI Label's ``--conf`` dict (values usually strings) into :class:`AppConf`.
+
+    Raises:
+        ConfigError: an unknown key, an ill-typed value or a value out of range, named.
+    """
+    conf = from_mapping(AppConf, dict(raw or {}), SOURCE)
+    _check_ranges(conf)
+    return conf
+
+
+def resolve_app_conf(conf: AppConf, app_dir: str | Path, studies: str) -> ResolvedConf:
+    """Fill in the machine- and folder-dependent defaults of a validated :class:`AppConf`.
+
+    Raises:
+        ConfigError: an explicit encoder path that is missing or incomplete, or a GPU that was asked
+            for but is not visible.
+    """
+    pretrained, reason = _resolve_pretrained(conf.pretrained)
+    device = _resolve_device(conf.device)
+    amp = device.startswith("cuda") and conf.amp in ("auto", "true")
+    local = not studies.startswith(("http://", "https://"))
+    state_dir = Path(studies) / STATE_DIR if local else Path(app_dir) / STATE_DIR
+    return ResolvedConf(
+        conf=conf,
+        pretrained=pretrained,
+        pretrained_reason=reason,
+        device=device,
+        amp=amp,
+        model_dir=Path(conf.model_dir) if conf.model_dir else state_dir / "model",
+        cache_dir=Path(conf.cache_dir) if conf.cache_dir else state_dir / "cache",
+        state_dir=state_dir,
+    )
+
+
+def conf_keys() -> list[str]:
+    """All accepted ``--conf`` keys (for help texts)."""
+    return [f.name for f in dataclasses.fields(AppConf)]
+
+
+TRAINING_KEYS = ("max_epochs", "steps_per_epoch", "batch_size", "patch_size", "lr", "freeze_encoder_epochs", "seed")
+"""Options passed to fine-tuning; train requests may override them per round."""
+
+
+def training_overrides(conf: AppConf) -> dict[str, Any]:
+    """The fine-tuning options that were set (unset ones keep the trainer's defaults)."""
+    return {key: getattr(conf, key) for key in TRAINING_KEYS if getattr(conf, key) is not None}
+
+
+def check_training_options(options: Mapping[str, Any], source: str = SOURCE) -> None:
+    """Let the fine-tuning config validate the values (ranges, patch size), naming the bad one."""
+    from drasclr_monailabel.segmentation.training import FinetuneConfig
+
+    lr = options.get("lr")
+    if lr is not None and not 0.0 < lr < 1.0:
+        raise ConfigError(source, f"'lr' must be between 0 and 1, got {lr}")
+    if options.get("seed", 0) < 0:
+        raise ConfigError(source, f"'seed' must be at least 0, got {options['seed']}")
+    try:
+        FinetuneConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(source, str(exc)) from None
+
+
+def _check_ranges(conf: AppConf) -> None:
+    from drasclr_monailabel.segmentation.labels import LabelSet
+
+    unknown = [m for m in conf.models if m not in MODELS]
+    if unknown or not conf.models:
+        raise ConfigError(SOURCE, f"'models' must name some of {', '.join(MODELS)}, got {','.join(conf.models) or 'nothing'}")
+    try:
+        LabelSet(tuple(conf.labels))
+    except ValueError as exc:
+        raise ConfigError(SOURCE, str(exc)) from None
+    if not _DEVICE.match(conf.device):
+        raise ConfigError(SOURCE, f"'device' must be auto, cpu, cuda or cuda:N, got {conf.device!r}")
+    if conf.amp not in ("auto", "true", "false"):
+        raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
+    minimum = {"epistemic_samples": 2, "epistemic_max_images": 0, "reserve_seconds": 0}
+    for key, low in minimum.items():
+        if getattr(conf, key) < low:
+            raise ConfigError(SOURCE, f"'{key}' must be at least {low}, got {getattr(conf, key)}")
+    check_training_options(training_overrides(conf))
+
+
+def _resolve_pretrained(value: str) -> tuple[Path | None, str]:
+    if value.strip().lower() in _NO_ENCODER:
+        return None, "no pretrained encoder (--conf pretrained none): the model trains from scratch"
+    if value == "auto":
+        default = Path(os.environ.get("DRASCLR_PRETRAINED") or DEFAULT_PRETRAINED).expanduser()
+        if _is_encoder_dir(default):
+            return default.resolve(), f"pretrained encoder {default.resolve()} (default location)"
+        return None, (f"no pretrained encoder at the default location {default}: the model trains from scratch "
+                      "(pass --conf pretrained <encoder folder> to start from one)")
+    path = Path(value).expanduser()
+    if path.is_file() and path.name == "encoder.pt":
+        path = path.parent
+    if not path.exists():
+        raise ConfigError(SOURCE, f"'pretrained': {path} does not exist")
+    if not _is_encoder_dir(path):
+        raise ConfigError(SOURCE, f"'pretrained': {path} is not an exported encoder (needs encoder.pt and encoder.json)")
+    return path.resolve(), f"pretrained encoder {path.resolve()}"
+
+
+def _is_encoder_dir(path: Path) -> bool:
+    return (path / "encoder.pt").is_file() and (path / "encoder.json").is_file()
+
+
+def _resolve_device(value: str) -> str:
+    import torch
+
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(SOURCE, f"'device' is {value} but no CUDA GPU is visible (use cpu or auto)")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(SOURCE, f"'device' is {value} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return value

@@ -1,0 +1,94 @@
+"""Build every task of one model from the resolved app options (used by ``apps/emphysema/lib/configs``).
+
+One function per model returns a :class:`ModelTasks`; the app's config modules only call it, so
+the app folder holds wiring and no logic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+
+from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.tasks.conf import ResolvedConf
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_sha256
+from drasclr_monailabel.tasks.infer import EmphysemaInferTask, LaaInferTask, LungInferTask, LungMaskCache
+from drasclr_monailabel.tasks.model_store import ModelStore
+from drasclr_monailabel.tasks.scoring import EmbeddingScoring, EpistemicScoring
+from drasclr_monailabel.tasks.strategies import DiversityStrategy, EpistemicStrategy, HybridStrategy
+from drasclr_monailabel.tasks.train import EmphysemaTrainTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelTasks:
+    """What one model contributes to the app."""
+
+    infer: InferTask
+    trainer: TrainTask | None = None
+    strategies: dict[str, Strategy] = field(default_factory=dict)
+    scoring: dict[str, ScoringMethod] = field(default_factory=dict)
+
+
+def lung_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelTasks:
+    return ModelTasks(infer=LungInferTask(lung_cache))
+
+
+def laa_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelTasks:
+    return ModelTasks(infer=LaaInferTask(resolved.conf.labels, lung_cache))
+
+
+def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelTasks:
+    """Infer and train of the segmentation model; scoring and strategies unless ``skip_scoring``.
+
+    ``diversity``, ``hybrid`` and the ``embedding`` scoring need a pretrained encoder (a random
+    encoder's embeddings would rank scans by noise); without one only ``epistemic`` is offered.
+    """
+    conf = resolved.conf
+    store = ModelStore(resolved.model_dir)
+    infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache)
+    trainer = None if conf.skip_training else EmphysemaTrainTask(resolved, store)
+    tasks = ModelTasks(infer=infer, trainer=trainer)
+    if conf.skip_scoring:
+        return tasks
+    tasks.scoring["epistemic"] = EpistemicScoring(infer.epistemic_score, store.version, conf.epistemic_samples,
+                                                  conf.epistemic_max_images)
+    tasks.strategies["epistemic"] = EpistemicStrategy(store.version, conf.reserve_seconds)
+    if resolved.pretrained is None:
+        logger.info("diversity and hybrid strategies are off: they need a pretrained encoder")
+        return tasks
+    embedder = PatientEmbedder(resolved)
+    cache = EmbeddingCache(resolved.cache_dir, embedder.key)
+    tasks.scoring["embedding"] = EmbeddingScoring(embedder, cache)
+    tasks.strategies["diversity"] = DiversityStrategy(cache, conf.reserve_seconds)
+    tasks.strategies["hybrid"] = HybridStrategy(store.version, cache, conf.reserve_seconds)
+    return tasks
+
+
+class PatientEmbedder:
+    """``volume -> (D,)`` patient-level embedding with the pretrained encoder, loaded on first use."""
+
+    def __init__(self, resolved: ResolvedConf) -> None:
+        assert resolved.pretrained is not None
+        self.folder = resolved.pretrained
+        self.device = resolved.device
+        self.key = file_sha256(self.folder / "encoder.pt")
+
+    @cached_property
+    def _encoder(self):
+        from drasclr_monailabel.embed.patient import load_patient_encoder
+
+        return load_patient_encoder(self.folder, self.device)
+
+    def __call__(self, volume: CTVolume) -> np.ndarray:
+        from drasclr_monailabel.embed.patient import patient_embedding
+
+        return patient_embedding(volume, self._encoder, self.device)

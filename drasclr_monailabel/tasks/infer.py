@@ -1,0 +1,196 @@
+"""MONAI Label infer tasks: lung mask, LAA-950 pseudo-label and the fine-tuned emphysema model.
+
+Each task reads the scan with :func:`~drasclr_monailabel.io.read_ct` (the same checks as every
+other entry point), computes a label map on the scan's own grid, writes it as a NIfTI file with
+the scan's exact geometry (what 3D Slicer overlays), and returns the quantification (%LAA-950,
+Perc15, volumes per lung and zone) in the JSON result next to ``label_names``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from drasclr_monailabel.io.readers import read_ct
+from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.tasks.embedding_cache import file_fingerprint
+from drasclr_monailabel.tasks.http import NOT_FOUND, as_http_errors, refuse
+from drasclr_monailabel.tasks.labels import Grid, write_label
+from drasclr_monailabel.tasks.model_store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+LUNG_LABELS = {"right_lung": 1, "left_lung": 2}
+SUBTYPE_LABELS = {"centrilobular": 1, "panlobular": 2, "paraseptal": 3}
+
+
+@dataclass
+class Segmentation:
+    """What an infer task computed for one scan.
+
+    Attributes:
+        labels: uint8 (Z, Y, X) on the scan's grid.
+        report: JSON-ready quantification.
+        details: further JSON-ready facts for the result (model version, warnings, ...).
+    """
+
+    labels: np.ndarray
+    report: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class LungMaskCache:
+    """The last few lung masks by scan path and content, so lung, LAA and emphysema infers on the
+    scan an annotator has open compute the lung mask once."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lungs(self, volume: CTVolume) -> np.ndarray:
+        from drasclr_monailabel.anatomy.lung_mask import segment_lungs
+
+        key = (volume.source, file_fingerprint(volume.source) or "")
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        lungs = segment_lungs(volume)
+        with self._lock:
+            self._items[key] = lungs
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return lungs
+
+
+class VolumeInferTask(InferTask):
+    """Read a CT, segment it, write the label on the CT's grid, answer with the quantification."""
+
+    def __init__(self, labels: dict[str, int], description: str, lung_cache: LungMaskCache,
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__(type=InferType.SEGMENTATION, labels=labels, dimension=3, description=description, config=config)
+        self.lung_cache = lung_cache
+
+    def is_valid(self) -> bool:
+        return True
+
+    def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        raise NotImplementedError
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        start = time.perf_counter()
+        image = request.get("image")
+        if not isinstance(image, str) or not os.path.isfile(image):
+            raise refuse(NOT_FOUND, "no readable image file for this request")
+        with as_http_errors():
+            volume = read_ct(image)
+            read_s = time.perf_counter() - start
+            segmentation = self.segment(volume, request)
+        infer_s = time.perf_counter() - start - read_s
+        result = _temporary_result_file()
+        write_label(result, segmentation.labels, Grid(volume.shape_xyz, volume.spacing, volume.origin, volume.direction))
+        total_s = time.perf_counter() - start
+        result_json = {
+            "label_names": dict(self.labels),
+            "quantification": segmentation.report,
+            **segmentation.details,
+            "latencies": {"read": round(read_s, 3), "infer": round(infer_s, 3),
+                          "write": round(total_s - read_s - infer_s, 3), "total": round(total_s, 3)},
+        }
+        logger.info("%s: %s in %.1f s", type(self).__name__, Path(image).name, total_s)
+        return str(result), result_json
+
+
+class LungInferTask(VolumeInferTask):
+    """Right and left lung mask (classical, no weights), with the lung densitometry."""
+
+    def __init__(self, lung_cache: LungMaskCache) -> None:
+        super().__init__(LUNG_LABELS, "Lung mask (right 1, left 2) with lung volumes and densitometry", lung_cache)
+
+    def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        from drasclr_monailabel.emphysema import quantify
+
+        lungs = self.lung_cache.lungs(volume)
+        return Segmentation(lungs, quantify(volume, lungs).to_dict())
+
+
+class LaaInferTask(VolumeInferTask):
+    """LAA-950 pseudo-label: low-attenuation clusters without noise and airways (round-zero start)."""
+
+    def __init__(self, label_names: list[str], lung_cache: LungMaskCache) -> None:
+        self.binary = len(label_names) == 1
+        labels = {label_names[0]: 1} if self.binary else SUBTYPE_LABELS
+        super().__init__(labels, "Emphysema pseudo-label from LAA-950 clusters (no model needed)", lung_cache)
+
+    def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        from drasclr_monailabel.emphysema import PseudoLabelOptions, laa_pseudo_labels, quantify
+
+        lungs = self.lung_cache.lungs(volume)
+        labels = laa_pseudo_labels(volume, lungs, PseudoLabelOptions(binary=self.binary))
+        return Segmentation(labels, quantify(volume, lungs, labels).to_dict())
+
+
+class EmphysemaInferTask(VolumeInferTask):
+    """The fine-tuned emphysema model; offered once a first training round has published it.
+
+    The network is loaded once per published version: when training publishes a new checkpoint
+    (atomic rename), the next request loads it.
+    """
+
+    def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache) -> None:
+        labels = {name: value for value, name in enumerate(label_names, start=1)}
+        super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
+        self.store = store
+        self.device = device
+        self._model: Any = None
+        self._meta: dict[str, Any] = {}
+        self._version: str | None = None
+        self._lock = threading.Lock()
+
+    def is_valid(self) -> bool:
+        return self.store.exists()
+
+    def get_path(self, validate: bool = True) -> str | None:
+        return str(self.store.checkpoint) if self.store.exists() or not validate else None
+
+    def model(self) -> tuple[Any, dict[str, Any], str]:
+        """``(network, meta, version)`` of the published checkpoint, reloaded when it changed."""
+        from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
+
+        with self._lock:
+            version = self.store.version()
+            if version is None:
+                raise refuse(NOT_FOUND, "model 'emphysema' has no trained weights yet: save a 'final' label and "
+                                        "train it, or run 'emphysema_laa' for a starting segmentation")
+            if version != self._version:
+                self._model, self._meta = load_checkpoint(self.store.checkpoint, self.device)
+                self._version = version
+                logger.info("Loaded emphysema model %s (round %s)", version, self._meta.get("round"))
+            return self._model, self._meta, version
+
+    def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        from drasclr_monailabel.segmentation.inference import predict_volume
+
+        model, meta, version = self.model()
+        prediction = predict_volume(model, volume, self.device)
+        details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
+                             "pretrained": meta.get("pretrained")}}
+        return Segmentation(prediction.labels, prediction.report, details)
+
+
+def _temporary_result_file() -> Path:
+    """A fresh file in the system temporary folder; MONAI Label deletes it after answering."""
+    fd, name = tempfile.mkstemp(prefix="drasclr-infer-", suffix=".nii.gz")
+    os.close(fd)
+    return Path(name)

@@ -99,30 +99,41 @@ def laa_pseudo_labels(volume: CTVolume, lungs: np.ndarray, options: PseudoLabelO
     keep = sizes * voxel_ml >= options.min_cluster_ml
     keep[0] = False
     if options.remove_airways:
-        keep &= ~_touches(labels, air & ~lung, len(sizes))
+        keep &= ~_present(labels, _face_dilate(air & ~lung), len(sizes))
         keep &= ~_tubular(labels, keep, spacing_zyx, options.airway_min_length_mm, options.airway_min_elongation)
     if options.binary:
         classes = np.where(keep, EMPHYSEMA, BACKGROUND).astype(np.uint8)
     else:
         at_scan_edge = [(b.start == 0, b.stop == n) for b, n in zip(box, lungs.shape)]
-        touching = _touches(labels, _subpleural_shell(lung, spacing_zyx, options.pleura_mm, options.pleura_close_mm,
-                                                      at_scan_edge), len(sizes))
-        band = _subpleural_shell(lung, spacing_zyx, options.paraseptal_band_mm, options.pleura_close_mm, at_scan_edge)
+        near, band = _subpleural_shells(lung, spacing_zyx, (options.pleura_mm, options.paraseptal_band_mm),
+                                        options.pleura_close_mm, at_scan_edge)
         in_band = np.bincount(labels[band], minlength=len(sizes))
         classes = np.full(len(sizes), CENTRILOBULAR, dtype=np.uint8)
         classes[sizes * voxel_ml >= options.panlobular_min_ml] = PANLOBULAR
-        classes[touching & (2 * in_band >= sizes)] = PARASEPTAL
+        classes[_present(labels, near, len(sizes)) & (2 * in_band >= sizes)] = PARASEPTAL
         classes[~keep] = BACKGROUND
     out[box] = classes[labels]
     return out
 
 
-def _touches(labels: np.ndarray, region: np.ndarray, n_labels: int) -> np.ndarray:
-    """bool (n_labels,): which clusters have a voxel in ``region`` or face-adjacent to it."""
-    near = ndimage.binary_dilation(region, structure=ndimage.generate_binary_structure(3, 1))
+def _present(labels: np.ndarray, region: np.ndarray, n_labels: int) -> np.ndarray:
+    """bool (n_labels,): which clusters have a voxel in ``region`` (label 0 never)."""
     hit = np.zeros(n_labels, dtype=bool)
-    hit[np.unique(labels[near & (labels > 0)])] = True
+    hit[labels[region]] = True
+    hit[0] = False
     return hit
+
+
+def _face_dilate(mask: np.ndarray) -> np.ndarray:
+    """``mask`` plus its 6 face neighbours (a 3D cross dilation by array shifts, no padding)."""
+    out = mask.copy()
+    for axis in range(3):
+        low = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], high[axis] = slice(None, -1), slice(1, None)
+        out[tuple(low)] |= mask[tuple(high)]
+        out[tuple(high)] |= mask[tuple(low)]
+    return out
 
 
 def _tubular(labels: np.ndarray, candidates: np.ndarray, spacing_zyx: np.ndarray, min_length_mm: float,
@@ -151,26 +162,32 @@ def _tubular(labels: np.ndarray, candidates: np.ndarray, spacing_zyx: np.ndarray
     return candidates & (length >= min_length_mm) & (elongation >= min_elongation)
 
 
-def _subpleural_shell(lung: np.ndarray, spacing_zyx: np.ndarray, pleura_mm: float, close_mm: float,
-                      at_scan_edge: list[tuple[bool, bool]]) -> np.ndarray:
-    """Lung voxels within ``pleura_mm`` (box distance per axis) of the closed lung surface.
+def _subpleural_shells(lung: np.ndarray, spacing_zyx: np.ndarray, depths_mm: tuple[float, ...], close_mm: float,
+                       at_scan_edge: list[tuple[bool, bool]]) -> list[np.ndarray]:
+    """For each depth, the lung voxels within that distance (box distance per axis) of the pleura.
 
-    Box-shaped min/max filters are separable (three 1D passes each), so this costs a fraction of
-    a Euclidean distance transform. Where the box meets the edge of the scan the mask is extended
-    by replication: a cut by the field of view is not pleura.
+    The pleura is the surface of the lung mask closed by ``close_mm``. Box-shaped min/max filters
+    are separable (1D passes whose cost does not depend on their length), so this costs a
+    fraction of a Euclidean distance transform. Where the box meets the edge of the scan the mask
+    is extended by replication: a cut by the field of view is not pleura.
     """
     close = np.rint(close_mm / spacing_zyx).astype(int)
-    depth = np.maximum(np.rint(pleura_mm / spacing_zyx).astype(int), 1)
-    pad = close + depth
-    padded = lung.astype(np.uint8)
+    depths = [np.maximum(np.rint(d / spacing_zyx).astype(int), 1) for d in depths_mm]
+    pad = close + np.max(depths, axis=0)
+    closed = lung.astype(np.uint8)
     for axis in range(3):
         for side, at_edge in enumerate(at_scan_edge[axis]):
             widths = [(0, 0)] * 3
             widths[axis] = (pad[axis], 0) if side == 0 else (0, pad[axis])
-            padded = np.pad(padded, widths, mode="edge" if at_edge else "constant")
-    for filter1d, sizes in ((ndimage.maximum_filter1d, close), (ndimage.minimum_filter1d, close),
-                            (ndimage.minimum_filter1d, depth)):
+            closed = np.pad(closed, widths, mode="edge" if at_edge else "constant")
+    for filter1d in (ndimage.maximum_filter1d, ndimage.minimum_filter1d):
         for axis in range(3):
-            padded = filter1d(padded, 2 * sizes[axis] + 1, axis=axis, mode="constant")
-    inner = padded[tuple(slice(p, p + n) for p, n in zip(pad, lung.shape))]
-    return lung & ~inner.astype(bool)
+            if close[axis]:
+                closed = filter1d(closed, 2 * close[axis] + 1, axis=axis, mode="constant")
+    shells = []
+    for depth in depths:
+        inner = closed
+        for axis in range(3):
+            inner = ndimage.minimum_filter1d(inner, 2 * depth[axis] + 1, axis=axis, mode="constant")
+        shells.append(lung & ~inner[tuple(slice(p, p + n) for p, n in zip(pad, lung.shape))].astype(bool))
+    return shells

@@ -93,22 +93,26 @@ def lung_zones(lungs: np.ndarray, spacing: tuple[float, float, float], direction
         direction: ITK direction cosines of the grid (row-major 3x3).
     """
     axis, step = superior_axis(direction)
-    n_slices = lungs.shape[axis]
-    other = tuple(a for a in range(3) if a != axis)
+    slices = np.moveaxis(lungs, axis, 0)
+    n_slices = slices.shape[0]
+    counts = np.stack([np.bincount(plane.ravel(), minlength=3)[1:3] for plane in slices], axis=1)  # (2, n_slices)
     apex_to_base = np.arange(n_slices)[::-1] if step > 0 else np.arange(n_slices)
-    lut = np.zeros((3, n_slices), dtype=np.uint8)  # [lung label, slice] -> zone code
+    lut = np.zeros((n_slices, 3), dtype=np.uint8)  # [slice, lung label] -> zone code
     ends = np.zeros(2, dtype=np.int64)  # lung voxels in the apex-side and base-side end slices
     for side, label in enumerate((RIGHT_LUNG, LEFT_LUNG)):
-        per_slice = np.count_nonzero(lungs == label, axis=other)[apex_to_base]
+        per_slice = counts[side][apex_to_base]
         total = per_slice.sum()
         if total == 0:
             continue
         midpoint = (np.cumsum(per_slice) - per_slice / 2.0) / total
         third = np.minimum((midpoint * 3).astype(np.int64), 2)
-        lut[label, apex_to_base] = np.where(per_slice > 0, 1 + 3 * side + third, 0)
+        lut[apex_to_base, label] = np.where(per_slice > 0, 1 + 3 * side + third, 0)
         ends += (per_slice[0], per_slice[-1])
-    slice_index = np.arange(n_slices).reshape([-1 if a == axis else 1 for a in range(3)])
-    codes = lut[np.minimum(lungs, 2), slice_index]
+    codes = np.zeros(lungs.shape, dtype=np.uint8)
+    code_slices = np.moveaxis(codes, axis, 0)
+    for index in np.flatnonzero(lut.any(axis=1)):
+        code_slices[index] = np.take(lut[index], slices[index], mode="clip")
+    other = tuple(a for a in range(3) if a != axis)
     # spacing is ITK (x, y, z) = numpy axes (2, 1, 0)
     pixel_area = float(np.prod([spacing[2 - a] for a in other]))
     apex_cut, base_cut = (bool(n * pixel_area > TRUNCATION_AREA_MM2) for n in ends)

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lungs:
         lungs = read_label_map(args.lungs, volume)
         if lungs.min() < 0 or lungs.max() > 2:
-            raise InputError(args.lungs, f"has values {int(lungs.min())}..{int(lungs.max())}; a lung mask holds 0 (outside), 1 (right), 2 (left)")
+            raise InputError(args.lungs, f"has values {int(lungs.min())}..{int(lungs.max())}; "
+                                         "a lung mask holds 0 (outside), 1 (right), 2 (left)")
         if not np.any(lungs):
             raise NoLungsError(args.lungs, "the lung mask is empty")
         lungs = lungs.astype(np.uint8)

@@ -36,7 +36,8 @@ GRADE_CUTOFFS_PERCENT = (5.0, 25.0)
 GRADES = ("mild", "moderate", "severe")
 
 
-def zone_grades(labels: np.ndarray, zone_codes: np.ndarray, cutoffs_percent: tuple[float, float] = GRADE_CUTOFFS_PERCENT) -> np.ndarray:
+def zone_grades(labels: np.ndarray, zone_codes: np.ndarray,
+                cutoffs_percent: tuple[float, float] = GRADE_CUTOFFS_PERCENT) -> np.ndarray:
     """Severity grade index (0 mild, 1 moderate, 2 severe) of each zone code (N_ZONE_CODES,).
 
     ``labels`` > 0 is emphysema; the grade is from its percentage of each zone's lung voxels.

@@ -34,7 +34,7 @@ class HuHistogram:
         """HU value of each bin."""
         return self.lowest + np.arange(self.counts.size)
 
-    def __add__(self, other: "HuHistogram") -> "HuHistogram":
+    def __add__(self, other: HuHistogram) -> HuHistogram:
         if other.lowest != self.lowest or other.counts.size != self.counts.size:
             raise ValueError("histograms with different bins cannot be added")
         return HuHistogram(self.counts + other.counts, self.lowest)

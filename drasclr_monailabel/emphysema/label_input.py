@@ -63,7 +63,8 @@ def _check_grid(path: Path, image: sitk.Image, reference: CTVolume) -> None:
         problems.append("direction cosines differ")
     if problems:
         source = Path(reference.source).name if reference.source else "the CT"
-        raise InputError(path, f"is not on the grid of {source}: {'; '.join(problems)} (label maps must share the CT's voxel grid)")
+        raise InputError(path, f"is not on the grid of {source}: {'; '.join(problems)} "
+                               "(label maps must share the CT's voxel grid)")
 
 
 def _xyz(values: tuple, spec: str) -> str:

@@ -45,7 +45,7 @@ class Densitometry:
     laa856_percent: float | None
 
     @classmethod
-    def of(cls, histogram: HuHistogram) -> "Densitometry":
+    def of(cls, histogram: HuHistogram) -> Densitometry:
         laa = [histogram.percent_below(t) for t in LAA_THRESHOLDS_HU]
         return cls(histogram.mean(), histogram.percentile(PERC_Q), *laa)
 

@@ -88,7 +88,7 @@ def csv_text(report: EmphysemaReport) -> str:
 
 def render_png(report: EmphysemaReport, volume: CTVolume, lungs: np.ndarray,
                emphysema_mask: np.ndarray | None = None, dpi: int = 100) -> bytes:
-    """The one-page report as PNG bytes (about 1600 x 1000 pixels at the default dpi)."""
+    """The one-page report as PNG bytes (1600 x 900 pixels at the default dpi)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,8 +98,8 @@ def render_png(report: EmphysemaReport, volume: CTVolume, lungs: np.ndarray,
     lung, _ = _to_lps(lungs, volume.direction, volume.spacing)
     mask = None if emphysema_mask is None else _to_lps(emphysema_mask, volume.direction, volume.spacing)[0] > 0
 
-    fig = Figure(figsize=(16, 10), dpi=dpi, layout="constrained")
-    grid = fig.add_gridspec(2, 4, height_ratios=(1.4, 1.0))
+    fig = Figure(figsize=(16, 9), dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(2, 4, height_ratios=(1.3, 1.0))
     for column, (title, z) in enumerate(zip((f"{t} third" for t in THIRDS), _axial_slices(lung))):
         _axial(fig.add_subplot(grid[0, column]), hu[z], lung[z], None if mask is None else mask[z], spacing,
                f"Axial, {title} (slice {z})")
@@ -132,7 +132,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _to_lps(array: np.ndarray, direction: tuple[float, ...], spacing: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _to_lps(array: np.ndarray, direction: tuple[float, ...],
+            spacing: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, float, float]]:
     """View of a (Z, Y, X) array with axes permuted/flipped to LPS, and its spacing (x, y, z).
 
     In the result axis 0 runs inferior -> superior, axis 1 anterior -> posterior and axis 2
@@ -172,7 +173,8 @@ def _overlay(ax, hu: np.ndarray, lung: np.ndarray, mask: np.ndarray | None, aspe
     ax.set_yticks([])
 
 
-def _axial(ax, hu: np.ndarray, lung: np.ndarray, mask: np.ndarray | None, spacing: tuple[float, float, float], title: str) -> None:
+def _axial(ax, hu: np.ndarray, lung: np.ndarray, mask: np.ndarray | None, spacing: tuple[float, float, float],
+           title: str) -> None:
     rows, cols = _crop(lung, margin=10)
     _overlay(ax, hu[rows, cols], lung[rows, cols], None if mask is None else mask[rows, cols], spacing[1] / spacing[0])
     ax.set_title(title, fontsize=11)
@@ -188,7 +190,7 @@ def _coronal(ax, hu: np.ndarray, lung: np.ndarray, mask: np.ndarray | None, spac
     rows, cols = _crop(lung_plane, margin=10)
     mask_plane = None if mask is None else mask[flip, y, :][rows, cols]
     _overlay(ax, plane[rows, cols], lung_plane[rows, cols], mask_plane, spacing[2] / spacing[0])
-    ax.set_title(f"Coronal (row {y}); red: LAA < {CLUSTER_THRESHOLD_HU} HU", fontsize=11)
+    ax.set_title(f"Coronal (y = {y}); red: HU < {CLUSTER_THRESHOLD_HU}", fontsize=11)
 
 
 def _crop(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -231,7 +233,7 @@ def _histogram(ax, report: EmphysemaReport) -> None:
     ax.set_ylabel(f"% of lung voxels per {HISTOGRAM_BIN_HU} HU")
     outside = 100.0 - 100.0 * float(counts.sum()) / max(histogram.total, 1)
     ax.set_title(f"Lung HU histogram ({outside:.1f} % of lung voxels above {high} HU not shown)", fontsize=11)
-    ax.legend(loc="upper left", fontsize=10, frameon=False)
+    ax.legend(loc="upper right", fontsize=10, framealpha=0.9)
     ax.grid(alpha=0.25)
 
 
@@ -265,7 +267,7 @@ def _zone_bars(ax, report: EmphysemaReport) -> None:
 
 def _cluster_distribution(ax, report: EmphysemaReport) -> None:
     clusters = report.clusters
-    ax.set_title(f"LAA-950 clusters (6-connected)", fontsize=11)
+    ax.set_title("LAA-950 clusters (6-connected)", fontsize=11)
     ax.set_xlabel("cluster size s (mL)")
     ax.set_ylabel("number of clusters >= s")
     if clusters is None or clusters.n_clusters == 0:

@@ -81,9 +81,9 @@ def test_thirds_are_equal_volume_within_one_slice(lung_case):
 def test_zones_follow_world_orientation_not_array_order(lung_case):
     lung_case.insert(lung_case.sphere(lung_case.deepest_voxel(RIGHT_UPPER), 6.0))
     volume = lung_case.volume
-    flipped = replace(volume, hu=volume.hu[::-1].copy(),
-                      direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
-                      origin=(volume.origin[0], volume.origin[1], volume.origin[2] + volume.spacing[2] * (volume.hu.shape[0] - 1)))
+    top_z = volume.origin[2] + volume.spacing[2] * (volume.hu.shape[0] - 1)
+    flipped = replace(volume, hu=volume.hu[::-1].copy(), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+                      origin=(volume.origin[0], volume.origin[1], top_z))
     original = quantify(volume, lung_case.lungs, clusters=False)
     mirrored = quantify(flipped, lung_case.lungs[::-1].copy(), clusters=False)
     assert original.rows() == mirrored.rows()
@@ -131,11 +131,12 @@ def test_emphysema_mask_volume_share_and_subtypes(lung_case):
     assert whole.densitometry.laa950_percent == pytest.approx(100.0 * deep.sum() / (deep.sum() + other.sum()))
 
 
-def test_binary_mask_has_no_subtype_breakdown(lung_case):
-    mask = lung_case.sphere(lung_case.deepest_voxel(RIGHT_LOWER), 6.0).astype(np.uint8)
+@pytest.mark.parametrize("dtype", [bool, np.uint8])
+def test_binary_mask_has_no_subtype_breakdown(lung_case, dtype):
+    mask = lung_case.sphere(lung_case.deepest_voxel(RIGHT_LOWER), 6.0).astype(dtype)
     whole = quantify(lung_case.volume, lung_case.lungs, mask, clusters=False).region("whole").mask
     assert whole.subtype_percent_of_region == {}
-    assert whole.volume_ml == pytest.approx(mask.sum() * lung_case.voxel_ml)
+    assert whole.volume_ml == pytest.approx(np.count_nonzero(mask) * lung_case.voxel_ml)
 
 
 def test_partial_coverage_is_flagged(lung_case):

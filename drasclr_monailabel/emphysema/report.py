@@ -160,10 +160,12 @@ def _axial_slices(lung: np.ndarray) -> list[int]:
 
 
 def _overlay(ax, hu: np.ndarray, lung: np.ndarray, mask: np.ndarray | None, aspect: float) -> None:
+    from matplotlib.colors import to_rgba
+
     ax.imshow(hu, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect, interpolation="bilinear")
     laa = (hu < CLUSTER_THRESHOLD_HU) & (lung > 0)
     rgba = np.zeros(hu.shape + (4,), dtype=np.float32)
-    rgba[laa] = (1.0, 0.23, 0.19, 0.9)
+    rgba[laa] = to_rgba(LAA_COLOUR, 0.9)
     ax.imshow(rgba, aspect=aspect, interpolation="nearest")
     if np.any(lung):
         ax.contour(lung > 0, levels=[0.5], colors=LUNG_COLOUR, linewidths=0.6)

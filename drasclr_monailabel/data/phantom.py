@@ -139,12 +139,12 @@ def _sample_anatomy(rng: np.random.Generator, variation: float) -> _Anatomy:
     scale = jitter(1.0, 0.08)
     return _Anatomy(
         scale=scale,
-        body_ax=jitter(170.0, 0.06) * scale,
-        body_ay=jitter(122.0, 0.06) * scale,
-        lung_rx=jitter(62.0, 0.08) * scale,
-        lung_ry=jitter(88.0, 0.08) * scale,
-        lung_cx=jitter(76.0, 0.05) * scale,
-        lung_cy=jitter(8.0, 0.5) * scale,
+        body_ax=jitter(180.0, 0.06) * scale,
+        body_ay=jitter(148.0, 0.06) * scale,
+        lung_rx=jitter(66.0, 0.08) * scale,
+        lung_ry=jitter(86.0, 0.08) * scale,
+        lung_cx=jitter(78.0, 0.05) * scale,
+        lung_cy=jitter(0.0, 0.5) * scale,
         apex_z=jitter(155.0, 0.05) * scale,
         base_z_right=jitter(-85.0, 0.12) * scale,
         base_z_left=jitter(-100.0, 0.12) * scale,

@@ -1,0 +1,1 @@
+"""Anatomy: lung mask, atlas, affine registration to the atlas, landmarks, preprocessing cache."""

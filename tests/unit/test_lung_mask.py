@@ -1,0 +1,90 @@
+"""Lung mask: agreement with the phantom's true lungs, airway exclusion, sides, refusals, real CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from drasclr_monailabel.anatomy.lung_mask import LEFT_LUNG, RIGHT_LUNG, segment_lungs
+from drasclr_monailabel.data.phantom import make_thorax_phantom
+from drasclr_monailabel.errors import NoLungsError
+from drasclr_monailabel.io import CTVolume, read_ct
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def world_x(volume: CTVolume, mask: np.ndarray) -> float:
+    """Mean world x (LPS mm) of the voxels of ``mask``."""
+    z, y, x = np.nonzero(mask)
+    image = sitk.Image(volume.shape_xyz, sitk.sitkUInt8)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    centre = [float(np.mean(v)) for v in (x, y, z)]
+    return image.TransformContinuousIndexToPhysicalPoint(centre)[0]
+
+
+@pytest.mark.parametrize(
+    "spacing, noise_hu, seed",
+    [((2.0, 2.0, 2.5), 15.0, 0), ((3.0, 3.0, 3.0), 0.0, 1), ((1.5, 1.5, 5.0), 100.0, 2), ((0.9, 0.9, 5.0), 60.0, 3)],
+    ids=["2mm", "3mm-clean", "thick-low-dose", "fine-in-plane"],
+)
+def test_phantom_lungs_match_truth(spacing, noise_hu, seed):
+    case = make_thorax_phantom(spacing=spacing, seed=seed, noise_hu=noise_hu)
+    labels = segment_lungs(case.volume)
+    assert labels.dtype == np.uint8 and labels.shape == case.volume.hu.shape
+    assert dice(labels == RIGHT_LUNG, case.lungs == RIGHT_LUNG) > 0.95
+    assert dice(labels == LEFT_LUNG, case.lungs == LEFT_LUNG) > 0.95
+    outside_airways = case.airways & (case.lungs == 0)
+    assert np.mean(labels[outside_airways] > 0) < 0.05
+
+
+def test_trachea_is_not_lung(phantom):
+    labels = segment_lungs(phantom.volume)
+    top = phantom.volume.hu.shape[0] - 1
+    trachea_slices = phantom.airways[top - 20: top + 1] & (phantom.lungs[top - 20: top + 1] == 0)
+    assert trachea_slices.any()
+    assert not labels[top - 20: top + 1][trachea_slices].any()
+
+
+def test_right_lung_has_lower_world_x_in_any_orientation(phantom):
+    flipped = sitk.Flip(phantom.volume.to_sitk(), [True, True, False])  # RAS-like array layout
+    volume = CTVolume.from_sitk(flipped, source="flipped")
+    assert volume.orientation != "LPS"
+    labels = segment_lungs(volume)
+    assert world_x(volume, labels == RIGHT_LUNG) < world_x(volume, labels == LEFT_LUNG)
+    truth = np.flip(phantom.lungs, axis=(1, 2))
+    assert dice(labels == RIGHT_LUNG, truth == RIGHT_LUNG) > 0.95
+
+
+def test_partial_coverage_without_apex_or_base(phantom_factory):
+    case = phantom_factory(spacing=(2.0, 2.0, 5.0), seed=5, z_range_mm=(-20.0, 110.0))
+    labels = segment_lungs(case.volume)
+    assert dice(labels == RIGHT_LUNG, case.lungs == RIGHT_LUNG) > 0.95
+    assert dice(labels == LEFT_LUNG, case.lungs == LEFT_LUNG) > 0.95
+
+
+def test_head_ct_is_refused(head_ct):
+    with pytest.raises(NoLungsError, match=r"^head\.nii\.gz: no lungs found \("):
+        segment_lungs(head_ct)
+
+
+def test_bowel_gas_is_not_lung(abdomen_ct):
+    with pytest.raises(NoLungsError, match=r"^abdomen\.nii\.gz: no lungs found \(.*pure gas"):
+        segment_lungs(abdomen_ct)
+
+
+@pytest.mark.parametrize("name", ["sample_lung1", "sample_lung2"])
+def test_real_ct_both_lungs(name, request):
+    volume = read_ct(request.getfixturevalue(name))
+    labels = segment_lungs(volume)
+    litres = np.prod(volume.spacing) / 1e6
+    right, left = (labels == RIGHT_LUNG).sum() * litres, (labels == LEFT_LUNG).sum() * litres
+    # Upper / mid chest only (5 mm slices, no bases): each lung between 0.5 and 3.5 L is plausible.
+    assert 0.5 < right < 3.5 and 0.5 < left < 3.5
+    assert world_x(volume, labels == RIGHT_LUNG) < world_x(volume, labels == LEFT_LUNG)
+    lung_hu = volume.hu[labels > 0]
+    assert -950 < np.median(lung_hu) < -700

@@ -38,10 +38,12 @@ PAINT_ORDER = (PARASEPTAL, CENTRILOBULAR, PANLOBULAR)
 TEXTURE_SIGMA_MM = 1.0
 MARGIN_MM = 12.0
 SUBPLEURAL_MM = 6.0
+HILUM_CLOSING_MM = 8.0
 WALL_MM = 0.8
 WALL_HU = 150.0
 # Destruction fades over a few mm at a panlobular lobule's faces instead of stopping at a plane.
 LOBULE_EDGE_MM = 2.0
+LOBULE_WOBBLE_MM = 1.5
 MAX_BATCH = 512
 # Give up on a subtype after this many lesions per targeted voxel (e.g. lungs made only of vessels).
 MAX_LESIONS_PER_VOXEL = 2.0
@@ -276,12 +278,17 @@ def _paint_panlobular(canvas: _Canvas, target: int, spec: LesionSpec, rng: np.ra
         if painted >= target:
             break
         voxels, points = canvas.box_voxels(layout.centres[own], spec.lobule_mm)
-        occupancy = _lobule_occupancy(layout.tree, layout.centres, own, points, layout.spacing)
+        wobble = LOBULE_WOBBLE_MM * canvas.texture.reshape(-1)[voxels]
+        occupancy = _lobule_occupancy(layout.tree, layout.centres, own, points, layout.spacing, wobble)
         painted += canvas.paint(voxels, occupancy, rng.uniform(-985.0, -945.0), 12.0, PANLOBULAR)
 
 
-def _lobule_occupancy(tree: cKDTree, centres: np.ndarray, own: int, points: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Occupancy of the Voronoi cell of centre ``own`` at ``points`` (N, 3) mm, ramped at its faces."""
+def _lobule_occupancy(tree: cKDTree, centres: np.ndarray, own: int, points: np.ndarray, spacing: np.ndarray,
+                      wobble_mm: np.ndarray) -> np.ndarray:
+    """Occupancy of the Voronoi cell of centre ``own`` at ``points`` (N, 3) mm, ramped at its faces.
+
+    ``wobble_mm`` shifts the faces per point, so cells do not look like cut polyhedra.
+    """
     centre = centres[own]
     _, neighbours = tree.query(points, k=2)
     first, second = neighbours[:, 0], neighbours[:, 1]
@@ -291,7 +298,7 @@ def _lobule_occupancy(tree: cKDTree, centres: np.ndarray, own: int, points: np.n
     # Distance to the bisector plane between this centre and the nearest other one; positive outside.
     d_own = np.linalg.norm(points - centre, axis=1)
     d_other = np.linalg.norm(points - centres[other], axis=1)
-    signed = (d_own**2 - d_other**2) / (2.0 * gap_len)
+    signed = (d_own**2 - d_other**2) / (2.0 * gap_len) + wobble_mm
     voxel_width2 = (((gap / gap_len[:, None]) * spacing) ** 2).sum(axis=1)
     occupancy = _ramp(signed, np.sqrt(voxel_width2 + LOBULE_EDGE_MM**2))
     occupancy[(first != own) & (second != own)] = 0.0
@@ -349,12 +356,28 @@ def _subpleural_voxels(layout: LungLayout) -> tuple[np.ndarray, np.ndarray]:
     The distance transform runs on a grid thinned to about 1 mm in-plane (4 to 9 times fewer
     voxels on a 0.6 mm scan); depth is only needed to that precision. Cut planes of a partial scan
     are not pleura: the transform measures distance to non-lung voxels inside the array only. Holes
-    of the mask inside a slice (bronchi cut out of the lung mask) are not pleura either.
+    of the mask inside a slice (bronchi cut out of the lung mask) and narrow notches (the hilum,
+    where vessels and bronchi enter) are closed first, so bullae line the costal, diaphragmatic and
+    mediastinal pleura rather than the hilar vessels.
     """
     step = [1] + [max(1, int(round(1.0 / s))) for s in layout.spacing[1:]]
     thin = tuple(slice(None, None, k) for k in step)
-    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in layout.lungs[thin]])
+    radius = np.maximum(np.round(HILUM_CLOSING_MM / (layout.spacing[1:] * step[1:])).astype(int), 1)
+    disk = _disk(radius)
+    pad = int(radius.max())
+    closed = []
+    for plane in layout.lungs[thin]:
+        padded = np.pad(plane, pad)
+        closed.append(ndimage.binary_fill_holes(ndimage.binary_closing(padded, structure=disk))[pad:-pad, pad:-pad])
+    filled = np.stack(closed)
     depth = ndimage.distance_transform_edt(filled, sampling=layout.spacing * step)
     near = (depth > 0) & (depth <= SUBPLEURAL_MM) & (layout.parenchyma[thin] > 0.5)
     found = np.argwhere(near)
     return found * np.array(step), depth[near]
+
+
+def _disk(radius_yx: np.ndarray) -> np.ndarray:
+    """Elliptic 2D structuring element with the given radii in voxels (y, x)."""
+    ry, rx = (int(r) for r in radius_yx)
+    y, x = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    return (y / max(ry, 1)) ** 2 + (x / max(rx, 1)) ** 2 <= 1.0

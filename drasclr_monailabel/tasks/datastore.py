@@ -28,9 +28,10 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
+from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.segmentation.labels import SUBTYPES
-from drasclr_monailabel.tasks.http import CONFLICT, NOT_FOUND, UNPROCESSABLE, as_http_errors, refuse
+from drasclr_monailabel.tasks.http import CONFLICT, NOT_FOUND, UNPROCESSABLE, refuse
 from drasclr_monailabel.tasks.labels import conform_label, read_grid, write_label
 from drasclr_monailabel.utils.atomic import TMP_PREFIX, atomic_path, write_text
 
@@ -88,9 +89,12 @@ class EmphysemaDatastore(LocalDatastore):
         image_id = self.require_image(image_id)
         label_tag = self.require_tag(label_tag)
         image_path = Path(self.get_image_uri(image_id))
-        with as_http_errors():
+        try:
             grid = read_grid(image_path)
             labels = conform_label(label_filename, grid, len(LABEL_VALUES), list(LABEL_VALUES))
+        except InputError as exc:
+            # The upload's temporary name means nothing to the client: name the image instead.
+            raise refuse(UNPROCESSABLE, f"label for image '{image_id}': {exc.problem}") from None
         dest = Path(self._datastore.label_path(label_tag)) / f"{image_id}{LABEL_SUFFIX}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         info = dict(label_info or {})
@@ -122,8 +126,10 @@ class EmphysemaDatastore(LocalDatastore):
             raise refuse(UNPROCESSABLE, f"{Path(image_filename).name}: only {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} images can be added")
         image_id = image_id or Path(image_filename).name[: -len(suffix)]
         _check_new_id(image_id)
-        with as_http_errors():
+        try:
             read_ct(image_filename)
+        except InputError as exc:
+            raise refuse(UNPROCESSABLE, f"upload for image '{image_id}': {exc.problem}") from None
         dest = Path(self._datastore.image_path()) / f"{image_id}{suffix}"
 
         def apply(objects: dict[str, ImageLabelModel]) -> None:

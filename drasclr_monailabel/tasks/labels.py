@@ -1,10 +1,9 @@
-"""Check a submitted label map against its image and bring it onto the image's grid.
+"""Check a submitted label map against the image it labels.
 
 A label saved by 3D Slicer (or any client) must describe the same voxels as the image it labels,
 otherwise training would learn from shifted or mirrored masks. The check reads only the image
-header (fast) and the label, and refuses with one line that says what differs. A label on the
-image's voxel lattice but with a smaller extent (Slicer's segmentation geometry cropped to the
-segments) is padded onto the full grid, since it describes the same voxels.
+header (fast) and the label, and refuses with one line that says what differs: size,
+orientation, spacing or origin (beyond float32 rounding of file headers).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def read_grid(path: str | Path) -> Grid:
 
 
 def conform_label(label_path: str | Path, image_grid: Grid, n_labels: int, label_names: list[str] | None = None) -> np.ndarray:
-    """Read a label map and return it as uint8 (Z, Y, X) on ``image_grid``.
+    """Read a label map, check that it lies on ``image_grid``, return it as uint8 (Z, Y, X).
 
     Args:
         label_path: the submitted file (NIfTI, NRRD, MetaImage; a 3D Slicer ``.seg.nrrd`` without
@@ -132,27 +131,20 @@ def _integer_values(path: Path, array: np.ndarray, n_labels: int, label_names: l
 
 
 def _onto_grid(path: Path, array: np.ndarray, grid: Grid, image: Grid) -> np.ndarray:
+    hint = "save the label as a labelmap with the image as reference geometry"
+    if grid.size != image.size:
+        raise InputError(path, f"has size {'x'.join(map(str, grid.size))} but the image has "
+                               f"{'x'.join(map(str, image.size))}; {hint}")
     if not np.allclose(grid.direction, image.direction, atol=DIRECTION_ATOL):
-        raise InputError(path, "has a different orientation (direction cosines) than the image; "
-                               "export the label with the image as reference")
+        raise InputError(path, f"has a different orientation (direction cosines) than the image; {hint}")
     if not np.allclose(grid.spacing, image.spacing, rtol=SPACING_RTOL, atol=0):
         raise InputError(path, f"does not match the image's grid: label {grid.describe()}, image {image.describe()}")
     spacing = np.asarray(image.spacing)
     direction = np.asarray(image.direction).reshape(3, 3)
     offset_voxels = np.linalg.solve(direction * spacing, np.subtract(grid.origin, image.origin))
-    shift = np.round(offset_voxels).astype(int)
-    if np.any(np.abs(offset_voxels - shift) > ORIGIN_TOL_VOXELS):
-        raise InputError(path, f"is shifted by a fraction of a voxel against the image: label {grid.describe()}, "
-                               f"image {image.describe()}")
-    if np.all(shift == 0) and grid.size == image.size:
-        return array
-    end = shift + np.asarray(grid.size)
-    if np.any(shift < 0) or np.any(end > np.asarray(image.size)):
-        raise InputError(path, f"does not fit inside the image: label {grid.describe()}, image {image.describe()}")
-    full = np.zeros(image.size[::-1], dtype=np.uint8)
-    (x0, y0, z0), (x1, y1, z1) = shift, end
-    full[z0:z1, y0:y1, x0:x1] = array
-    return full
+    if np.any(np.abs(offset_voxels) > ORIGIN_TOL_VOXELS):
+        raise InputError(path, f"is shifted against the image: label {grid.describe()}, image {image.describe()}")
+    return array
 
 
 def _direction3(image: sitk.Image | sitk.ImageFileReader) -> tuple[float, ...]:

@@ -6,16 +6,19 @@ Steps, all on the native grid inside the lung mask's bounding box:
    threshold while real holes (several voxels of air) do.
 2. Voxels of the lung below the threshold (-950 HU), grouped into 6-connected clusters.
 3. Clusters smaller than ``min_cluster_ml`` are dropped (noise).
-4. Airway lumen is dropped: clusters that touch sub-threshold air *outside* the lung mask (the
-   lumen continues into the trachea and main bronchi the lung mask excludes) and tube-shaped
+4. Airway lumen is dropped: clusters that touch a pocket of sub-threshold air *outside* the lung
+   mask of at least :data:`AIRWAY_MIN_ML` that leaves the lungs' box only upwards (the lumen
+   continues into the trachea and main bronchi the lung mask excludes; air outside the body,
+   lung the mask missed at the scan's edge and small gaps along the mask's border do not count),
+   and tube-shaped
    clusters (longer than ``airway_min_length_mm`` and ``airway_min_elongation`` times longer than
    wide, from the principal axes of the cluster's voxels in mm).
-5. Each remaining cluster gets a subtype (unless ``binary``), in this order:
-   paraseptal (3) if it reaches within ``pleura_mm`` of the pleura and at least half of it lies
-   within ``paraseptal_band_mm`` of the pleura (subpleural lucencies, bullae along the chest
-   wall); panlobular (2) if it is at least ``panlobular_min_ml`` (a confluent region larger than
-   a secondary lobule that reaches deep into the lung); centrilobular (1) otherwise (holes
-   inside the lung, away from the pleura).
+5. Each remaining cluster gets a subtype (unless ``binary``), in this order: paraseptal (3) if it
+   reaches within ``pleura_mm`` of the pleura and at least ``paraseptal_band_fraction`` of it
+   lies within ``paraseptal_band_mm`` of the pleura (subpleural lucencies, bullae along the
+   chest wall); panlobular (2) if it is at least ``panlobular_min_ml`` (a confluent region
+   larger than a secondary lobule that reaches deep into the lung); centrilobular (1) otherwise
+   (holes inside the lung, away from the pleura).
 
 The pleura is the surface of the lung mask after closing gaps narrower than ``pleura_close_mm``
 (so that bronchi and vessels a lung mask cut out do not count as pleura); where the lung touches
@@ -31,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from drasclr_monailabel.emphysema.clusters import label_clusters
-from drasclr_monailabel.emphysema.regions import bounding_box
+from drasclr_monailabel.emphysema.regions import bounding_box, superior_axis
 from drasclr_monailabel.io.volume import CTVolume
 
 BACKGROUND = 0
@@ -40,6 +43,8 @@ PANLOBULAR = 2
 PARASEPTAL = 3
 EMPHYSEMA = 1
 """The single foreground value of binary pseudo-labels."""
+AIRWAY_MIN_ML = 1.0
+"""Smallest pocket of air outside the lung mask taken for trachea or main bronchus lumen."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class PseudoLabelOptions:
     panlobular_min_ml: float = 5.0
     pleura_mm: float = 3.0
     paraseptal_band_mm: float = 10.0
+    paraseptal_band_fraction: float = 0.9
     pleura_close_mm: float = 5.0
     binary: bool = False
 
@@ -66,6 +72,8 @@ class PseudoLabelOptions:
         for name in ("airway_min_elongation", "panlobular_min_ml"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.paraseptal_band_fraction <= 1:
+            raise ValueError(f"paraseptal_band_fraction must be in (0, 1], got {self.paraseptal_band_fraction}")
 
 
 def laa_pseudo_labels(volume: CTVolume, lungs: np.ndarray, options: PseudoLabelOptions | None = None) -> np.ndarray:
@@ -99,7 +107,9 @@ def laa_pseudo_labels(volume: CTVolume, lungs: np.ndarray, options: PseudoLabelO
     keep = sizes * voxel_ml >= options.min_cluster_ml
     keep[0] = False
     if options.remove_airways:
-        keep &= ~_present(labels, _face_dilate(air & ~lung), len(sizes))
+        min_voxels = int(np.ceil(AIRWAY_MIN_ML / voxel_ml))
+        airway = _airway_air(air & ~lung, superior_axis(volume.direction), min_voxels)
+        keep &= ~_present(labels, _face_dilate(airway), len(sizes))
         keep &= ~_tubular(labels, keep, spacing_zyx, options.airway_min_length_mm, options.airway_min_elongation)
     if options.binary:
         classes = np.where(keep, EMPHYSEMA, BACKGROUND).astype(np.uint8)
@@ -110,7 +120,8 @@ def laa_pseudo_labels(volume: CTVolume, lungs: np.ndarray, options: PseudoLabelO
         in_band = np.bincount(labels[band], minlength=len(sizes))
         classes = np.full(len(sizes), CENTRILOBULAR, dtype=np.uint8)
         classes[sizes * voxel_ml >= options.panlobular_min_ml] = PANLOBULAR
-        classes[_present(labels, near, len(sizes)) & (2 * in_band >= sizes)] = PARASEPTAL
+        subpleural = in_band >= options.paraseptal_band_fraction * sizes
+        classes[_present(labels, near, len(sizes)) & subpleural] = PARASEPTAL
         classes[~keep] = BACKGROUND
     out[box] = classes[labels]
     return out
@@ -122,6 +133,32 @@ def _present(labels: np.ndarray, region: np.ndarray, n_labels: int) -> np.ndarra
     hit[labels[region]] = True
     hit[0] = False
     return hit
+
+
+def _airway_air(outside_air: np.ndarray, superior: tuple[int, int], min_voxels: int) -> np.ndarray:
+    """The parts of the sub-threshold air outside the lung mask that can be airway lumen.
+
+    The trachea and main bronchi the lung mask leaves out are a sizeable volume of air inside the
+    chest that leaves the lungs' box only upwards (the trachea continues to the neck). Air that
+    reaches any other face of the box is something else (air outside the body, lung that the
+    mask missed at the edge of the scan), and small pockets are lung the mask's border missed;
+    touching those must not remove an emphysema cluster.
+
+    Args:
+        outside_air: bool (Z, Y, X) in the lungs' box: below the threshold and outside the mask.
+        superior: ``(axis, step)`` of :func:`~drasclr_monailabel.emphysema.regions.superior_axis`.
+        min_voxels: smallest airway component (the main bronchi hold several mL).
+    """
+    components, count = ndimage.label(outside_air, structure=ndimage.generate_binary_structure(3, 1))
+    axis, step = superior
+    allowed = np.bincount(components[outside_air], minlength=count + 1) >= min_voxels
+    allowed[0] = False
+    for face_axis in range(3):
+        for end in (0, -1):
+            if face_axis == axis and end == (-1 if step > 0 else 0):
+                continue  # the superior face
+            allowed[np.unique(np.take(components, end, axis=face_axis))] = False
+    return allowed[components]
 
 
 def _face_dilate(mask: np.ndarray) -> np.ndarray:

@@ -53,13 +53,35 @@ def test_lung_cut_by_the_scan_edge_is_not_pleura(lung_case):
     assert np.all(labels[sphere] == CENTRILOBULAR)
 
 
-def test_airway_lumen_is_not_labelled(phantom):
+@pytest.mark.parametrize("tube_rule", [True, False])
+def test_airway_lumen_is_not_labelled(phantom, tube_rule):
+    """Bronchi inside the lung mask are removed, also by their link to the trachea alone."""
     intrapulmonary_airway = phantom.airways & (phantom.lungs > 0)
-    kept = laa_pseudo_labels(phantom.volume, phantom.lungs, PseudoLabelOptions(binary=True, remove_airways=False))
-    removed = laa_pseudo_labels(phantom.volume, phantom.lungs, PseudoLabelOptions(binary=True))
+    options = PseudoLabelOptions(binary=True, airway_min_elongation=4.0 if tube_rule else 1e9)
+    kept = laa_pseudo_labels(phantom.volume, phantom.lungs, replace(options, remove_airways=False))
+    removed = laa_pseudo_labels(phantom.volume, phantom.lungs, options)
     labelled_without_removal = np.count_nonzero(kept[intrapulmonary_airway])
     assert labelled_without_removal > 100  # the phantom's bronchi do pass the threshold
     assert np.count_nonzero(removed[intrapulmonary_airway]) < 0.1 * labelled_without_removal
+
+
+def test_air_the_lung_mask_missed_is_not_taken_for_airway(lung_case):
+    """A cluster touching air outside the mask is kept when that air is no trachea or bronchus."""
+    z_lung = np.flatnonzero(np.any(lung_case.lungs == 1, axis=(1, 2)))
+    base = int(z_lung[len(z_lung) // 4])  # crop the scan so that this slice is its first
+    volume = replace(lung_case.volume, hu=lung_case.volume.hu[base:].copy())
+    lungs = lung_case.lungs[base:].copy()
+    depth = lung_case.depth_mm[base:]
+    y, x = np.unravel_index(np.argmax(np.where(lungs[0] == 1, depth[0], -1)), lungs[0].shape)
+    hu = volume.hu.copy()
+    hu[0:4, y - 3 : y + 3, x - 3 : x + 3] = -990  # a hole reaching the scan's edge...
+    lungs[0, y - 3 : y + 3, x - 3 : x + 3] = 0  # ...where the lung mask missed it
+    y2, x2 = np.unravel_index(np.argmax(np.where(lungs[6] == 2, depth[6], -1)), lungs[6].shape)
+    hu[6:10, y2 - 3 : y2 + 3, x2 - 3 : x2 + 3] = -990  # a hole inside the left lung...
+    lungs[6, y2, x2] = 0  # ...beside a one-voxel gap in the mask
+    labels = laa_pseudo_labels(replace(volume, hu=hu), lungs, replace(NO_SMOOTHING, binary=True))
+    assert np.all(labels[1:4, y - 3 : y + 3, x - 3 : x + 3] == 1)
+    assert np.count_nonzero(labels[6:10, y2 - 3 : y2 + 3, x2 - 3 : x2 + 3]) == 6 * 6 * 4 - 1
 
 
 def test_tube_shaped_cluster_is_removed_as_airway(lung_case):

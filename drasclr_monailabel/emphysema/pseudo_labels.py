@@ -10,9 +10,8 @@ Steps, all on the native grid inside the lung mask's bounding box:
    mask of at least :data:`AIRWAY_MIN_ML` that leaves the lungs' box only upwards (the lumen
    continues into the trachea and main bronchi the lung mask excludes; air outside the body,
    lung the mask missed at the scan's edge and small gaps along the mask's border do not count),
-   and tube-shaped
-   clusters (longer than ``airway_min_length_mm`` and ``airway_min_elongation`` times longer than
-   wide, from the principal axes of the cluster's voxels in mm).
+   and tube-shaped clusters (longer than ``airway_min_length_mm`` and ``airway_min_elongation``
+   times longer than wide, from the principal axes of the cluster's voxels in mm).
 5. Each remaining cluster gets a subtype (unless ``binary``), in this order: paraseptal (3) if it
    reaches within ``pleura_mm`` of the pleura and at least ``paraseptal_band_fraction`` of it
    lies within ``paraseptal_band_mm`` of the pleura (subpleural lucencies, bullae along the

@@ -27,6 +27,7 @@ from drasclr_monailabel.tasks.embedding_cache import file_fingerprint
 from drasclr_monailabel.tasks.http import NOT_FOUND, as_http_errors, refuse
 from drasclr_monailabel.tasks.labels import Grid, write_label
 from drasclr_monailabel.tasks.model_store import ModelStore
+from drasclr_monailabel.tasks.scoring import mc_dropout_score
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,15 @@ class VolumeInferTask(InferTask):
     def is_valid(self) -> bool:
         return True
 
+    def check_ready(self) -> None:
+        """Refuse (HTTP 4xx) before any work when the task cannot run yet."""
+
     def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
         raise NotImplementedError
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
+        self.check_ready()
         image = request.get("image")
         if not isinstance(image, str) or not os.path.isfile(image):
             raise refuse(NOT_FOUND, "no readable image file for this request")
@@ -164,16 +169,19 @@ class EmphysemaInferTask(VolumeInferTask):
     def get_path(self, validate: bool = True) -> str | None:
         return str(self.store.checkpoint) if self.store.exists() or not validate else None
 
+    def check_ready(self) -> None:
+        if not self.store.exists():
+            raise refuse(NOT_FOUND, "model 'emphysema' has no trained weights yet: save a 'final' label and "
+                                    "train it, or run 'emphysema_laa' for a starting segmentation")
+
     def model(self) -> tuple[Any, dict[str, Any], str]:
         """``(network, meta, version)`` of the published checkpoint, reloaded when it changed."""
-        from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
-
         with self._lock:
+            self.check_ready()
             version = self.store.version()
-            if version is None:
-                raise refuse(NOT_FOUND, "model 'emphysema' has no trained weights yet: save a 'final' label and "
-                                        "train it, or run 'emphysema_laa' for a starting segmentation")
             if version != self._version:
+                from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
+
                 self._model, self._meta = load_checkpoint(self.store.checkpoint, self.device)
                 self._version = version
                 logger.info("Loaded emphysema model %s (round %s)", version, self._meta.get("round"))
@@ -187,6 +195,23 @@ class EmphysemaInferTask(VolumeInferTask):
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
                              "pretrained": meta.get("pretrained")}}
         return Segmentation(prediction.labels, prediction.report, details)
+
+
+    def epistemic_score(self, volume: CTVolume, passes: int) -> float:
+        """Mean MC-dropout mutual information inside the lung over ``passes`` stochastic predictions.
+
+        The scan is prepared once (lung mask, registration) and shared by the passes.
+        """
+        from drasclr_monailabel.segmentation.case import prepare_case
+        from drasclr_monailabel.segmentation.inference import predict_volume
+
+        model, _, _ = self.model()
+        case = prepare_case(volume)
+
+        def sample() -> np.ndarray:
+            return predict_volume(model, volume, self.device, mc_dropout=True, case=case).probabilities
+
+        return mc_dropout_score(sample, passes, case.lungs_native)
 
 
 def _temporary_result_file() -> Path:

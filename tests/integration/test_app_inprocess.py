@@ -1,0 +1,196 @@
+"""The emphysema app in-process (FastAPI TestClient on MONAI Label's app), driven as 3D Slicer drives it.
+
+One full annotation round: info -> next sample -> pre-segmentation -> submit the corrected label
+-> train (run_sync) -> scoring -> next sample gives another scan; then every kind of bad request
+gets a 4xx with a one-line reason and changes nothing, and concurrent label saves lose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+from tests.fixtures.app import FAST_CONF, in_process_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(phantom_studies, tiny_encoder):
+    conf = {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
+    with in_process_app(phantom_studies, conf) as test_client:
+        yield test_client
+
+
+def image_bytes(image: sitk.Image) -> bytes:
+    """The bytes of ``image`` written as a compressed NIfTI file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return path.read_bytes()
+
+
+def read_bytes(data: bytes) -> np.ndarray:
+    """The voxels (Z, Y, X) of NIfTI file bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.nii.gz"
+        path.write_bytes(data)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def label_bytes(array: np.ndarray, like: sitk.Image) -> bytes:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(like)
+    return image_bytes(image)
+
+
+def infer_all(client, model: str, image: str) -> tuple[dict, np.ndarray]:
+    """POST /infer as Slicer does (multipart answer: JSON params + label file)."""
+    response = client.post(f"/infer/{model}?image={image}")
+    assert response.status_code == 200, response.text
+    parts = {p.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0]: p
+             for p in MultipartDecoder(response.content, response.headers["content-type"]).parts}
+    return json.loads(parts[b"params"].text), read_bytes(parts[b"image"].content)
+
+
+def save_label(client, image: str, data: bytes, tag: str = "final"):
+    return client.put(f"/datastore/label?image={image}&tag={tag}", files={"label": ("label.nii.gz", data)},
+                      data={"params": json.dumps({"label_info": [{"name": "emphysema", "idx": 1}]})})
+
+
+@pytest.mark.slow
+def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
+    info = client.get("/info/").json()
+    assert set(info["models"]) == {"lung", "emphysema_laa"}  # emphysema appears once trained
+    assert set(info["trainers"]) == {"emphysema"}
+    assert {"random", "first", "epistemic", "diversity", "hybrid"} <= set(info["strategies"])
+    assert info["labels"] == {"emphysema": 1}
+
+    embedded = client.post("/scoring/embedding?run_sync=true").json()
+    assert embedded["computed"] == 3 and embedded["failed"] == 0
+
+    first = client.post("/activelearning/diversity", json={}).json()
+    image_id = first["id"]
+    assert first["selection"]["strategy"] == "diversity" and "fallback" not in first["selection"]
+
+    params, laa = infer_all(client, "emphysema_laa", image_id)
+    assert params["label_names"] == {"emphysema": 1}
+    whole = params["quantification"]["regions"]["whole"]
+    assert whole["volume_l"] > 0.5 and whole["densitometry"]["laa950_percent"] > 0
+    image = sitk.ReadImage(str(phantom_studies / f"{image_id}.nii.gz"))
+    assert laa.shape == sitk.GetArrayFromImage(image).shape and laa.max() == 1
+
+    corrected = laa.copy()
+    corrected[:, :, : corrected.shape[2] // 4] = 0  # the annotator erases a false positive region
+    saved = save_label(client, image_id, label_bytes(corrected, image))
+    assert saved.status_code == 200, saved.text
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_studies / "labels" / "final" / f"{image_id}.nii.gz")))
+    assert np.array_equal(stored, corrected)
+
+    stats = client.post("/train/emphysema?run_sync=true", json={}).json()
+    assert stats["round"] == 1 and stats["cases"] == 1 and stats["pretrained"] is True
+    info = client.get("/info/").json()
+    assert "emphysema" in info["models"] and info["train_stats"]["emphysema"]["round"] == 1
+
+    params, predicted = infer_all(client, "emphysema", image_id)
+    assert predicted.shape == corrected.shape
+    assert params["model"]["round"] == 1 and "quantification" in params
+
+    scores = client.post("/scoring/epistemic?run_sync=true").json()
+    assert scores["scored"] == 2 and scores["failed"] == 0
+    for strategy in ("epistemic", "hybrid", "diversity"):
+        answer = client.post(f"/activelearning/{strategy}", json={}).json()
+        assert answer["id"] != image_id, strategy
+        assert "fallback" not in answer["selection"], answer
+    again = client.post("/scoring/epistemic?run_sync=true").json()
+    assert again["scored"] == 0 and again["skipped"] == 2  # same model, same scans: nothing to redo
+
+
+@pytest.mark.slow
+def test_real_sample_ct_gets_lung_mask_and_quantification(sample_lung1, tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(sample_lung1, studies / "lung1.nrrd")
+    with in_process_app(studies, {**FAST_CONF, "pretrained": "none", "models": "lung,emphysema_laa"}) as client:
+        params, lungs = infer_all(client, "lung", "lung1")
+        assert set(np.unique(lungs)) == {0, 1, 2}
+        regions = params["quantification"]["regions"]
+        assert regions["right"]["volume_l"] > 0.2 and regions["left"]["volume_l"] > 0.2
+        assert params["quantification"]["coverage"]["apex_cut"] or params["quantification"]["coverage"]["base_cut"]
+
+
+def test_bad_requests_get_4xx_and_change_nothing(client, phantom_studies):
+    image = sitk.ReadImage(str(phantom_studies / "case_a.nii.gz"))
+    shape = sitk.GetArrayFromImage(image).shape
+    before = client.get("/datastore/?output=all").json()
+
+    wrong_shape = sitk.GetImageFromArray(np.zeros((shape[0] - 1, *shape[1:]), np.uint8))
+    wrong_shape.SetSpacing(image.GetSpacing())
+    wrong_shape.SetOrigin(image.GetOrigin())
+    shifted = sitk.GetImageFromArray(np.zeros(shape, np.uint8))
+    shifted.CopyInformation(image)
+    shifted.SetOrigin(tuple(o + 10.0 for o in image.GetOrigin()))
+    cases = {
+        "shape": (image_bytes(wrong_shape), "has size"),
+        "geometry": (image_bytes(shifted), "shifted"),
+        "not an image": (b"this is not a label", "not an image file"),
+        "values": (label_bytes(np.full(shape, 9), image), "label values"),
+    }
+    for name, (data, reason) in cases.items():
+        response = save_label(client, "case_a", data)
+        assert response.status_code == 422, name
+        assert reason in response.json()["detail"], (name, response.json())
+
+    checks = [
+        (client.post("/infer/liver?image=case_a"), 404, "unknown model 'liver'"),
+        (client.post("/infer/lung?image=/etc/passwd"), 404, "not in the datastore"),
+        (client.post("/infer/lung?image=../studies/case_a"), 404, "not in the datastore"),
+        (client.post("/activelearning/smartest", json={}), 404, "unknown strategy"),
+        (client.post("/scoring/magic?run_sync=true"), 404, "unknown scoring method"),
+        (client.post("/train/lung?run_sync=true", json={}), 404, "unknown model 'lung'"),
+        (client.post("/train/emphysema?run_sync=true", json={"max_epochs": "many"}), 400, "max_epochs"),
+        (client.post("/train/emphysema?run_sync=true", json={"learning_rate": 1}), 400, "learning_rate"),
+        (client.post("/train/emphysema?run_sync=true", json={}), 409, "no 'final' labels"),
+        (client.post("/infer/emphysema?image=case_a"), 404, "no trained weights yet"),
+        (save_label(client, "case_a", label_bytes(np.zeros(shape), image), tag="../../outside"), 422, "tag"),
+        (save_label(client, "../case_a", label_bytes(np.zeros(shape), image)), 404, "not in the datastore"),
+        (client.put("/datastore/image?image=notes", files={"file": ("notes.txt", b"hello")}), 422, "only"),
+        (client.put("/datastore/image?image=../escape", files={"file": ("x.nii.gz", b"hello")}), 422, "not allowed"),
+        (client.put("/datastore/image?image=fake", files={"file": ("fake.nii.gz", b"hello")}), 422, "upload for image 'fake'"),
+    ]
+    for response, status, reason in checks:
+        assert response.status_code == status, (reason, response.text)
+        assert reason in response.json()["detail"], (reason, response.json())
+
+    assert client.get("/datastore/?output=all").json() == before
+    assert not (phantom_studies / "labels" / "outside").exists()
+    assert not any(p.name.startswith(".tmp-") for p in (phantom_studies / "labels" / "final").iterdir())
+    assert sorted(p.name for p in phantom_studies.glob("*.nii.gz")) == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz"]
+
+
+def test_concurrent_label_saves_keep_every_version(client, phantom_studies):
+    image = sitk.ReadImage(str(phantom_studies / "case_b.nii.gz"))
+    shape = sitk.GetArrayFromImage(image).shape
+    uploads = []
+    for i in range(4):
+        array = np.zeros(shape, np.uint8)
+        array[5 + i : 10 + i, 40:60, 40:60] = 1
+        uploads.append(label_bytes(array, image))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda data: save_label(client, "case_b", data), uploads))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    info = client.get("/datastore/label/info?label=case_b&tag=final").json()
+    assert info["revision"] == 4
+    history = sorted((phantom_studies / ".drasclr" / "label_history" / "final" / "case_b").glob("*.nii.gz"))
+    kept = [sitk.GetArrayFromImage(sitk.ReadImage(str(p))).tobytes() for p in history]
+    kept.append(sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_studies / "labels" / "final" / "case_b.nii.gz"))).tobytes())
+    sent = [read_bytes(data).tobytes() for data in uploads]
+    assert sorted(kept) == sorted(sent)

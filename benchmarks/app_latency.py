@@ -1,0 +1,207 @@
+"""/infer latency and peak server memory on the real sample CT (CPU), and one fine-tuning round.
+
+A real ``monailabel start_server`` runs the emphysema app on a studies folder holding the two
+real sample chest CTs (pyradiomics lung1/lung2, 512 x 512, 5 mm slices). For each model, /infer is
+timed over HTTP (first call = cold, then the median of ``--repeats``), while the resident memory
+of the server process tree is sampled every 50 ms. Then the ``emphysema_laa`` result of lung1 is
+submitted as its final label and one fine-tuning round with the default recipe is timed
+(run_sync), followed by /infer of the fine-tuned ``emphysema`` model.
+
+Baselines measured in the same run: the same infer task called directly in this process (no
+server, no HTTP, with the same lung-mask cache: the ratio is what MONAI Label adds), and the server's idle memory after start
+(the ratio is what an infer adds). The encoder is ``--encoder`` if given, otherwise a randomly
+initialised encoder of the default architecture (same compute as a pretrained one).
+
+    python benchmarks/app_latency.py --out benchmarks/results/app_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "apps" / "emphysema"
+SAMPLES = ("lung1_image", "lung2_image")
+
+
+class MemorySampler:
+    """Peak resident memory (bytes) of a process and its children, sampled in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> int:
+        total = 0
+        for proc in [self.process, *self.process.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "MemorySampler":
+        self.peak = self.current()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def default_encoder(folder: Path) -> Path:
+    """A randomly initialised encoder of the default architecture, exported like a pretrained one."""
+    import torch
+
+    from drasclr_monailabel.anatomy.atlas import load_default_atlas
+    from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
+    from drasclr_monailabel.models.export import save_encoder
+    from drasclr_monailabel.models.intensity import LUNG_WINDOW
+
+    torch.manual_seed(0)
+    architecture = EncoderArchitecture()
+    atlas = load_default_atlas()
+    save_encoder(folder, DrasclrEncoder(architecture).state_dict(), {
+        "method": "drasclr", "architecture": architecture.to_dict(), "atlas": {"id": atlas.atlas_id},
+        "intensity": LUNG_WINDOW.to_dict(), "patch_size": 32, "embedding_dim": architecture.embedding_dim,
+        "training": {"note": "random initialisation, for timing only"},
+    })
+    return folder
+
+
+def start_server(studies: Path, conf: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    executable = Path(sys.executable).with_name("monailabel")
+    command = [str(executable) if executable.exists() else sys.executable, *([] if executable.exists() else ["-m", "monailabel.main"]),
+               "start_server", "--app", str(APP_DIR), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    for key, value in conf.items():
+        command += ["--conf", key, value]
+    env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/info/", timeout=5).ok:
+                return process, url
+        except requests.RequestException:
+            time.sleep(1)
+    raise SystemExit("server did not start in 300 s")
+
+
+def timed_infer(url: str, model: str, image: str) -> tuple[float, dict]:
+    start = time.perf_counter()
+    response = requests.post(f"{url}/infer/{model}?image={image}&output=json", timeout=1800)
+    seconds = time.perf_counter() - start
+    response.raise_for_status()
+    return seconds, response.json()
+
+
+def direct_infer_seconds(task, path: Path) -> float:
+    start = time.perf_counter()
+    result_file, _ = task({"image": str(path)})
+    seconds = time.perf_counter() - start
+    os.unlink(result_file)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--encoder", type=Path, help="exported encoder folder (default: random default architecture)")
+    parser.add_argument("--repeats", type=int, default=3, help="warm /infer calls per model")
+    parser.add_argument("--skip-training", action="store_true", help="only time lung and emphysema_laa")
+    args = parser.parse_args()
+
+    from drasclr_monailabel.data.sample_data import fetch_sample_data
+    from drasclr_monailabel.tasks.infer import LaaInferTask, LungInferTask, LungMaskCache
+    from drasclr_monailabel.utils.atomic import write_json
+
+    samples = fetch_sample_data(SAMPLES)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        studies = tmp_path / "studies"
+        studies.mkdir()
+        for name in SAMPLES:
+            shutil.copy(samples[name], studies / f"{name.split('_')[0]}.nrrd")
+        encoder = args.encoder or default_encoder(tmp_path / "encoder")
+        conf = {"pretrained": str(encoder), "device": "cpu", "auto_update_scoring": "false", "reserve_seconds": "0"}
+        process, url = start_server(studies, conf, tmp_path / "server.log")
+        report: dict = {"benchmark": "app_latency", "device": "cpu", "cpu_count": os.cpu_count(),
+                        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+                        "image": {"id": "lung1", "size": "512x512x48", "spacing_mm": "0.57x0.57x5"}}
+        try:
+            sampler = MemorySampler(process.pid)
+            idle = sampler.current()
+            report["server_idle_rss_mb"] = round(idle / 2**20, 1)
+            infer: dict = {}
+            with sampler:
+                for model in ("lung", "emphysema_laa"):
+                    cold, _ = timed_infer(url, model, "lung1")
+                    warm = [timed_infer(url, model, "lung1")[0] for _ in range(args.repeats)]
+                    infer[model] = {"cold_seconds": round(cold, 2), "median_seconds": round(statistics.median(warm), 2)}
+            report["peak_rss_mb_lung_laa"] = round(sampler.peak / 2**20, 1)
+            cache = LungMaskCache()
+            direct = {"lung": LungInferTask(cache), "emphysema_laa": LaaInferTask(["emphysema"], cache)}
+            for model, task in direct.items():
+                infer[model]["direct_cold_seconds"] = round(direct_infer_seconds(task, studies / "lung1.nrrd"), 2)
+                baseline = statistics.median(direct_infer_seconds(task, studies / "lung1.nrrd") for _ in range(args.repeats))
+                infer[model]["direct_call_seconds"] = round(baseline, 2)
+                infer[model]["ratio_http_to_direct"] = round(infer[model]["median_seconds"] / baseline, 2)
+            if not args.skip_training:
+                laa = requests.post(f"{url}/infer/emphysema_laa?image=lung1&output=image", timeout=1800)
+                laa.raise_for_status()
+                saved = requests.put(f"{url}/datastore/label?image=lung1&tag=final",
+                                     files={"label": ("label.nii.gz", laa.content)}, timeout=300)
+                saved.raise_for_status()
+                with MemorySampler(process.pid) as train_sampler:
+                    start = time.perf_counter()
+                    stats = requests.post(f"{url}/train/emphysema?run_sync=true", json={}, timeout=7200).json()
+                    report["finetune_round"] = {"seconds": round(time.perf_counter() - start, 1), "stats": stats,
+                                                "peak_rss_mb": round(train_sampler.peak / 2**20, 1)}
+                with MemorySampler(process.pid) as emphysema_sampler:
+                    cold, result = timed_infer(url, "emphysema", "lung2")
+                    warm = [timed_infer(url, "emphysema", "lung2")[0] for _ in range(args.repeats)]
+                infer["emphysema"] = {"image": "lung2", "cold_seconds": round(cold, 2), "median_seconds": round(statistics.median(warm), 2),
+                                      "peak_rss_mb": round(emphysema_sampler.peak / 2**20, 1),
+                                      "server_latencies": result.get("latencies")}
+            report["infer"] = infer
+            report["peak_rss_ratio_to_idle"] = round(report["peak_rss_mb_lung_laa"] / report["server_idle_rss_mb"], 2)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+    write_json(args.out, report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

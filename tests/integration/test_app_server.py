@@ -1,0 +1,148 @@
+"""A real ``monailabel start_server`` with the emphysema app, driven over HTTP, then restarted.
+
+The round is the one 3D Slicer runs, with training in MONAI Label's background subprocess (as
+Slicer's "Train" and "auto-update model" start it), which needs PYTHONPATH and the app importable.
+After a restart, the label (with its revision), the epistemic scores and the published model
+(same checksum) must all still be there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+
+from tests.fixtures.app import APP_DIR, FAST_CONF, free_port, server_env
+from tests.integration.test_app_inprocess import label_bytes, read_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+START_TIMEOUT_S = 240
+TRAIN_TIMEOUT_S = 420
+
+
+class Server:
+    """One ``monailabel start_server`` process on a free loopback port (its own process group)."""
+
+    def __init__(self, studies: Path, conf: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        executable = Path(sys.executable).with_name("monailabel")
+        command = [str(executable)] if executable.exists() else [sys.executable, "-m", "monailabel.main"]
+        command += ["start_server", "--app", str(APP_DIR), "--studies", str(studies), "--host", "127.0.0.1",
+                    "--port", str(self.port)]
+        for key, value in conf.items():
+            command += ["--conf", key, value]
+        self.log = log
+        self.process = subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=server_env(),
+                                        cwd=studies.parent, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{self.tail()}")
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=120, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=600, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return requests.put(self.url + path, timeout=120, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    servers: list[Server] = []
+
+    def start(studies: Path, conf: dict[str, str]) -> Server:
+        server = Server(studies, conf, tmp_path / f"server{len(servers)}.log")
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_for_training(server: Server) -> dict:
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        task = server.get("/train/").json()
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return task
+        time.sleep(2)
+    pytest.fail(f"training did not finish in {TRAIN_TIMEOUT_S} s:\n{server.tail()}")
+
+
+def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_encoder):
+    conf = {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
+    server = start_server(phantom_studies, conf)
+    info = server.get("/info/").json()
+    assert set(info["models"]) == {"lung", "emphysema_laa"} and "emphysema" in info["trainers"]
+
+    image_id = server.post("/activelearning/first", json={}).json()["id"]
+    response = server.post(f"/infer/emphysema_laa?image={image_id}&output=image")
+    assert response.status_code == 200, response.text
+    label = read_bytes(response.content)
+    image = sitk.ReadImage(str(phantom_studies / f"{image_id}.nii.gz"))
+    saved = server.put(f"/datastore/label?image={image_id}&tag=final", files={"label": ("label.nii.gz", label_bytes(label, image))},
+                       data={"params": json.dumps({"label_info": [{"name": "emphysema", "idx": 1}]})})
+    assert saved.status_code == 200, saved.text
+
+    task = server.post("/train/emphysema", json={})
+    assert task.status_code == 200, task.text
+    finished = wait_for_training(server)
+    assert finished["status"] == "DONE", f"{finished}\n{server.tail()}"
+    assert "emphysema" in server.get("/info/").json()["models"]
+    model_before = server.get("/model/info/emphysema").json()
+
+    scores = server.post("/scoring/epistemic?run_sync=true").json()
+    assert scores["scored"] == 2, scores
+    after = server.post("/activelearning/epistemic", json={}).json()
+    assert after["id"] != image_id and "fallback" not in after["selection"]
+    objects = server.get("/datastore/?output=all").json()["objects"]
+    scores_before = {k: v["image"]["info"]["epistemic"]["score"] for k, v in objects.items() if "epistemic" in v["image"]["info"]}
+    server.stop()
+
+    restarted = start_server(phantom_studies, conf)
+    assert "emphysema" in restarted.get("/info/").json()["models"]
+    assert restarted.get("/model/info/emphysema").json()["checksum"] == model_before["checksum"]
+    objects = restarted.get("/datastore/?output=all").json()["objects"]
+    assert objects[image_id]["labels"]["final"]["info"]["revision"] == 1
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_studies / "labels" / "final" / f"{image_id}.nii.gz")))
+    assert np.array_equal(stored, label)
+    assert {k: v["image"]["info"]["epistemic"]["score"] for k, v in objects.items() if "epistemic" in v["image"]["info"]} == scores_before
+    again = restarted.post("/activelearning/epistemic", json={}).json()
+    assert again["id"] != image_id and "fallback" not in again["selection"]

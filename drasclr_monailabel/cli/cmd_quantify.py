@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="emphysema mask on the CT's grid (>0 emphysema, or 1-3 subtypes) to report as well")
     parser.add_argument("--id", dest="scan_id", help="name prefix of the output files (default: from the scan's name)")
     parser.add_argument("--pseudo-labels", action="store_true", help="also write LAA-cluster pseudo-labels")
-    parser.add_argument("--binary", action="store_true", help="pseudo-labels as plain emphysema (1) without subtypes")
+    parser.add_argument("--binary", action="store_true",
+                        help="pseudo-labels as plain emphysema (1) without subtypes (implies --pseudo-labels)")
     parser.add_argument("--cip", action="store_true",
                         help="also write the pseudo-labels as a Chest Imaging Platform label map (implies --pseudo-labels)")
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = quantify(volume, lungs, mask)
     labels = None
-    if args.pseudo_labels or args.cip:
+    if args.pseudo_labels or args.binary or args.cip:
         labels = laa_pseudo_labels(volume, lungs, replace(PseudoLabelOptions(), binary=args.binary))
     cip = to_cip_labelmap(labels, lungs, volume.spacing, volume.direction, binary=args.binary) if args.cip else None
 

@@ -107,3 +107,23 @@ def test_bad_scan_exits_2(tmp_path, capsys):
     assert main(["quantify", str(not_ct), "--out", str(tmp_path / "out")]) == 2
     assert "notes.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lungs_are_segmented_when_no_mask_is_given(phantom_factory, tmp_path):
+    case = phantom_factory(spacing=(3.0, 3.0, 3.0), seed=0)
+    scan = _save(case.volume.hu, case.volume, tmp_path / "chest.nii.gz")
+    assert main(["quantify", scan, "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "chest_emphysema.json").read_text())
+    true_voxels = {"right": np.count_nonzero(case.lungs == 1), "left": np.count_nonzero(case.lungs == 2)}
+    for side, voxels in true_voxels.items():
+        assert data["regions"][side]["voxels"] == pytest.approx(voxels, rel=0.1)
+
+
+def test_ct_without_lungs_exits_2(phantom_factory, tmp_path, capsys):
+    case = phantom_factory(spacing=(3.0, 3.0, 3.0), seed=0)
+    hu = case.volume.hu.copy()
+    hu[(case.lungs > 0) | case.airways] = 40  # no air inside the body
+    scan = _save(hu, case.volume, tmp_path / "abdomen.nii.gz")
+    assert main(["quantify", scan, "--out", str(tmp_path / "out")]) == 2
+    assert "no lungs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.ssl.distributed import DistContext
 
 # Method name -> module that registers it on import (keeps `drasclr pretrain --help` light).
-METHOD_MODULES = {"drasclr": "drasclr_monailabel.ssl.drasclr"}
+METHOD_MODULES = {"drasclr": "drasclr_monailabel.ssl.drasclr", "joint2d3d": "drasclr_monailabel.ssl.joint2d3d.method"}
 
 
 class EpochSampler(Protocol):
@@ -77,6 +77,9 @@ class PretrainMethod(abc.ABC):
     """
 
     name: str = ""
+    # True when some trainable parameters may get no gradient in a step (stages, frozen parts):
+    # DDP must then look for them (find_unused_parameters), at some cost per step.
+    find_unused_parameters: bool = False
 
     def __init__(self, config: Any, context: DistContext) -> None:
         self.config = config

@@ -109,7 +109,8 @@ class Trainer:
             self._start_run_dir()
         wrapped: nn.Module = network
         if self.context.distributed:
-            wrapped = DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            wrapped = DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                              find_unused_parameters=self.method.find_unused_parameters)
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.train.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=self.train.num_workers > 0)
         history: list[dict[str, float]] = []

@@ -44,7 +44,7 @@ def main() -> None:
                  f"{args.severity:g} % of the lung, sharp kernel, 25 HU noise", fontsize=13)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    fig.savefig(args.out, dpi=60)
     print(f"wrote {args.out}")
 
 

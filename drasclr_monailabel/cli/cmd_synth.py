@@ -58,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from drasclr_monailabel.data.lesions import SUBTYPE_NAMES
-    from drasclr_monailabel.data.synth_cohort import SynthSettings, check_output_folder, resolve_sources, threshold_dice, write_cohort
+    from drasclr_monailabel.data.synth_cohort import (
+        SynthSettings,
+        check_output_folder,
+        resolve_sources,
+        threshold_dice,
+        write_cohort,
+    )
     from drasclr_monailabel.errors import ConfigError
 
     if not 0.0 <= args.mixed_probability <= 1.0:

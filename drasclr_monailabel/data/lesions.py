@@ -166,7 +166,8 @@ class _Canvas:
         inside = [(i >= 0) & (i < n) for i, n in zip(index, self.shape)]
         valid = inside[0].reshape(shapes[0]) & inside[1].reshape(shapes[1]) & inside[2].reshape(shapes[2])
         full = valid.shape
-        flat = (index[0].reshape(shapes[0]) * self.shape[1] + index[1].reshape(shapes[1])) * self.shape[2] + index[2].reshape(shapes[2])
+        iz, iy, ix = (i.reshape(sh) for i, sh in zip(index, shapes))
+        flat = (iz * self.shape[1] + iy) * self.shape[2] + ix
         owner = np.broadcast_to(np.arange(len(centres)).reshape(-1, 1, 1, 1), full)
         dz, dy, dx = (np.broadcast_to(o.reshape(sh), full)[valid] for o, sh in zip(offset, shapes))
         return flat[valid], owner[valid], dz.astype(np.float32), dy.astype(np.float32), dx.astype(np.float32)

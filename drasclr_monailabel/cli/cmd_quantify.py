@@ -11,6 +11,7 @@ Examples:
   drasclr quantify scan.nii.gz --out results/
   drasclr quantify /data/dicom/series_001/ --lungs lungs.nii.gz --mask prediction.nii.gz --out results/
   drasclr quantify scan.nrrd --pseudo-labels --out results/
+  drasclr quantify cache/case_001/ --out results/        # a preprocessed scan (1 mm, with a warning)
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ HELP = "emphysema quantification (%LAA, Perc15, zones, clusters) with JSON, CSV 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scan", help="CT: NIfTI / NRRD / MHA file or a DICOM series folder")
+    parser.add_argument("scan", help="CT: NIfTI / NRRD / MHA file, a DICOM series folder, or a preprocessed cache "
+                                     "scan folder (<id>/ with <id>_image.npy, _lung.npy, _qa.json)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--lungs", metavar="FILE",
-                        help="lung mask on the CT's grid (0 outside, 1 right, 2 left); default: segment the lungs")
+                        help="lung mask on the CT's grid (0 outside, 1 right, 2 left); default: segment the lungs "
+                             "(or the cache's _lung.npy)")
     parser.add_argument("--mask", metavar="FILE",
                         help="emphysema mask on the CT's grid (>0 emphysema, or 1-3 subtypes) to report as well")
     parser.add_argument("--id", dest="scan_id", help="name prefix of the output files (default: from the scan's name)")
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from drasclr_monailabel.emphysema import PseudoLabelOptions, laa_pseudo_labels, quantify, to_cip_labelmap
-    from drasclr_monailabel.emphysema.label_input import read_label_map
+    from drasclr_monailabel.emphysema.inputs import CACHE_RESAMPLED_WARNING, is_cache_scan, read_cache_scan, read_label_map
     from drasclr_monailabel.emphysema.report import render_report
     from drasclr_monailabel.errors import InputError, NoLungsError
     from drasclr_monailabel.io import read_ct
@@ -52,15 +55,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    volume = read_ct(args.scan)
+    from_cache = is_cache_scan(args.scan)
+    volume, cache_lungs = read_cache_scan(args.scan) if from_cache else (read_ct(args.scan), None)
     scan_id = args.scan_id or scan_id_from_path(args.scan)
-    if args.lungs:
-        lungs = read_label_map(args.lungs, volume)
+    if args.lungs or cache_lungs is not None:
+        source = args.lungs or Path(args.scan) / f"{Path(args.scan).name}_lung.npy"
+        lungs = read_label_map(args.lungs, volume) if args.lungs else cache_lungs
         if lungs.min() < 0 or lungs.max() > 2:
-            raise InputError(args.lungs, f"has values {int(lungs.min())}..{int(lungs.max())}; "
-                                         "a lung mask holds 0 (outside), 1 (right), 2 (left)")
+            raise InputError(source, f"has values {int(lungs.min())}..{int(lungs.max())}; "
+                                     "a lung mask holds 0 (outside), 1 (right), 2 (left)")
         if not np.any(lungs):
-            raise NoLungsError(args.lungs, "the lung mask is empty")
+            raise NoLungsError(source, "the lung mask is empty")
         lungs = lungs.astype(np.uint8)
     else:
         from drasclr_monailabel.anatomy.lung_mask import segment_lungs
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     mask = read_label_map(args.mask, volume) if args.mask else None
 
     report = quantify(volume, lungs, mask)
+    if from_cache:
+        report = replace(report, warnings=[*report.warnings, CACHE_RESAMPLED_WARNING])
     labels = None
     if args.pseudo_labels or args.binary or args.cip:
         labels = laa_pseudo_labels(volume, lungs, replace(PseudoLabelOptions(), binary=args.binary))

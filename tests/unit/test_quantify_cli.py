@@ -127,3 +127,31 @@ def test_ct_without_lungs_exits_2(phantom_factory, tmp_path, capsys):
     assert main(["quantify", scan, "--out", str(tmp_path / "out")]) == 2
     assert "no lungs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _cache_folder(case, root, grid=None):
+    folder = root / "cache" / "case_001"
+    folder.mkdir(parents=True)
+    np.save(folder / "case_001_image.npy", case.volume.hu)
+    np.save(folder / "case_001_lung.npy", case.lungs)
+    volume = case.volume
+    qa = {"format": "drasclr-cache/1", "id": "case_001",
+          "grid": grid or {"spacing": list(volume.spacing), "origin": list(volume.origin),
+                           "direction": list(volume.direction), "size": list(volume.shape_xyz)}}
+    (folder / "case_001_qa.json").write_text(json.dumps(qa))
+    return folder
+
+
+def test_preprocessed_cache_scan_is_quantified_with_a_warning(lung_case, tmp_path):
+    folder = _cache_folder(lung_case, tmp_path)
+    assert main(["quantify", str(folder), "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "case_001_emphysema.json").read_text())
+    assert data["regions"] == quantify(lung_case.volume, lung_case.lungs).to_dict()["regions"]
+    assert any("preprocessing cache" in w for w in data["warnings"])
+
+
+def test_cache_scan_without_grid_exits_2(lung_case, tmp_path, capsys):
+    folder = _cache_folder(lung_case, tmp_path, grid={"spacing": [1, 1]})
+    assert main(["quantify", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "case_001_qa.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,232 @@
+"""Joint image-volume pretraining with intra-inter contrastive clustering (Nguyen et al., AAAI 2023)
+as a :class:`PretrainMethod`; the generic trainer runs it (``drasclr pretrain --method joint2d3d``).
+
+Per step (each loss only in the schedule stages that give it a positive weight):
+
+* L_intra: B 2D samples (slices cut from the volumes and 2D images) are multi-cropped; the ResNet
+  slice encoder's last-stage pool goes through the slice clustering head; SwAV swaps the Sinkhorn
+  codes of the global crops, DeepCluster-v2 predicts each sample's k-means cluster;
+* L_inter: V volumes give two views each (S slices over a random z range, one in-plane crop per
+  view); slice tokens (multi-scale pooled, L2-normalised, projected to d) with their positions go
+  through the deformable volume transformer; the mean token is the volume embedding, clustered by
+  the volume head with the same objective between the two views;
+* masked prediction: a fraction of each view's tokens is replaced by the mask token; a predictor
+  reads the transformer output at those places and is scored against the stop-gradient tokens, on
+  the masked tokens only.
+
+loss = intra x L_intra + inter x L_inter + masked x L_masked, weights from the current stage of
+``schedule`` (one stage: joint training; several: the reference's staged training).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from drasclr_monailabel.io.images2d import list_images2d
+from drasclr_monailabel.models.intensity import LUNG_WINDOW
+from drasclr_monailabel.ssl.distributed import DistContext, all_gather_rows
+from drasclr_monailabel.ssl.joint2d3d.augment import SliceAugmenter
+from drasclr_monailabel.ssl.joint2d3d.config import (
+    Joint2d3dConfig,
+    StageConfig,
+    stage_at,
+)
+from drasclr_monailabel.ssl.joint2d3d.data import JointBatchSampler, JointDataset
+from drasclr_monailabel.ssl.joint2d3d.losses import (
+    ClusterMemory,
+    cluster_target_loss,
+    masked_prediction_loss,
+    swapped_prediction_loss,
+)
+from drasclr_monailabel.ssl.joint2d3d.network import Joint2d3dNetwork, StepPlan
+from drasclr_monailabel.ssl.joint2d3d.sources import find_volumes
+from drasclr_monailabel.ssl.joint2d3d.stacks import StackSettings, resolve_atlas_z
+from drasclr_monailabel.ssl.method import (
+    ExportSpec,
+    PretrainMethod,
+    StepOutput,
+    register_method,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Joint2d3dMethod(PretrainMethod):
+    """See the module docstring. ``data_root``: volumes (cache, manifest, folder or file)."""
+
+    name = "joint2d3d"
+    find_unused_parameters = True  # stages and frozen prototypes leave parts of the network idle
+
+    def __init__(self, config: Joint2d3dConfig, context: DistContext, data_root: Path) -> None:
+        super().__init__(config, context)
+        self.volumes = find_volumes(data_root)
+        self.images = list_images2d(config.data.images) if config.data.images else []
+        self.atlas = resolve_atlas_z(config.data.atlas) if any(v.cached for v in self.volumes) else None
+        self.settings = stack_settings(config)
+        model, clustering = config.model, config.clustering
+        self.deepcluster = clustering.head == "deepcluster"
+        self._network = Joint2d3dNetwork(model.slice_encoder, model.transformer, model.projection_hidden, model.projection_dim,
+                                         clustering.slice_prototypes, clustering.volume_prototypes, clustering.heads,
+                                         learned_prototypes=not self.deepcluster).to(context.device)
+        self.augmenter = SliceAugmenter(config.crops)
+        n_items = len(self.images) + len(self.volumes) * config.data.slices_per_volume
+        self.memories: dict[str, ClusterMemory] = {}
+        if self.deepcluster:
+            self.memories = {
+                "slice": ClusterMemory(n_items, model.projection_dim, clustering.heads, clustering.slice_prototypes, context.device),
+                "volume": ClusterMemory(len(self.volumes), model.projection_dim, clustering.heads, clustering.volume_prototypes, context.device),
+            }
+        self.step = 0
+        self.steps_per_epoch = 1
+        self.total_steps = 1
+        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def network(self) -> nn.Module:
+        return self._network
+
+    def build_data(self) -> tuple[Dataset, JointBatchSampler]:
+        data, train = self.config.data, self.config.train
+        dataset = JointDataset(self.images, self.volumes, self.settings, data.slices_per_volume, self.config.model.num_slices,
+                               data.min_coverage, train.seed, self.atlas, data.cache_items)
+        if data.volumes_per_batch > len(self.volumes) and any(stage.uses_volumes for stage in self.config.schedule):
+            log.warning("data.volumes_per_batch is %d but only %d volumes exist: using %d", data.volumes_per_batch, len(self.volumes), len(self.volumes))
+        sampler = JointBatchSampler(dataset.n_items, len(self.volumes), train.batch_size, data.volumes_per_batch,
+                                    uses_volumes=lambda step: self.stage(step).uses_volumes, seed=train.seed,
+                                    rank=self.context.rank, world_size=self.context.world_size)
+        self.steps_per_epoch = sampler.batches_per_epoch
+        self.total_steps = train.max_steps or train.epochs * sampler.batches_per_epoch
+        return dataset, sampler
+
+    def stage(self, step: int) -> StageConfig:
+        return stage_at(self.config.schedule, step, self.total_steps)
+
+    def prepare_batch(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Multi-crop the 2D samples and crop the volume views (on the device); draw the token mask."""
+        stage = self.stage(self.step)
+        inputs: dict[str, Any] = {"item_ids": batch["item_ids"], "batch_size": batch["items"].shape[0],
+                                  "global_crops": self.config.crops.global_crops}
+        if stage.intra > 0:
+            glob, local = self.augmenter.multi_crop(batch["items"], generator)
+            inputs["crops"] = [glob] if local is None else [glob, local]
+        if "views" in batch:
+            v, _, s = batch["positions"].shape
+            inputs.update(views=self.augmenter.volume_views(batch["views"], generator), positions=batch["positions"].reshape(2 * v, s),
+                          kinds=batch["kinds"].repeat_interleave(2), volume_ids=batch["volume_ids"],
+                          mask=random_token_mask(2 * v, s, self.config.masking.ratio, generator, batch["positions"].device))
+        return inputs
+
+    def training_step(self, network: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
+        stage = self.stage(self.step)
+        has_views = "views" in batch
+        plan = StepPlan(intra="crops" in batch, inter=has_views and stage.inter > 0, masked=has_views and stage.masked > 0,
+                        encoder_in_3d=stage.encoder_in_3d,
+                        freeze_prototypes=not self.deepcluster and self.step < self.config.clustering.freeze_prototypes_steps)
+        out = network(batch, plan)
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        if plan.intra:
+            losses["intra"] = self._clustering_loss("slice", out["slice_scores"], batch["item_ids"], self.config.crops.global_crops)
+            z = out["slice_z"]
+            self._pending["slice"] = (batch["item_ids"], _normalised_mean(z.view(-1, batch["batch_size"], z.shape[1]).transpose(0, 1)))
+        if plan.inter:
+            losses["inter"] = self._clustering_loss("volume", out["volume_scores"], batch["volume_ids"], 2)
+            z = out["volume_z"]
+            self._pending["volume"] = (batch["volume_ids"], _normalised_mean(z.view(-1, 2, z.shape[1])))
+        if plan.masked:
+            losses["masked"] = masked_prediction_loss(out["predicted"], out["target"], batch["mask"])
+            metrics["token_std"] = out["target"].float().std(dim=1).mean().detach()
+        weights = {"intra": stage.intra, "inter": stage.inter, "masked": stage.masked}
+        loss = sum(weights[name] * value for name, value in losses.items())
+        metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
+        return StepOutput(loss=loss, samples=batch["batch_size"], metrics=metrics)
+
+    def _clustering_loss(self, level: str, scores: list[list[torch.Tensor]], ids: torch.Tensor, code_crops: int) -> torch.Tensor:
+        """Mean over prototype heads of the SwAV or DeepCluster-v2 loss of one level."""
+        c = self.config.clustering
+        if self.deepcluster:
+            targets = self.memories[level].targets(ids)
+            per_head = [cluster_target_loss(crops, targets[h], c.temperature) for h, crops in enumerate(scores)]
+        else:
+            per_head = [swapped_prediction_loss(crops, code_crops, c.temperature, c.sinkhorn_epsilon, c.sinkhorn_iterations, self.context)
+                        for crops in scores]
+        return torch.stack(per_head).mean()
+
+    def after_step(self, step: int) -> None:
+        """Keep prototypes on the unit sphere (SwAV), or fill the memory banks and re-cluster at
+        each epoch boundary (DeepCluster-v2)."""
+        self.step = step
+        if not self.deepcluster:
+            self._network.slice_head.normalise_prototypes()
+            self._network.volume_head.normalise_prototypes()
+            return
+        for level, (ids, z) in self._pending.items():
+            self.memories[level].update(all_gather_rows(ids, self.context), all_gather_rows(z.float().contiguous(), self.context))
+        self._pending = {}
+        if step % self.steps_per_epoch == 0:
+            self.recluster(step // self.steps_per_epoch)
+
+    @torch.no_grad()
+    def recluster(self, epoch: int) -> None:
+        """k-means on both memory banks; the centroids become the prototypes (rank 0's, on every rank)."""
+        heads = {"slice": self._network.slice_head, "volume": self._network.volume_head}
+        for level, memory in self.memories.items():
+            centroids = memory.recluster(self.config.clustering.kmeans_iterations, seed=self.config.train.seed + epoch)
+            if centroids is None:
+                continue
+            for layer, centre in zip(heads[level].prototypes, centroids):
+                layer.weight.copy_(centre)
+            if self.context.distributed:
+                dist.broadcast(memory.assignments, src=0)
+                for layer in heads[level].prototypes:
+                    dist.broadcast(layer.weight.data, src=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "memories": {level: memory.state_dict() for level, memory in self.memories.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for level, memory in self.memories.items():
+            memory.load_state_dict(state["memories"][level])
+
+    def export_spec(self) -> ExportSpec:
+        model, data, crops = self.config.model, self.config.data, self.config.crops
+        atlas = {"id": self.atlas.atlas_id, "positions": "atlas z"} if self.atlas else {"id": None, "positions": "relative"}
+        return ExportSpec(
+            metadata={"method": self.name, "architecture": self._network.encoder.architecture(), "atlas": atlas,
+                      "intensity": LUNG_WINDOW.to_dict(), "patch_size": crops.global_size,
+                      "embedding_dim": model.slice_encoder.embedding_dim,
+                      "input": {"store_size": data.store_size, "slice_size": crops.global_size, "num_slices": model.num_slices,
+                                "slice_spacing_mm": data.slice_spacing_mm, "body_threshold_hu": data.body_threshold_hu,
+                                "images_2d": "percentile 0.5/99.5 scaling (CT slices: lung window), MONOCHROME1 inverted, "
+                                             "padded to a square, then 2 x - 1"},
+                      "embeddings": {"slice": "multi-scale slice token (d)", "volume": "mean of the transformer output tokens (d)"}},
+            state_dict_prefix="encoder.",
+        )
+
+
+def stack_settings(config: Joint2d3dConfig) -> StackSettings:
+    data = config.data
+    return StackSettings(store_size=data.store_size, slice_spacing_mm=data.slice_spacing_mm, body_threshold_hu=data.body_threshold_hu)
+
+
+def random_token_mask(rows: int, tokens: int, ratio: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """bool (rows, tokens): ``max(1, round(ratio * tokens))`` random tokens per row are True."""
+    count = max(1, round(ratio * tokens))
+    order = torch.rand(rows, tokens, generator=generator, device=device).argsort(dim=1)
+    return order < count
+
+
+def _normalised_mean(z: torch.Tensor) -> torch.Tensor:
+    """(n, views, P) unit vectors -> (n, P): each sample's views averaged and re-normalised (for the memory bank)."""
+    return torch.nn.functional.normalize(z.mean(dim=1), dim=1).detach()
+
+
+register_method("joint2d3d", Joint2d3dConfig, Joint2d3dMethod)

@@ -64,7 +64,7 @@ class MemorySampler:
             self.peak = max(self.peak, self.current())
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.peak = self.current()
         self._thread.start()
         return self
@@ -77,8 +77,8 @@ class MemorySampler:
 def default_encoder(folder: Path) -> Path:
     """A randomly initialised encoder of the default architecture, exported like a pretrained one."""
     import torch
-
     from drasclr_monailabel.anatomy.atlas import load_default_atlas
+
     from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
     from drasclr_monailabel.models.export import save_encoder
     from drasclr_monailabel.models.intensity import LUNG_WINDOW
@@ -104,7 +104,8 @@ def start_server(studies: Path, conf: dict[str, str], log: Path) -> tuple[subpro
     for key, value in conf.items():
         command += ["--conf", key, value]
     env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(log, "wb") as log_file:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -80,7 +80,7 @@ def main() -> None:
         start = time.perf_counter()
         store, cache_dir = build_datastore(Path(tmp), args.studies, args.labelled, args.dim, args.seed)
         build_s = time.perf_counter() - start
-        version = lambda: MODEL_VERSION  # noqa: E731
+        version = lambda: MODEL_VERSION
         strategies = {
             "epistemic (MONAI Label, baseline)": ("epistemic", Epistemic()),
             "first (MONAI Label)": ("first", First()),

@@ -12,7 +12,7 @@ lives in :mod:`drasclr_monailabel.tasks`; this file only wires it into MONAI Lab
 """
 
 import logging
-from typing import Any, Dict
+from typing import Any
 
 import lib.configs
 import requests
@@ -23,7 +23,7 @@ from monailabel.tasks.activelearning.random import Random
 
 import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.tasks.conf import parse_app_conf, resolve_app_conf
+from drasclr_monailabel.tasks.conf import connect_hint, parse_app_conf, resolve_app_conf
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
 from drasclr_monailabel.tasks.guards import require_infer_image, require_known
 from drasclr_monailabel.tasks.http import CONFLICT, refuse
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 class EmphysemaApp(MONAILabelApp):
-    def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         try:
             self.resolved = resolve_app_conf(parse_app_conf(conf), app_dir, studies)
         except ConfigError as exc:
@@ -57,6 +57,10 @@ class EmphysemaApp(MONAILabelApp):
             labels=self.resolved.labels,
         )
         self._auto_update_scoring = self.resolved.conf.auto_update_scoring and bool(self._scoring_methods)
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        logger.info(connect_hint(settings.MONAI_LABEL_SERVER_PORT, self.resolved))
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
@@ -95,7 +99,7 @@ class EmphysemaApp(MONAILabelApp):
         }
         return info
 
-    def infer(self, request: Dict[str, Any], datastore=None):
+    def infer(self, request: dict[str, Any], datastore=None):
         require_known("model", request.get("model"), self._infers)
         store = datastore or self.datastore()
         image = request.get("image")
@@ -103,18 +107,18 @@ class EmphysemaApp(MONAILabelApp):
         require_infer_image(image, known, self._sessions.store_path if self._sessions else None)
         return super().infer(request, datastore)
 
-    def train(self, request: Dict[str, Any]):
+    def train(self, request: dict[str, Any]):
         require_known("model", request.get("model"), self._trainers)
         try:
             return super().train(request)
         except TrainingBusy as exc:
             raise refuse(CONFLICT, str(exc)) from None
 
-    def next_sample(self, request: Dict[str, Any]):
+    def next_sample(self, request: dict[str, Any]):
         require_known("strategy", request.get("strategy") or "random", self._strategies)
         return super().next_sample(request)
 
-    def scoring(self, request: Dict[str, Any], datastore=None):
+    def scoring(self, request: dict[str, Any], datastore=None):
         require_known("scoring method", request.get("method"), self._scoring_methods)
         return super().scoring(request, datastore)
 
@@ -123,7 +127,6 @@ class EmphysemaApp(MONAILabelApp):
         # subprocess: the one place where an unknown model can be refused with a 404 in time.
         if model is not None:
             require_known("model", model, self._trainers)
-        return None
 
     def _local_request(self, url, params, action):
         # Outside the server (a training subprocess), MONAI Label triggers scoring over HTTP; a

@@ -7,13 +7,13 @@ any task is built, so a typo or a bad value stops the server at start-up with on
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from drasclr_monailabel.config import from_mapping
 from drasclr_monailabel.errors import ConfigError
@@ -150,9 +150,12 @@ def resolve_app_conf(conf: AppConf, app_dir: str | Path, studies: str) -> Resolv
     )
 
 
-def conf_keys() -> list[str]:
-    """All accepted ``--conf`` keys (for help texts)."""
-    return [f.name for f in dataclasses.fields(AppConf)]
+def connect_hint(port: int, resolved: ResolvedConf) -> str:
+    """What to tell the user once the server runs: how to connect 3D Slicer."""
+    encoder = f"pretrained encoder {resolved.pretrained}" if resolved.pretrained else "no pretrained encoder (from scratch)"
+    return (f"emphysema app ready ({encoder}, device {resolved.device}). Connect 3D Slicer: MONAI Label module, "
+            f"server http://127.0.0.1:{port} (or this machine's address), press refresh, then 'Next Sample' "
+            "and run 'emphysema_laa' (docs/annotator-guide.md)")
 
 
 TRAINING_KEYS = ("max_epochs", "steps_per_epoch", "batch_size", "patch_size", "lr", "freeze_encoder_epochs", "seed")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from drasclr_monailabel.tasks.http import NOT_FOUND, UNPROCESSABLE, refuse
 

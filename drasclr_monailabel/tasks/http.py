@@ -9,7 +9,7 @@ anywhere in the call with its status and ``{"detail": message}``, so the app's e
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from fastapi import HTTPException
 

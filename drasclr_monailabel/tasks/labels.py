@@ -39,7 +39,7 @@ class Grid:
     direction: tuple[float, ...]
 
     @classmethod
-    def of(cls, image: sitk.Image | sitk.ImageFileReader) -> "Grid":
+    def of(cls, image: sitk.Image | sitk.ImageFileReader) -> Grid:
         return cls(tuple(int(s) for s in image.GetSize()[:3]), tuple(float(s) for s in image.GetSpacing()[:3]),  # type: ignore[arg-type]
                    tuple(float(o) for o in image.GetOrigin()[:3]), _direction3(image))  # type: ignore[arg-type]
 

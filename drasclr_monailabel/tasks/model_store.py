@@ -67,7 +67,7 @@ class ModelStore:
     def write_stats(self, stats: dict[str, Any]) -> None:
         write_json(self.stats_path, stats)
 
-    def training_lock(self) -> "TrainingLock":
+    def training_lock(self) -> TrainingLock:
         """Context manager held for a whole round; raises :class:`TrainingBusy` if another round runs."""
         return TrainingLock(self)
 
@@ -94,7 +94,7 @@ class TrainingLock:
         store.model_dir.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(store.model_dir / "train.lock"))
 
-    def __enter__(self) -> "TrainingLock":
+    def __enter__(self) -> TrainingLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:

@@ -43,7 +43,8 @@ class Server:
         for key, value in conf.items():
             command += ["--conf", key, value]
         self.log = log
-        self.process = subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=server_env(),
+        self._log_file = open(log, "ab")  # noqa: SIM115 (closed in stop(), after the process ends)
+        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=server_env(),
                                         cwd=studies.parent, start_new_session=True)
 
     def wait_ready(self) -> None:
@@ -76,6 +77,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
+        self._log_file.close()
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -1,6 +1,7 @@
 """The shape every model config shares: build the model's tasks once, hand them to the app."""
 
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from monailabel.interfaces.config import TaskConfig
 
@@ -12,7 +13,7 @@ class ModelConfig(TaskConfig):
 
     factory: Callable[..., ModelTasks]
 
-    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs: Any) -> None:
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
         super().init(name, model_dir, conf, planner, **kwargs)
         self.tasks = type(self).factory(kwargs["resolved"], kwargs["lung_cache"])
         self.labels = self.tasks.infer.labels
@@ -20,7 +21,7 @@ class ModelConfig(TaskConfig):
     def infer(self):
         return self.tasks.infer
 
-    def trainer(self) -> Optional[Any]:
+    def trainer(self) -> Any | None:
         return self.tasks.trainer
 
     def strategy(self):

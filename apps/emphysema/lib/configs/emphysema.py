@@ -1,8 +1,7 @@
 """``emphysema``: segmentation model on the pretrained DrasCLR encoder (infer, train, scoring, strategies)."""
 
-from lib.configs._base import ModelConfig
-
 from drasclr_monailabel.tasks.factory import emphysema_tasks
+from lib.configs._base import ModelConfig
 
 
 class Emphysema(ModelConfig):

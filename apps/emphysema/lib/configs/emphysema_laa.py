@@ -1,8 +1,7 @@
 """``emphysema_laa``: LAA-950 pseudo-label, a useful first segmentation before any training (infer only)."""
 
-from lib.configs._base import ModelConfig
-
 from drasclr_monailabel.tasks.factory import laa_tasks
+from lib.configs._base import ModelConfig
 
 
 class EmphysemaLaa(ModelConfig):

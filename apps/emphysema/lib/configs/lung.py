@@ -1,8 +1,7 @@
 """``lung``: right/left lung mask with lung volumes and densitometry (infer only)."""
 
-from lib.configs._base import ModelConfig
-
 from drasclr_monailabel.tasks.factory import lung_tasks
+from lib.configs._base import ModelConfig
 
 
 class Lung(ModelConfig):

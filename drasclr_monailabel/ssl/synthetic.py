@@ -1,8 +1,8 @@
 """Tiny synthetic atlases and preprocessing caches, written file by file to the contracts of
 docs/formats.md, so pretraining can be tested and benchmarked anywhere in seconds.
 
-Images are smooth random fields in the lung HU range with a few bright blobs (vessels), different
-per subject, so two augmented views of one subject's patch can be told apart from other subjects'
+Images are smooth random fields in the lung HU range with a few bright blobs (vessels) and a
+subject-specific parenchyma level, so two augmented views of one subject's patch can be told apart from other subjects'
 patches: an easy contrastive task whose loss falls within a few dozen steps.
 """
 
@@ -21,11 +21,12 @@ SYNTHETIC_ATLAS_ID = "synthetic-grid"
 
 
 def write_synthetic_atlas(out_dir: str | Path, grid: tuple[int, int, int] = (3, 3, 3), step: int = 20,
-                          n_neighbours: int = 2, atlas_id: str = SYNTHETIC_ATLAS_ID) -> Path:
+                          n_neighbours: int = 2, atlas_id: str = SYNTHETIC_ATLAS_ID, patch_size: int = 32) -> Path:
     """Write ``atlas.json`` and ``landmarks.csv`` for a ``grid`` of landmarks ``step`` voxels apart.
 
     The atlas image is notional (1 mm voxels, origin 0); landmark ``i`` sits at grid position
-    ``(gz, gy, gx)`` in C order. Returns ``out_dir``.
+    ``(gz, gy, gx)`` in C order. ``patch_size`` below 32 makes unit tests cheaper (the encoder
+    is fully convolutional). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     positions = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), axis=-1).reshape(-1, 3)
@@ -47,7 +48,7 @@ def write_synthetic_atlas(out_dir: str | Path, grid: tuple[int, int, int] = (3, 
     write_text(out_dir / "landmarks.csv", buffer.getvalue())
     write_json(out_dir / "atlas.json", {
         "format": "drasclr-atlas/1", "id": atlas_id, "spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0],
-        "size": [int(v) for v in size_zyx[::-1]], "patch_size": 32, "step": step, "min_lung_fraction": 0.1,
+        "size": [int(v) for v in size_zyx[::-1]], "patch_size": patch_size, "step": step, "min_lung_fraction": 0.1,
         "n_landmarks": int(len(voxels)),
         "coordinate_normalisation": {"centre": centre.tolist(), "half_extent": half_extent.tolist()},
         "description": "synthetic grid atlas for tests and benchmarks",
@@ -56,12 +57,14 @@ def write_synthetic_atlas(out_dir: str | Path, grid: tuple[int, int, int] = (3, 
 
 
 def write_synthetic_cache(out_dir: str | Path, atlas_dir: str | Path, n_subjects: int = 6, seed: int = 0,
-                          invalid_fraction: float = 0.1, jitter: int = 3) -> Path:
+                          invalid_fraction: float = 0.1, jitter: int = 3,
+                          level_range_hu: tuple[float, float] = (-930.0, -770.0)) -> Path:
     """Write a preprocessing cache of ``n_subjects`` synthetic scans registered to ``atlas_dir``.
 
     Each scan's image is the atlas grid (size from atlas.json) with landmark centres moved by up
     to ``jitter`` voxels; about ``invalid_fraction`` of the landmarks of each scan are marked
-    invalid (as a partial-coverage scan would have). Returns ``out_dir``.
+    invalid (as a partial-coverage scan would have). Each scan's parenchyma level is drawn from
+    ``level_range_hu`` (a wide range makes subjects easy to tell apart). Returns ``out_dir``.
     """
     import json
 
@@ -75,7 +78,7 @@ def write_synthetic_cache(out_dir: str | Path, atlas_dir: str | Path, n_subjects
     for number in range(n_subjects):
         scan_id = f"synth{number:03d}"
         folder = out_dir / scan_id
-        image = _smooth_lung_field(shape, rng)
+        image = _smooth_lung_field(shape, rng, level_range_hu)
         centres = atlas_voxels + rng.integers(-jitter, jitter + 1, size=atlas_voxels.shape)
         valid = rng.random(len(rows)) >= invalid_fraction
         save_npy(folder / f"{scan_id}_image.npy", image)
@@ -94,8 +97,9 @@ def write_synthetic_cache(out_dir: str | Path, atlas_dir: str | Path, n_subjects
     return out_dir
 
 
-def _smooth_lung_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """int16 HU: parenchyma around -850 with smooth texture and a few bright blobs."""
+def _smooth_lung_field(shape: tuple[int, ...], rng: np.random.Generator, level_range_hu: tuple[float, float]) -> np.ndarray:
+    """int16 HU: parenchyma at a subject-specific level (as emphysema severity varies between
+    subjects), smooth texture and a few bright blobs."""
     texture = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=2.0)
     texture *= 60.0 / (texture.std() + 1e-6)
     blobs = np.zeros(shape, dtype=np.float32)
@@ -104,4 +108,4 @@ def _smooth_lung_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.n
     blobs[points] = 1.0
     blobs = ndimage.gaussian_filter(blobs, sigma=1.5)
     blobs *= 900.0 / (blobs.max() + 1e-6)
-    return np.clip(-850.0 + texture + blobs, -1024, 3000).astype(np.int16)
+    return np.clip(rng.uniform(*level_range_hu) + texture + blobs, -1024, 3000).astype(np.int16)

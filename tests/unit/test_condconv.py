@@ -1,0 +1,77 @@
+"""CondConv3d: the batched paths (one shared location, grouped locations) equal the per-sample loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drasclr_monailabel.models.condconv import CondConv3d
+
+
+def naive_reference(conv: CondConv3d, x: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """Written out from the definition: kernel_n = sum_e sigmoid(W_r loc_n + b_r)_e * expert_e."""
+    outputs = []
+    for sample, loc in zip(x, locations):
+        mix = torch.sigmoid(conv.routing.weight @ loc + conv.routing.bias)
+        kernel = sum(mix[e] * conv.weight[e] for e in range(conv.num_experts))
+        outputs.append(F.conv3d(sample[None], kernel, conv.bias, conv.stride, conv.padding))
+    return torch.cat(outputs)
+
+
+def gradients(conv: CondConv3d, x: torch.Tensor, output: torch.Tensor, upstream: torch.Tensor) -> list[torch.Tensor]:
+    params = [x, conv.weight, conv.bias, conv.routing.weight, conv.routing.bias]
+    return list(torch.autograd.grad(output, params, upstream))
+
+
+def make(stride: int = 1, experts: int = 4, seed: int = 0) -> tuple[CondConv3d, torch.Tensor]:
+    torch.manual_seed(seed)
+    conv = CondConv3d(3, 5, 3, stride=stride, num_experts=experts).double()
+    x = torch.randn(6, 3, 9, 8, 7, dtype=torch.float64, requires_grad=True)
+    return conv, x
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shared_location_path_equals_per_sample_reference(stride: int) -> None:
+    conv, x = make(stride)
+    location = torch.tensor([0.3, -0.7, 0.1], dtype=torch.float64)
+    fast = conv(x, location)
+    slow = naive_reference(conv, x, location.expand(x.shape[0], 3))
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(fast)
+    for a, b in zip(gradients(conv, x, fast, upstream), gradients(conv, x, slow, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("groups", [6, 3, 2])
+def test_grouped_path_equals_per_sample_reference(groups: int) -> None:
+    conv, x = make(stride=2)
+    group_locations = torch.randn(groups, 3, dtype=torch.float64)
+    per_sample = group_locations.repeat_interleave(x.shape[0] // groups, dim=0)
+    fast = conv(x, group_locations)
+    slow = naive_reference(conv, x, per_sample)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(fast)
+    for a, b in zip(gradients(conv, x, fast, upstream), gradients(conv, x, slow, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_forward_per_sample_matches_batched_paths() -> None:
+    conv, x = make()
+    locations = torch.randn(x.shape[0], 3, dtype=torch.float64)
+    torch.testing.assert_close(conv.forward_per_sample(x, locations), conv(x, locations), rtol=1e-10, atol=1e-10)
+
+
+def test_routing_depends_on_location_only() -> None:
+    conv, x = make()
+    a, b = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    assert not torch.allclose(conv(x, a), conv(x, b))
+    weights = conv.routing_weights(torch.stack([a, b]))
+    assert weights.shape == (2, 4) and bool(((weights > 0) & (weights < 1)).all())
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 2, 3), (0, 3)])
+def test_location_shape_that_does_not_divide_the_batch_is_refused(shape: tuple[int, ...]) -> None:
+    conv, x = make()
+    with pytest.raises(ValueError, match="location"):
+        conv(x, torch.zeros(shape, dtype=torch.float64))

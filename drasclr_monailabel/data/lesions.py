@@ -231,7 +231,10 @@ def _paint_in_batches(target: int, paint_batch: Callable[[int], int], first_batc
     """
     painted, drawn = 0, 0
     while painted < target and drawn < MAX_LESIONS_PER_VOXEL * target + first_batch:
-        size = first_batch if painted == 0 else int(np.clip(0.7 * (target - painted) * drawn / painted, 1, MAX_BATCH))
+        if painted == 0:  # nothing labelled yet: double the batch until lesions stick
+            size = min(max(first_batch, drawn), MAX_BATCH)
+        else:
+            size = int(np.clip(0.7 * (target - painted) * drawn / painted, 1, MAX_BATCH))
         painted += paint_batch(size)
         drawn += size
 

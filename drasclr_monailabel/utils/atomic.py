@@ -19,6 +19,18 @@ import numpy as np
 TMP_PREFIX = ".tmp-"
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import while the process is still single-threaded
+    (setting it, the only portable way to read it, is not thread-safe)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# mkstemp creates 0600 files; finished files get the mode a plain open() would give (e.g. 0644).
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it onto ``dest`` if the block succeeds.
@@ -32,7 +44,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, FILE_MODE)
     try:
         yield tmp
         _fsync_file(tmp)
@@ -74,13 +86,6 @@ def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
     """Atomically produce ``dest`` with ``writer(tmp_path)`` (e.g. a SimpleITK or torch saver)."""
     with atomic_path(dest) as tmp:
         writer(tmp)
-
-
-def _umask() -> int:
-    """The process umask (mkstemp creates 0600 files; finished files get the usual 0644)."""
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _json_default(obj: Any) -> Any:

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from drasclr_monailabel.emphysema import PseudoLabelOptions, laa_pseudo_labels, quantify, to_cip_labelmap
-    from drasclr_monailabel.emphysema.inputs import CACHE_RESAMPLED_WARNING, is_cache_scan, read_cache_scan, read_label_map
+    from drasclr_monailabel.emphysema.cache_input import CACHE_RESAMPLED_WARNING, is_cache_scan, read_cache_scan
+    from drasclr_monailabel.emphysema.label_input import read_label_map
     from drasclr_monailabel.emphysema.report import render_report
     from drasclr_monailabel.errors import InputError, NoLungsError
     from drasclr_monailabel.io import read_ct

@@ -26,8 +26,10 @@ EXIT_STOPPED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="recipe YAML (default: built-in DrasCLR defaults)")
-    parser.add_argument("--cache", type=Path, required=True, help="preprocessing cache folder ('drasclr preprocess --out')")
+    parser.add_argument("--config", type=Path, help="recipe YAML (default: the method's built-in defaults)")
+    parser.add_argument("--method", help="pretraining method when the recipe does not name one: drasclr (default) or joint2d3d")
+    parser.add_argument("--cache", type=Path, required=True, help="data: the preprocessing cache folder ('drasclr preprocess --out'); "
+                        "joint2d3d also takes a folder or manifest of volumes")
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and the exported encoder")
     parser.add_argument("--atlas", type=Path, help="atlas folder the cache was registered to (default: data.atlas, else the package atlas)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from drasclr_monailabel.ssl.trainer import run_pretraining
 
     overrides = list(args.overrides) + ([f"data.atlas={args.atlas}"] if args.atlas else [])
-    config = load_recipe(args.config, overrides)
+    config = load_recipe(args.config, overrides, method=args.method)
     result = run_pretraining(config, args.cache, args.out, resume=args.resume)
     if not result.completed:
         print(f"stopped at step {result.step} of {result.total_steps}; continue with --resume")

@@ -1,7 +1,7 @@
 """The DrasCLR encoder: 13 location-conditioned 3x3x3 convolutions, 32^3 patch -> 128-d vector.
 
 Layout with the default widths (every convolution is a :class:`CondConv3d`, each followed by
-BatchNorm (or GroupNorm, ``norm``) and ELU; ``s2`` = stride 2):
+BatchNorm and ELU; ``s2`` = stride 2):
 
 ```
 stem     1 -> 8,  8 -> 8 s2                      32 -> 16
@@ -19,7 +19,6 @@ is 1^3, so this equals the flatten of the original design).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +42,6 @@ class EncoderArchitecture:
         embedding_dim: width of the last convolution = length of the embedding.
         num_experts: expert kernels per CondConv layer.
         location_dim: length of the location vector.
-        norm: ``batch`` (BatchNorm, the DrasCLR design) or ``group`` (GroupNorm: independent of
-            the batch, for small batches, e.g. CPU runs or fine-tuning on large volumes).
-        norm_groups: GroupNorm groups (the largest divisor of the width not above this).
     """
 
     in_channels: int = 1
@@ -56,19 +52,15 @@ class EncoderArchitecture:
     embedding_dim: int = 128
     num_experts: int = 8
     location_dim: int = 3
-    norm: str = "batch"
-    norm_groups: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
-        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("block_channels", "norm")}
+        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "block_channels"}
         bad = [name for name, value in positive.items() if value < 1] + (["block_channels"] if any(c < 1 for c in self.block_channels) else [])
         if bad:
             raise ValueError(f"{bad[0]} must be positive")
         if self.block_depth < 2:
             raise ValueError(f"block_depth must be at least 2 (one conv plus the stride-2 conv), got {self.block_depth}")
-        if self.norm not in ("batch", "group"):
-            raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready form, with the architecture ``name`` that :mod:`models.export` dispatches on."""
@@ -79,16 +71,13 @@ class EncoderArchitecture:
         return 2 + len(self.block_channels) * self.block_depth + 2
 
 
-class ConvNormElu(nn.Module):
-    """CondConv3d -> BatchNorm3d (or GroupNorm) -> ELU."""
+class ConvBnElu(nn.Module):
+    """CondConv3d -> BatchNorm3d -> ELU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, arch: EncoderArchitecture) -> None:
         super().__init__()
         self.conv = CondConv3d(in_channels, out_channels, 3, stride=stride, num_experts=arch.num_experts, location_dim=arch.location_dim)
-        if arch.norm == "batch":
-            self.norm: nn.Module = nn.BatchNorm3d(out_channels)
-        else:
-            self.norm = nn.GroupNorm(math.gcd(arch.norm_groups, out_channels), out_channels)
+        self.norm = nn.BatchNorm3d(out_channels)
         self.act = nn.ELU(inplace=True)
 
     def forward(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
@@ -109,8 +98,8 @@ class DrasclrEncoder(nn.Module):
         arch = architecture or EncoderArchitecture()
         self.architecture = arch
 
-        def layer(cin: int, cout: int, stride: int) -> ConvNormElu:
-            return ConvNormElu(cin, cout, stride, arch)
+        def layer(cin: int, cout: int, stride: int) -> ConvBnElu:
+            return ConvBnElu(cin, cout, stride, arch)
 
         # Levels: each ends with the map kept as that resolution's feature (before the stride-2 conv).
         self.levels = nn.ModuleList()

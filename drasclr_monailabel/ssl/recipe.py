@@ -14,15 +14,22 @@ from drasclr_monailabel.ssl.method import get_method
 DEFAULT_METHOD = "drasclr"
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Any:
-    """The method's config dataclass built from defaults, ``path`` and ``key=value`` overrides."""
-    method = DEFAULT_METHOD
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, method: str | None = None) -> Any:
+    """The method's config dataclass built from defaults, ``path`` and ``key=value`` overrides.
+
+    The method is the recipe's ``method`` key, else ``method``, else drasclr; a ``method`` that
+    contradicts the recipe is refused.
+    """
+    requested = method
+    method = requested or DEFAULT_METHOD
     if path is not None:
         try:
             data = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError):
             data = None  # load_config below reports the problem with the file named
         if isinstance(data, dict) and "method" in data:
+            if requested is not None and str(data["method"]) != requested:
+                raise ConfigError(path, f"the recipe is for method {data['method']!r}, but --method {requested} was given")
             method = str(data["method"])
     for override in overrides or []:
         key, value = parse_override(override)

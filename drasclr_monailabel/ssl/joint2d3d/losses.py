@@ -5,8 +5,9 @@
 * :func:`swapped_prediction_loss` (SwAV): the code of one view is the target of the others.
 * :class:`ClusterMemory` + :func:`cluster_target_loss` (DeepCluster-v2): spherical k-means on a
   memory bank of projections gives every sample a cluster per head; each crop predicts it.
-* :func:`masked_prediction_loss`: cosine distance between predicted and stop-gradient target
-  tokens, averaged over the masked tokens only (the public code averaged over all tokens).
+* :func:`masked_prediction_loss`: cosine distance between predicted and stop-gradient, per-view
+  centred target tokens, averaged over the masked tokens only (the public code averaged over all
+  tokens).
 """
 
 from __future__ import annotations
@@ -76,11 +77,17 @@ def cluster_target_loss(crop_scores: list[torch.Tensor], targets: torch.Tensor, 
 
 
 def masked_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked tokens of ``2 - 2 cos(predicted, target)`` (B, S, D) with ``mask`` (B, S);
-    ``target`` is detached here (stop-gradient)."""
+    """Mean over masked tokens of ``2 - 2 cos(predicted, centred target)``.
+
+    ``predicted`` and ``target`` are (B, S, D), ``mask`` (B, S). The target is detached
+    (stop-gradient) and centred per view (its mean over the S slices subtracted): slice tokens of
+    one volume share a large common part, and predicting that part alone would already score a
+    cosine near 1 while saying nothing about the missing slice.
+    """
+    target = target.detach().float()
+    target = target - target.mean(dim=1, keepdim=True)
     predicted = F.normalize(predicted[mask].float(), dim=-1)
-    target = F.normalize(target.detach()[mask].float(), dim=-1)
-    return (2 - 2 * (predicted * target).sum(dim=-1)).mean()
+    return (2 - 2 * (predicted * F.normalize(target[mask], dim=-1)).sum(dim=-1)).mean()
 
 
 def spherical_kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,9 +54,12 @@ def test_masked_loss_counts_masked_tokens_only_and_stops_the_target_gradient() -
     changed = predicted.detach().clone()
     changed[~mask] = 7.0  # unmasked predictions do not matter
     torch.testing.assert_close(masked_prediction_loss(changed, target, mask), loss.detach())
+    centred = target.detach() - target.detach().mean(dim=1, keepdim=True)
     perfect = predicted.detach().clone()
-    perfect[mask] = target.detach()[mask] * 3.0  # scale does not matter: cosine
+    perfect[mask] = centred[mask] * 3.0  # scale does not matter: cosine to the view-centred target
     assert float(masked_prediction_loss(perfect, target, mask)) < 1e-6
+    shifted = target.detach() + torch.tensor([5.0, -2.0, 0.0, 1.0])  # a part shared by all slices is no target
+    torch.testing.assert_close(masked_prediction_loss(perfect, shifted, mask), masked_prediction_loss(perfect, target, mask))
     loss.backward()
     assert target.grad is None and predicted.grad is not None
 

@@ -1,0 +1,108 @@
+"""The joint2d3d method inside the generic trainer: a short joint run on CT phantoms plus the real
+chest radiograph, exact resume, export and embeddings, the staged schedule, frozen prototypes,
+DeepCluster-v2 re-clustering, and masked prediction that learns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drasclr_monailabel.errors import ConfigError, InputError
+from drasclr_monailabel.models.export import load_encoder
+from drasclr_monailabel.ssl.joint2d3d.embed import JointEmbedder, embed_images, embed_volume
+from drasclr_monailabel.ssl.trainer import run_pretraining
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["network"]
+
+
+def test_joint_run_on_ct_and_a_radiograph_exports_and_embeds(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path,
+                                                              sample_chest_radiograph: Path) -> None:
+    config = tiny_recipe(f"data.images=[{sample_chest_radiograph}]")
+    result = run_pretraining(config, phantom_volume_dir, tmp_path / "run")
+    assert result.completed and result.step == 6
+    losses = {name for record in result.history for name in record if name.startswith("loss_")}
+    assert losses == {"loss_intra", "loss_inter", "loss_masked"}
+    assert all(np.isfinite(record["loss"]) for record in result.history)
+    encoder, metadata = load_encoder(tmp_path / "run", expected_method="joint2d3d")
+    assert metadata["atlas"]["id"] is None and metadata["input"]["num_slices"] == 8
+    embedder = JointEmbedder.from_dir(tmp_path / "run")
+    slices, volume = embed_volume(embedder, phantom_volume_dir / "phantom1.nii.gz")
+    assert slices.shape == (8, 32) and volume.shape == (32,) and np.isfinite(volume).all()
+    _, other = embed_volume(embedder, phantom_volume_dir / "phantom2.nii.gz")
+    assert not np.allclose(volume, other)
+    images = embed_images(tmp_path / "run", [sample_chest_radiograph])
+    assert images.shape == (1, 32)
+
+
+def test_resume_continues_exactly(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path, small_png_images: list[Path]) -> None:
+    config = tiny_recipe(f"data.images=[{small_png_images[0]}]")
+    run_pretraining(config, phantom_volume_dir, tmp_path / "straight")
+    stopped = run_pretraining(config, phantom_volume_dir, tmp_path / "split", stop_at_step=3)
+    assert not stopped.completed and stopped.step == 3
+    resumed = run_pretraining(config, phantom_volume_dir, tmp_path / "split", resume=True)
+    assert resumed.completed and resumed.step == 6
+    straight, split = _final_state(tmp_path / "straight"), _final_state(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    for name in straight:
+        assert torch.equal(straight[name], split[name]), name
+
+
+def test_staged_schedule_reads_volumes_only_when_needed_and_freezes_prototypes(tmp_path: Path, tiny_recipe,
+                                                                               phantom_volume_dir: Path) -> None:
+    config = tiny_recipe("train.max_steps=4", "clustering.freeze_prototypes_steps=4",
+                         "schedule=[{until: 0.5, intra: 1.0, masked: 0.0, inter: 0.0}, {until: 1.0, intra: 1.0, masked: 1.0, inter: 0.0, encoder_in_3d: false}]")
+    initial = None
+
+    def remember(method):
+        nonlocal initial
+        initial = method.network.slice_head.prototypes[0].weight.detach().clone()
+
+    from drasclr_monailabel.ssl.joint2d3d import method as joint
+
+    original = joint.Joint2d3dMethod.build_data
+    try:
+        joint.Joint2d3dMethod.build_data = lambda self: (remember(self), original(self))[1]
+        result = run_pretraining(config, phantom_volume_dir, tmp_path / "run")
+    finally:
+        joint.Joint2d3dMethod.build_data = original
+    assert [sorted(k for k in r if k.startswith("loss_")) for r in result.history] == [["loss_intra"]] * 2 + [["loss_intra", "loss_masked"]] * 2
+    torch.testing.assert_close(_final_state(tmp_path / "run")["slice_head.prototypes.0.weight"], initial)
+
+
+def test_deepcluster_reclusters_each_epoch(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path) -> None:
+    config = tiny_recipe("clustering.head=deepcluster", "clustering.heads=2", "schedule=[{intra: 1.0, masked: 0.0, inter: 1.0}]")
+    result = run_pretraining(config, phantom_volume_dir, tmp_path / "run")  # 12 slices / batch 6: 2 steps per epoch
+    intra = [record["loss_intra"] for record in result.history]
+    assert intra[:2] == [0.0, 0.0] and all(value > 0 for value in intra[2:])  # no clusters before the first epoch ends
+    state = torch.load(tmp_path / "run" / "checkpoints" / "final.pt", weights_only=True)
+    memory = state["method_state"]["memories"]["slice"]
+    assert bool(memory["filled"].all()) and bool((memory["assignments"] >= 0).all())
+    for head in range(2):  # the prototypes are the centroids the samples were assigned to
+        prototypes = state["network"][f"slice_head.prototypes.{head}.weight"]
+        assert torch.equal((memory["bank"] @ prototypes.t()).argmax(dim=1), memory["assignments"][head])
+
+
+def test_masked_prediction_learns_without_collapsing(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path) -> None:
+    config = tiny_recipe("train.max_steps=40", "train.log_every=1", "optim.lr=0.02", "optim.warmup_steps=2", "data.volumes_per_batch=3",
+                         "schedule=[{intra: 0.0, masked: 1.0, inter: 0.0, encoder_in_3d: false}]")
+    result = run_pretraining(config, phantom_volume_dir, tmp_path / "run")
+    masked = np.array([record["loss_masked"] for record in result.history])
+    spread = np.array([record["token_std"] for record in result.history])
+    assert masked[:4].mean() > 1.5  # starts near 2: the untrained predictor is unrelated to the centred targets
+    assert masked[-8:].mean() < 0.7 * masked[:4].mean()
+    assert spread[-8:].mean() > 0.5 * spread[:4].mean()  # targets kept their variety: no collapse
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no volume"):
+        run_pretraining(tiny_recipe(), tmp_path / "empty", tmp_path / "run")
+    with pytest.raises(InputError, match="does not exist"):
+        run_pretraining(tiny_recipe(f"data.images=[{tmp_path / 'missing.png'}]"), phantom_volume_dir, tmp_path / "run")
+    with pytest.raises(ConfigError, match="schedule 'until' values must increase"):
+        tiny_recipe("schedule=[{until: 0.5}, {until: 0.4}]")

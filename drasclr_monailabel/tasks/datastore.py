@@ -67,8 +67,6 @@ class EmphysemaDatastore(LocalDatastore):
         if not isinstance(image_id, str) or not image_id:
             raise refuse(UNPROCESSABLE, "no image id given")
         if image_id not in self._datastore.objects:
-            self._reload_index()
-        if image_id not in self._datastore.objects:
             raise refuse(NOT_FOUND, f"image '{_shorten(image_id)}' is not in the datastore")
         return image_id
 
@@ -187,32 +185,47 @@ class EmphysemaDatastore(LocalDatastore):
 
     # ---- index -------------------------------------------------------------------------------
 
+    @property
+    def _datastore(self) -> LocalDatastoreModel:
+        """The index, re-read whenever ``datastore_v2.json`` changed on disk.
+
+        Training and scoring subprocesses write the index too, and an atomic rename is not a
+        "modified" event for MONAI Label's file watcher, so every access checks the file's
+        identity (inode, time, size: one ``stat``) instead of trusting memory.
+        """
+        self._follow_index()
+        return self.__dict__["_index"]
+
+    @_datastore.setter
+    def _datastore(self, model: LocalDatastoreModel) -> None:
+        self.__dict__["_index"] = model
+
+    def _follow_index(self) -> None:
+        try:
+            stat = os.stat(self._datastore_config_path)
+        except (AttributeError, FileNotFoundError):
+            return
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp == self.__dict__.get("_index_stamp"):
+            return
+        model = LocalDatastoreModel.model_validate_json(Path(self._datastore_config_path).read_text())
+        model.base_path = self._datastore_path
+        self.__dict__["_index"] = model
+        self.__dict__["_index_stamp"] = stamp
+
     def _mutate(self, apply: Callable[[dict[str, ImageLabelModel]], None]) -> None:
         """Run ``apply`` on the freshest index under the datastore lock, then write it atomically."""
         with FileLock(self._lock_file):
-            self._reload_index_locked()
             apply(self._datastore.objects)
             self._write_index()
 
-    def _reload_index(self) -> None:
-        with FileLock(self._lock_file):
-            self._reload_index_locked()
-
-    def _reload_index_locked(self) -> None:
-        path = Path(self._datastore_config_path)
-        if not path.exists():
-            return
-        stamp = path.stat().st_mtime
-        if stamp != self._config_ts:
-            model = LocalDatastoreModel.model_validate_json(path.read_text())
-            model.base_path = self._datastore_path
-            self._datastore = model
-            self._config_ts = stamp
-
     def _write_index(self) -> None:
         self._ignore_event_config = True
-        write_text(self._datastore_config_path, self._datastore.model_dump_json(exclude={"base_path"}, indent=2))
-        self._config_ts = os.stat(self._datastore_config_path).st_mtime
+        model = self.__dict__["_index"]
+        write_text(self._datastore_config_path, model.model_dump_json(exclude={"base_path"}, indent=2))
+        stat = os.stat(self._datastore_config_path)
+        self._config_ts = stat.st_mtime
+        self.__dict__["_index_stamp"] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         """MONAI Label's writer, made atomic (a crash mid-write would otherwise corrupt the index)."""

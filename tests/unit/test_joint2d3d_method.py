@@ -106,3 +106,23 @@ def test_bad_inputs_fail_with_one_line(tmp_path: Path, tiny_recipe, phantom_volu
         run_pretraining(tiny_recipe(f"data.images=[{tmp_path / 'missing.png'}]"), phantom_volume_dir, tmp_path / "run")
     with pytest.raises(ConfigError, match="schedule 'until' values must increase"):
         tiny_recipe("schedule=[{until: 0.5}, {until: 0.4}]")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_torchrun(tmp_path: Path, phantom_volume_dir: Path, small_png_images: list[Path]) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.joint2d3d import TINY_RECIPE
+
+    overrides = [item for entry in TINY_RECIPE if not entry.startswith("method=") for item in ("--set", entry)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "drasclr_monailabel.cli.main", "pretrain", "--method", "joint2d3d", "--cache", str(phantom_volume_dir),
+               "--out", str(tmp_path / "run"), *overrides, "--set", "train.max_steps=3", "--set", f"data.images=[{small_png_images[0]}]"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = torch.load(tmp_path / "run" / "checkpoints" / "final.pt", weights_only=True)
+    assert final["world_size"] == 2 and final["step"] == 3
+    assert len(final["rng"]) == 2
+    _, metadata = load_encoder(tmp_path / "run", expected_method="joint2d3d")
+    assert metadata["training"]["global_batch"] == 12

@@ -18,7 +18,7 @@ from drasclr_monailabel.ssl.joint2d3d.augment import SliceAugmenter
 from drasclr_monailabel.ssl.joint2d3d.config import CropConfig
 from drasclr_monailabel.ssl.joint2d3d.data import JointBatchSampler, JointDataset
 from drasclr_monailabel.ssl.joint2d3d.sources import find_volumes
-from drasclr_monailabel.ssl.joint2d3d.stacks import AtlasZ, StackSettings, image_to_square, load_stack, stack_from_volume
+from drasclr_monailabel.ssl.joint2d3d.stacks import AtlasZ, StackSettings, StackStore, image_to_square, load_stack, stack_from_volume
 
 SETTINGS = StackSettings(store_size=40, slice_spacing_mm=10.0, body_threshold_hu=-500.0)
 
@@ -70,22 +70,42 @@ def test_cache_scans_get_atlas_z_positions(synthetic_cache: Path, synthetic_atla
         load_stack(entry, SETTINGS, None)
 
 
+def test_stack_store_builds_once_and_rebuilds_for_changed_scans_or_settings(tmp_path: Path, phantom_volume_dir: Path) -> None:
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes((phantom_volume_dir / "phantom0.nii.gz").read_bytes())
+    entry = find_volumes(scan)[0]
+    store = StackStore(tmp_path / "stacks", SETTINGS)
+    built = store.get(entry)
+    stored = sorted(p.name for p in (tmp_path / "stacks").iterdir())
+    assert len(stored) == 2 and stored[0].startswith("scan-") and stored[0].endswith(".pixels.npy")
+    read = store.get(entry)
+    assert isinstance(read.pixels, np.memmap)
+    np.testing.assert_array_equal(read.pixels, built.pixels)
+    np.testing.assert_array_equal(read.positions, built.positions)
+    assert StackStore(tmp_path / "stacks", replace(SETTINGS, store_size=32)).key(entry) != store.key(entry)
+    key = store.key(entry)
+    scan.write_bytes((phantom_volume_dir / "phantom1.nii.gz").read_bytes())
+    assert store.key(entry) != key
+
+
 def test_image_to_square_pads_with_black_and_keeps_aspect() -> None:
     square = image_to_square(np.ones((20, 40), dtype=np.float32), 16)
     assert square.shape == (16, 16) and square.dtype == np.float16
     assert float(square[0, 8]) == 0.0 and float(square[8, 8]) == 1.0
 
 
-def _dataset(phantom_volume_dir: Path, images: list[Path]) -> JointDataset:
-    return JointDataset(images, find_volumes(phantom_volume_dir), SETTINGS, slices_per_volume=4, num_slices=6, min_coverage=0.6, seed=3)
+def _dataset(phantom_volume_dir: Path, images: list[Path], stack_dir: Path) -> JointDataset:
+    return JointDataset(images, find_volumes(phantom_volume_dir), StackStore(stack_dir, SETTINGS), slices_per_volume=4, num_slices=6,
+                        min_coverage=0.6, seed=3)
 
 
-def test_same_key_gives_the_same_batch_and_epochs_move_the_slices(phantom_volume_dir: Path, small_png_images: list[Path]) -> None:
-    dataset = _dataset(phantom_volume_dir, small_png_images)
+def test_same_key_gives_the_same_batch_and_epochs_move_the_slices(tmp_path: Path, phantom_volume_dir: Path,
+                                                                   small_png_images: list[Path]) -> None:
+    dataset = _dataset(phantom_volume_dir, small_png_images, tmp_path)
     assert dataset.n_items == 2 + 3 * 4
     sampler = JointBatchSampler(dataset.n_items, 3, batch_size=5, volumes_per_batch=2, uses_volumes=lambda step: True)
     key = sampler.rank_keys(0)[0]
-    first, again = dataset[key], _dataset(phantom_volume_dir, small_png_images)[key]
+    first, again = dataset[key], _dataset(phantom_volume_dir, small_png_images, tmp_path)[key]  # built, then read back
     for name in first:
         torch.testing.assert_close(first[name], again[name])
     assert first["items"].shape == (len(key.items), 1, 40, 40) and first["views"].shape == (2, 2, 6, 40, 40)

@@ -118,7 +118,7 @@ def test_two_cpu_processes_under_torchrun(tmp_path: Path, phantom_volume_dir: Pa
     overrides = [item for entry in TINY_RECIPE if not entry.startswith("method=") for item in ("--set", entry)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "drasclr_monailabel.cli.main", "pretrain", "--method", "joint2d3d", "--cache", str(phantom_volume_dir),
-               "--out", str(tmp_path / "run"), *overrides, "--set", "train.max_steps=3", "--set", f"data.images=[{small_png_images[0]}]"]
+               "--out", str(tmp_path / "run"), *overrides, "--set", "train.max_steps=3", "--set", f"data.stack_dir={tmp_path / 'stacks'}", "--set", f"data.images=[{small_png_images[0]}]"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     final = torch.load(tmp_path / "run" / "checkpoints" / "final.pt", weights_only=True)
@@ -126,3 +126,13 @@ def test_two_cpu_processes_under_torchrun(tmp_path: Path, phantom_volume_dir: Pa
     assert len(final["rng"]) == 2
     _, metadata = load_encoder(tmp_path / "run", expected_method="joint2d3d")
     assert metadata["training"]["global_batch"] == 12
+
+
+def test_recipes_in_configs_load() -> None:
+    from drasclr_monailabel.ssl.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    full, demo = load_recipe(root / "joint2d3d.yaml"), load_recipe(root / "joint2d3d_demo.yaml")
+    assert full.model.slice_encoder.depth == 50 and full.model.slice_encoder.embedding_dim == 640
+    assert full.model.num_slices == 64 and full.clustering.slice_prototypes == 3000 and full.crops.local_crops == 6
+    assert demo.train.max_steps is not None and demo.model.slice_encoder.depth == 18 and len(demo.schedule) == 3

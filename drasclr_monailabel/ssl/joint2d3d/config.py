@@ -32,7 +32,9 @@ class DataConfig:
         min_coverage: a volume view spans at least this fraction of its stack's z extent.
         body_threshold_hu: scan files are cropped in-plane to the box of voxels above this HU
             (the body), so the square keeps anatomy rather than air; cache scans are cropped already.
-        cache_items: decoded volumes and images kept in memory by each loading process.
+        cache_items: volume stacks and images kept open in memory by each loading process.
+        stack_dir: where the volumes' slice stacks are kept once built (empty: the
+            ``joint2d3d-stacks`` folder of the user cache, see ``drasclr_monailabel.paths``).
     """
 
     images: list[Path] = field(default_factory=list)
@@ -44,6 +46,7 @@ class DataConfig:
     min_coverage: float = 0.7
     body_threshold_hu: float = -500.0
     cache_items: int = 128
+    stack_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.store_size < 32 or self.slices_per_volume < 1 or self.volumes_per_batch < 1 or self.cache_items < 1:

@@ -56,25 +56,24 @@ class JointDataset(Dataset):
     Args:
         images: 2D image files (items 0 .. len(images) - 1).
         volumes: the volumes (their items follow the images).
-        settings: how volumes become stacks and the square size N of every sample.
+        stacks: builds or reads the volumes' slice stacks; its settings' ``store_size`` is the
+            square size N of every sample.
         slices_per_volume: items per volume.
         num_slices: S, slices per volume view.
         min_coverage: a view spans at least this fraction of the stack's z extent.
         seed: seeds the reading randomness.
-        atlas: placement of cache scans' slices in atlas z (needed only for cache scans).
-        cache_items: decoded stacks and images kept in memory (least recently used dropped).
+        cache_items: stacks and images kept open in memory (least recently used dropped).
     """
 
-    def __init__(self, images: list[Path], volumes: list[VolumeEntry], settings: StackSettings, slices_per_volume: int,
-                 num_slices: int, min_coverage: float, seed: int, atlas: AtlasZ | None = None, cache_items: int = 128) -> None:
+    def __init__(self, images: list[Path], volumes: list[VolumeEntry], stacks: StackStore, slices_per_volume: int,
+                 num_slices: int, min_coverage: float, seed: int, cache_items: int = 128) -> None:
         self.images = list(images)
         self.volumes = list(volumes)
-        self.settings = settings
+        self.stacks = stacks
         self.slices_per_volume = slices_per_volume
         self.num_slices = num_slices
         self.min_coverage = min_coverage
         self.seed = seed
-        self.atlas = atlas
         self.cache_items = cache_items
         self._cache: OrderedDict[tuple[str, int], np.ndarray | SliceStack] = OrderedDict()
 
@@ -118,11 +117,12 @@ class JointDataset(Dataset):
         return np.stack(views), np.stack(positions), stack.kind
 
     def stack(self, volume: int) -> SliceStack:
-        """The stack of volume ``volume`` (read once, then kept while recently used)."""
-        return self._cached(("volume", volume), lambda: load_stack(self.volumes[volume], self.settings, self.atlas))
+        """The stack of volume ``volume`` (opened once, then kept while recently used)."""
+        return self._cached(("volume", volume), lambda: self.stacks.get(self.volumes[volume]))
 
     def _image(self, index: int) -> np.ndarray:
-        return self._cached(("image", index), lambda: image_to_square(read_image2d(self.images[index]).pixels, self.settings.store_size))
+        size = self.stacks.settings.store_size
+        return self._cached(("image", index), lambda: image_to_square(read_image2d(self.images[index]).pixels, size))
 
     def _cached(self, key: tuple[str, int], load: Callable[[], np.ndarray | SliceStack]):
         if key in self._cache:

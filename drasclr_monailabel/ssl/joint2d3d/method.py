@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from drasclr_monailabel.io.images2d import list_images2d
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
+from drasclr_monailabel.paths import cache_dir
 from drasclr_monailabel.ssl.distributed import DistContext, all_gather_rows
 from drasclr_monailabel.ssl.joint2d3d.augment import SliceAugmenter
 from drasclr_monailabel.ssl.joint2d3d.config import (
@@ -47,7 +48,7 @@ from drasclr_monailabel.ssl.joint2d3d.losses import (
 )
 from drasclr_monailabel.ssl.joint2d3d.network import Joint2d3dNetwork, StepPlan
 from drasclr_monailabel.ssl.joint2d3d.sources import find_volumes
-from drasclr_monailabel.ssl.joint2d3d.stacks import StackSettings, resolve_atlas_z
+from drasclr_monailabel.ssl.joint2d3d.stacks import StackSettings, StackStore, resolve_atlas_z
 from drasclr_monailabel.ssl.method import (
     ExportSpec,
     PretrainMethod,
@@ -56,6 +57,8 @@ from drasclr_monailabel.ssl.method import (
 )
 
 log = logging.getLogger(__name__)
+
+STACK_FOLDER = "joint2d3d-stacks"
 
 
 class Joint2d3dMethod(PretrainMethod):
@@ -94,8 +97,9 @@ class Joint2d3dMethod(PretrainMethod):
 
     def build_data(self) -> tuple[Dataset, JointBatchSampler]:
         data, train = self.config.data, self.config.train
-        dataset = JointDataset(self.images, self.volumes, self.settings, data.slices_per_volume, self.config.model.num_slices,
-                               data.min_coverage, train.seed, self.atlas, data.cache_items)
+        stacks = StackStore(data.stack_dir or cache_dir() / STACK_FOLDER, self.settings, self.atlas)
+        dataset = JointDataset(self.images, self.volumes, stacks, data.slices_per_volume, self.config.model.num_slices,
+                               data.min_coverage, train.seed, data.cache_items)
         if data.volumes_per_batch > len(self.volumes) and any(stage.uses_volumes for stage in self.config.schedule):
             log.warning("data.volumes_per_batch is %d but only %d volumes exist: using %d", data.volumes_per_batch, len(self.volumes), len(self.volumes))
         sampler = JointBatchSampler(dataset.n_items, len(self.volumes), train.batch_size, data.volumes_per_batch,

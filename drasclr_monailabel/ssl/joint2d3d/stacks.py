@@ -12,11 +12,17 @@ z spacing, in-plane a square of N x N pixels:
   ``_affine.tfm`` into the atlas, normalised with the atlas's ``coordinate_normalisation``.
 
 Reading a slice at a fractional index interpolates linearly between the two nearest slices.
+
+Building a stack decodes the whole scan (about a second for a full-resolution CT), while a
+training step needs one or two slices of each of many volumes; :class:`StackStore` therefore
+builds each stack once and keeps it on disk as ``.npy`` files that are read memory-mapped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,7 @@ from drasclr_monailabel.ssl.cache import (
     read_atlas_landmarks,
 )
 from drasclr_monailabel.ssl.joint2d3d.sources import VolumeEntry
+from drasclr_monailabel.utils.atomic import save_npy
 
 AIR_HU = -1024.0
 _CHUNK = 16
@@ -121,6 +128,49 @@ def load_stack(entry: VolumeEntry, settings: StackSettings, atlas: AtlasZ | None
             raise InputError(entry.path, "is a preprocessing-cache scan: an atlas is needed to place its slices")
         return stack_from_cache(entry.path, settings, atlas)
     return stack_from_volume(read_ct(entry.path), settings)
+
+
+class StackStore:
+    """Stacks kept as ``.npy`` files in ``folder``, built on first use and then read memory-mapped.
+
+    A stack's files are named by the volume id and a key over the source (path, size and
+    modification time of its files), the :class:`StackSettings` and the atlas, so a changed scan
+    or setting gets a new stack. Files are written atomically (pixels last: they mark a complete
+    stack), so concurrent data-loading workers or ranks may build the same stack safely.
+    """
+
+    def __init__(self, folder: str | Path, settings: StackSettings, atlas: AtlasZ | None = None) -> None:
+        self.folder = Path(folder)
+        self.settings = settings
+        self.atlas = atlas
+
+    def get(self, entry: VolumeEntry) -> SliceStack:
+        stem = f"{entry.volume_id}-{self.key(entry)}"
+        pixels_path, positions_path = self.folder / f"{stem}.pixels.npy", self.folder / f"{stem}.positions.npy"
+        if not pixels_path.is_file():
+            stack = load_stack(entry, self.settings, self.atlas)
+            save_npy(positions_path, stack.positions)
+            save_npy(pixels_path, stack.pixels)
+            return stack
+        try:
+            pixels, positions = np.load(pixels_path, mmap_mode="r"), np.load(positions_path)
+        except (OSError, ValueError) as exc:
+            raise InputError(pixels_path, f"stored slice stack cannot be read ({exc}); delete it to rebuild") from None
+        return SliceStack(pixels=pixels, positions=positions, kind=POSITION_ATLAS if entry.cached else POSITION_RELATIVE,
+                          source=str(entry.path))
+
+    def key(self, entry: VolumeEntry) -> str:
+        """16 hex digits identifying the stack of ``entry`` under these settings."""
+        path = Path(entry.path).resolve()
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        stats = [(p.name, *_size_and_time(p)) for p in files]
+        text = json.dumps([str(path), stats, self.settings.__dict__, self.atlas.__dict__ if self.atlas else None], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def stack_from_volume(volume: CTVolume, settings: StackSettings) -> SliceStack:

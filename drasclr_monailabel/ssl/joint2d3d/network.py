@@ -59,11 +59,13 @@ class Joint2d3dEncoder(nn.Module):
         return contextual, contextual.mean(dim=1)
 
 
-def _build_encoder(arguments: dict[str, Any]) -> nn.Module:
-    return Joint2d3dEncoder(SliceEncoderArchitecture(**arguments["slice_encoder"]), VolumeTransformerArchitecture(**arguments["transformer"]))
+def encoder_from_architecture(architecture: dict[str, Any]) -> Joint2d3dEncoder:
+    """A freshly initialised encoder from an ``architecture`` block (its ``name`` is optional)."""
+    return Joint2d3dEncoder(SliceEncoderArchitecture(**architecture["slice_encoder"]),
+                            VolumeTransformerArchitecture(**architecture["transformer"]))
 
 
-register_encoder_builder(ARCHITECTURE_NAME, _build_encoder)
+register_encoder_builder(ARCHITECTURE_NAME, encoder_from_architecture)
 
 
 class ClusteringHead(nn.Module):

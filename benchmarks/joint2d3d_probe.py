@@ -1,0 +1,166 @@
+"""Linear probes of patient-level embeddings on a synthetic cohort: joint2d3d against a randomly
+initialised encoder of the same architecture (baseline, same run), plus any embeddings given as
+files (e.g. DrasCLR's from ``drasclr embed``) and the cohort's measured %LAA-950 as a reference.
+
+Targets come from the cohort's manifest.csv (``drasclr synth``): ``severity`` (true emphysema
+percentage of the lung) and ``survival_time`` / ``event``.
+
+* severity: ridge regression (penalty chosen inside each training fold), K-fold cross-validated
+  out-of-fold R2 and Spearman correlation;
+* survival: L2-penalised Cox model (Breslow partial likelihood) on standardised, PCA-reduced
+  embeddings, Harrell's C-index on each held-out fold, averaged over folds.
+
+:func:`ridge_probe`, :func:`cox_probe` and :func:`harrell_c_index` take plain arrays so that a
+``drasclr probe`` command can reuse them.
+
+    drasclr synth --n 40 --out cohort/ --source phantom --severity 0 40
+    python benchmarks/joint2d3d_probe.py --cohort cohort/ --out benchmarks/results/joint2d3d_probe.json
+    python benchmarks/joint2d3d_probe.py --cohort cohort/ --encoder runs/joint/ --extra drasclr=drasclr_embeddings.npz --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from scipy.stats import spearmanr
+from sklearn.decomposition import PCA
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from drasclr_monailabel.ssl.joint2d3d.embed import JointEmbedder
+from drasclr_monailabel.ssl.joint2d3d.network import encoder_from_architecture
+from drasclr_monailabel.ssl.joint2d3d.sources import find_volumes
+from drasclr_monailabel.ssl.joint2d3d.stacks import StackStore
+from drasclr_monailabel.ssl.recipe import load_recipe
+from drasclr_monailabel.ssl.trainer import run_pretraining
+from drasclr_monailabel.utils.atomic import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ridge_probe(features: np.ndarray, target: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Out-of-fold ridge predictions of ``target`` (n,) from ``features`` (n, d): R2 and Spearman."""
+    predicted = np.zeros_like(target, dtype=np.float64)
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(features):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
+        predicted[test] = model.fit(features[train], target[train]).predict(features[test])
+    residual = np.sum((target - predicted) ** 2)
+    return {"r2": float(1 - residual / np.sum((target - target.mean()) ** 2)), "spearman": float(spearmanr(predicted, target).statistic)}
+
+
+def cox_probe(features: np.ndarray, time_: np.ndarray, event: np.ndarray, folds: int = 5, seed: int = 0,
+              components: int = 4, penalty: float = 1.0) -> dict[str, float]:
+    """Mean held-out Harrell's C-index of an L2 Cox model on PCA-reduced standardised features."""
+    scores = []
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(features):
+        reducer = make_pipeline(StandardScaler(), PCA(min(components, features.shape[1], len(train) - 1), random_state=seed))
+        x_train = reducer.fit_transform(features[train])
+        x_train_scale = x_train.std(axis=0) + 1e-8
+        beta = cox_fit(x_train / x_train_scale, time_[train], event[train], penalty)
+        risk = (reducer.transform(features[test]) / x_train_scale) @ beta
+        scores.append(harrell_c_index(time_[test], event[test], risk))
+    valid = [s for s in scores if np.isfinite(s)]
+    return {"c_index": float(np.mean(valid)) if valid else float("nan"), "folds": len(valid)}
+
+
+def cox_fit(x: np.ndarray, time_: np.ndarray, event: np.ndarray, penalty: float) -> np.ndarray:
+    """Coefficients maximising the Breslow partial log-likelihood minus ``penalty * |beta|^2``."""
+    order = np.argsort(-time_, kind="stable")  # descending time: the risk set of i is rows 0 .. i
+    x, event = x[order], event[order].astype(bool)
+
+    def objective(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = x @ beta
+        log_risk = np.logaddexp.accumulate(eta)
+        weights = np.exp(eta - log_risk[-1])
+        cumulative = np.cumsum(weights[:, None] * x, axis=0) / np.cumsum(weights)[:, None]
+        loss = -np.sum(eta[event] - log_risk[event]) + penalty * beta @ beta
+        grad = -np.sum(x[event] - cumulative[event], axis=0) + 2 * penalty * beta
+        return loss, grad
+
+    return minimize(objective, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def harrell_c_index(time_: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Fraction of comparable pairs (the earlier time is an event) ordered correctly by risk (ties 1/2)."""
+    concordant, comparable = 0.0, 0
+    for i in np.flatnonzero(event):
+        later = time_ > time_[i]
+        comparable += int(later.sum())
+        concordant += float(np.sum(risk[i] > risk[later]) + 0.5 * np.sum(risk[i] == risk[later]))
+    return concordant / comparable if comparable else float("nan")
+
+
+def read_manifest(cohort: Path) -> dict[str, np.ndarray]:
+    with open(cohort / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"ids": np.array([r["id"] for r in rows]), "severity": np.array([float(r["severity"]) for r in rows]),
+            "laa950": np.array([float(r["laa950"]) for r in rows]), "time": np.array([float(r["survival_time"]) for r in rows]),
+            "event": np.array([int(r["event"]) for r in rows])}
+
+
+def volume_embeddings(embedder: JointEmbedder, cohort: Path, store: StackStore) -> np.ndarray:
+    return np.stack([embedder.volume(store.get(entry))[1] for entry in find_volumes(cohort)])
+
+
+def probe_all(features: np.ndarray, table: dict[str, np.ndarray], folds: int) -> dict[str, dict[str, float]]:
+    return {"severity": ridge_probe(features, table["severity"], folds),
+            "survival": cox_probe(features, table["time"], table["event"], folds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cohort", type=Path, required=True, help="synthetic cohort folder with manifest.csv")
+    parser.add_argument("--out", required=True, help="result JSON")
+    parser.add_argument("--encoder", type=Path, help="an exported joint2d3d encoder (default: pretrain one here)")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "joint2d3d_demo.yaml", help="recipe when pretraining here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=FILE.npz",
+                        help="more embeddings to probe: npz with 'ids' and 'embeddings' (n, d)")
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args()
+
+    table = read_manifest(args.cohort)
+    result: dict[str, object] = {"cohort": str(args.cohort), "n": int(len(table["ids"])), "events": int(table["event"].sum()), "folds": args.folds}
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder_dir = args.encoder
+        if encoder_dir is None:
+            config = load_recipe(args.config, [f"data.stack_dir={Path(tmp) / 'stacks'}", "train.progress=false", *args.overrides])
+            start = time.perf_counter()
+            run_pretraining(config, args.cohort, Path(tmp) / "run")
+            result["pretraining"] = {"config": str(args.config), "overrides": args.overrides, "steps": config.train.max_steps,
+                                     "seconds": time.perf_counter() - start}
+            encoder_dir = Path(tmp) / "run"
+        trained = JointEmbedder.from_dir(encoder_dir)
+        store = StackStore(Path(tmp) / "stacks", trained.settings)
+        torch.manual_seed(0)
+        random_encoder = encoder_from_architecture(trained.metadata["architecture"]).eval()
+        random_init = JointEmbedder(random_encoder, trained.metadata, torch.device("cpu"))
+        embeddings = {"joint2d3d": volume_embeddings(trained, args.cohort, store), "random_init": volume_embeddings(random_init, args.cohort, store)}
+    for spec in args.extra:
+        name, path = spec.split("=", 1)
+        data = np.load(path)
+        index = {str(i): k for k, i in enumerate(data["ids"])}
+        embeddings[name] = np.stack([data["embeddings"][index[i]] for i in table["ids"]])
+    probes = {name: probe_all(features, table, args.folds) for name, features in embeddings.items()}
+    probes["reference_laa950"] = probe_all(table["laa950"][:, None], table, args.folds)
+    result["probes"] = probes
+    base = probes["random_init"]
+    result["joint2d3d_vs_random"] = {"severity_r2_gain": probes["joint2d3d"]["severity"]["r2"] - base["severity"]["r2"],
+                                     "c_index_gain": probes["joint2d3d"]["survival"]["c_index"] - base["survival"]["c_index"]}
+    write_json(args.out, result)
+    for name, block in probes.items():
+        print(f"{name:18s} severity R2 {block['severity']['r2']:+.3f} rho {block['severity']['spearman']:+.3f}   "
+              f"survival C {block['survival']['c_index']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -81,7 +81,8 @@ class CondConv3d(nn.Module):
     def mixed_kernels(self, location: torch.Tensor) -> torch.Tensor:
         """One kernel per location: ``(G, 3) -> (G, out, in, k, k, k)``."""
         weights = self.routing_weights(location).to(self.weight.dtype)
-        return torch.einsum("ge,eoiabc->goiabc", weights, self.weight)
+        # One (G, E) x (E, out*in*k^3) matrix product on a view of the experts: no copies.
+        return torch.mm(weights, self.weight.view(self.num_experts, -1)).view(-1, *self.weight.shape[1:])
 
     def forward(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` (N, in, D, H, W) with the kernels of ``location``.

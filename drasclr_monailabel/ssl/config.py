@@ -23,7 +23,8 @@ class TrainConfig:
         epochs: passes over the data; sets the schedule length unless ``max_steps`` is given.
         max_steps: total optimiser steps (schedule length and stop), overriding ``epochs``.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
-        amp: mixed precision on GPU (``fp16`` with loss scaling, or ``bf16``); ignored on CPU.
+        amp: mixed precision on GPU: ``fp16`` (autocast with loss scaling), ``bf16`` (autocast)
+            or ``"off"`` (quoted in YAML, where a bare off means false); the CPU always runs fp32.
         num_workers: data-loading processes per training process (0: load in the main process).
         checkpoint_every: write ``checkpoints/last.pt`` every this many steps (and at the end).
         log_every: TensorBoard and progress-bar update interval in steps.

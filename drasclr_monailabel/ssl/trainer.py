@@ -30,7 +30,7 @@ from drasclr_monailabel.models.export import save_encoder
 from drasclr_monailabel.ssl import checkpoint as ckpt
 from drasclr_monailabel.ssl.distributed import DistContext, all_gather_objects, any_rank, setup, teardown
 from drasclr_monailabel.ssl.method import PretrainMethod, get_method
-from drasclr_monailabel.utils.atomic import write_text
+from drasclr_monailabel.utils.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Trainer:
                 stop = any_rank(self._stop_requested, self.context)
                 if step % self.train.checkpoint_every == 0 or stop or step == end_step:
                     self._save(ckpt.LAST_NAME, network, optimizer, scaler, step, steps_per_epoch)
+                    self._write_progress(step, total_steps)
                 if stop:
                     log.warning("stop requested: checkpoint written at step %d; continue with --resume", step)
                     break
@@ -203,6 +204,13 @@ class Trainer:
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_all,
             "export": {"metadata": spec.metadata, "state_dict_prefix": spec.state_dict_prefix},
         })
+
+    def _write_progress(self, step: int, total_steps: int) -> None:
+        """``progress.json`` beside the checkpoints: the step of ``last.pt`` (for launchers and monitoring)."""
+        if self.context.is_main:
+            write_json(self.run_dir / "progress.json", {"step": step, "total_steps": total_steps, "completed": step >= total_steps,
+                                                        "checkpoint": f"checkpoints/{ckpt.LAST_NAME}",
+                                                        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def _export(self, network: nn.Module, step: int, steps_per_epoch: int) -> Path:
         spec = self.method.export_spec()

@@ -134,7 +134,9 @@ class Trainer:
                     record = logger.update(step, lr, output)
                     if record is not None:
                         history.append(record)
-                stop = any_rank(self._stop_requested, self.context)
+                # Ranks agree on stopping at logging steps (one collective there, not every step).
+                stop = self._stop_requested if not self.context.distributed else (
+                    step % self.train.log_every == 0 and any_rank(self._stop_requested, self.context))
                 if step % self.train.checkpoint_every == 0 or stop or step == end_step:
                     self._save(ckpt.LAST_NAME, network, optimizer, scaler, step, steps_per_epoch)
                     self._write_progress(step, total_steps)

@@ -16,6 +16,16 @@ from drasclr_monailabel.ssl.joint2d3d.embed import JointEmbedder, embed_images, 
 from drasclr_monailabel.ssl.trainer import run_pretraining
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one intra-op thread is faster than several (and far faster when
+    other processes share the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["network"]
 

@@ -138,12 +138,12 @@ class Joint2d3dMethod(PretrainMethod):
         metrics: dict[str, torch.Tensor] = {}
         if plan.intra:
             losses["intra"] = self._clustering_loss("slice", out["slice_scores"], batch["item_ids"], self.config.crops.global_crops)
-            z = out["slice_z"]
-            self._pending["slice"] = (batch["item_ids"], _normalised_mean(z.view(-1, batch["batch_size"], z.shape[1]).transpose(0, 1)))
+            z = out["slice_z"]  # (global crops x B, P), crop-major
+            self._remember("slice", batch["item_ids"], z.view(-1, batch["batch_size"], z.shape[1]).transpose(0, 1))
         if plan.inter:
             losses["inter"] = self._clustering_loss("volume", out["volume_scores"], batch["volume_ids"], 2)
-            z = out["volume_z"]
-            self._pending["volume"] = (batch["volume_ids"], _normalised_mean(z.view(-1, 2, z.shape[1])))
+            z = out["volume_z"]  # (2V, P), the two views of each volume next to each other
+            self._remember("volume", batch["volume_ids"], z.view(-1, 2, z.shape[1]))
         if plan.masked:
             losses["masked"] = masked_prediction_loss(out["predicted"], out["target"], batch["mask"])
             metrics["token_std"] = out["target"].float().std(dim=1).mean().detach()
@@ -151,6 +151,12 @@ class Joint2d3dMethod(PretrainMethod):
         loss = sum(weights[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
         return StepOutput(loss=loss, samples=batch["batch_size"], metrics=metrics)
+
+    def _remember(self, level: str, ids: torch.Tensor, z: torch.Tensor) -> None:
+        """DeepCluster-v2: keep the views' mean projection (n, views, P) of samples ``ids`` for the
+        memory bank, written after the optimiser step."""
+        if self.deepcluster:
+            self._pending[level] = (ids, _normalised_mean(z))
 
     def _clustering_loss(self, level: str, scores: list[list[torch.Tensor]], ids: torch.Tensor, code_crops: int) -> torch.Tensor:
         """Mean over prototype heads of the SwAV or DeepCluster-v2 loss of one level."""

@@ -2,15 +2,15 @@
 
 ```
 nnUNet_raw/Dataset501_Emphysema/
-  imagesTr/<case>_0000.nii.gz      int16 HU on the 1 mm lung-cropped grid (channel "CT")
+  imagesTr/<case>_0000.nii.gz      int16 HU on the lung-cropped grid, 1 mm by default (channel "CT")
   imagesTr/<case>_0001..3.nii.gz   float32 atlas x, y, z coordinate of every voxel ("noNorm"), with --coordinates
   labelsTr/<case>.nii.gz           uint8 class indices, same grid
   imagesTs/<case>_0000.nii.gz ...  images without a final label (to predict), with --unlabelled
   drasclr_export.json              what was exported from where (lets a re-run skip unchanged cases)
   dataset.json                     written last
 ```
-``dataset.json`` carries nnU-Net's keys plus a ``drasclr`` block (format, grid, atlas id, whether
-coordinate channels are present) that the trainer and the predictor wrapper read.
+``dataset.json`` carries nnU-Net's keys plus a ``drasclr`` block (format, grid spacing, atlas id,
+whether coordinate channels are present) that the trainer and the predictor wrapper read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CT_CHANNEL = "CT"
 COORDINATE_CHANNEL = "noNorm"
 COORDINATE_AXES = ("x", "y", "z")
 DRASCLR_KEY = "drasclr"
-GRID_DESCRIPTION = "1 mm isotropic, cropped to the lungs plus a margin (drasclr anatomy pipeline), LPS"
+GRID_DESCRIPTION = "isotropic, cropped to the lungs plus a margin (drasclr anatomy pipeline), LPS"
 _CASE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -61,7 +61,7 @@ def label_names(labels: LabelSet) -> dict[str, int]:
 
 
 def build_dataset_json(name: str, labels: LabelSet, coordinates: bool, num_training: int, atlas_id: str,
-                       source: str) -> dict[str, Any]:
+                       spacing_mm: int, source: str) -> dict[str, Any]:
     """The ``dataset.json`` of an exported dataset."""
     return {
         "name": name,
@@ -73,6 +73,7 @@ def build_dataset_json(name: str, labels: LabelSet, coordinates: bool, num_train
         DRASCLR_KEY: {
             "format": DATASET_FORMAT,
             "grid": GRID_DESCRIPTION,
+            "spacing_mm": spacing_mm,
             "atlas_id": atlas_id,
             "coordinates": coordinates,
             "coordinate_channels": {str(i + 1): f"normalised atlas {axis}" for i, axis in enumerate(COORDINATE_AXES)}

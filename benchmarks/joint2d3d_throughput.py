@@ -126,7 +126,7 @@ def main() -> None:
 
         with_stage(method, 1.0, 0.0, 0.0)
         step_2d = timed(runner.step, device, args.repeats, args.warmup)
-        glob, local = method.augmenter.multi_crop(batch["items"], runner.generator)
+        glob, local = method.augmenter.multi_crop(batch["items"], batch["item_ids"] >= 0, runner.generator)
         trunk = method.network.encoder.slices
 
         def bare_2d() -> None:
@@ -140,7 +140,7 @@ def main() -> None:
 
         with_stage(method, 0.0, 1.0, 1.0)
         step_3d = timed(runner.step, device, args.repeats, args.warmup)
-        views = method.augmenter.volume_views(batch["views"], runner.generator)
+        views = method.augmenter.volume_views(batch["views"], False, runner.generator)
 
         @torch.no_grad()
         def bare_3d() -> None:

@@ -132,18 +132,28 @@ def test_sampler_covers_every_item_once_per_epoch_and_resumes_mid_epoch() -> Non
 def test_multi_crop_shapes_ranges_and_reproducibility() -> None:
     config = CropConfig(global_size=32, local_size=32, local_crops=3, noise_std=0.0)
     images = torch.rand(4, 1, 40, 40)
-    glob, local = SliceAugmenter(config).multi_crop(images, torch.Generator().manual_seed(0))
+    jitter = torch.tensor([True, False, True, False])
+    glob, local = SliceAugmenter(config).multi_crop(images, jitter, torch.Generator().manual_seed(0))
     assert glob.shape == (8, 1, 32, 32) and local.shape == (12, 1, 32, 32)
     assert float(glob.min()) >= -1.0 and float(glob.max()) <= 1.0
-    again, _ = SliceAugmenter(config).multi_crop(images, torch.Generator().manual_seed(0))
+    again, _ = SliceAugmenter(config).multi_crop(images, jitter, torch.Generator().manual_seed(0))
     torch.testing.assert_close(glob, again)
     assert not torch.allclose(glob[:4], glob[4:])  # the two global crops of a sample differ
+
+
+def test_intensity_jitter_only_where_asked() -> None:
+    config = CropConfig(global_size=32, local_crops=0, noise_std=0.0, blur_p=0.0, global_scale=(0.3, 0.5))
+    flat = torch.full((2, 1, 40, 40), 0.3)  # a uniform CT-like patch: a crop inside it keeps its value
+    glob, _ = SliceAugmenter(config).multi_crop(flat, torch.tensor([False, True]), torch.Generator().manual_seed(2))
+    kept, jittered = glob.view(2, 2, 32, 32)[:, 0], glob.view(2, 2, 32, 32)[:, 1]
+    torch.testing.assert_close(kept, torch.full_like(kept, 2 * 0.3 - 1))  # density preserved
+    assert (jittered - (2 * 0.3 - 1)).abs().min() > 1e-4
 
 
 def test_slices_of_a_volume_view_share_their_crop() -> None:
     config = CropConfig(global_size=32, noise_std=0.0, blur_p=0.5)
     pattern = torch.rand(1, 1, 1, 1, 40, 40)
     views = pattern.expand(2, 2, 5, 1, 40, 40).reshape(2, 2, 5, 40, 40).contiguous()  # every slice identical
-    out = SliceAugmenter(config).volume_views(views, torch.Generator().manual_seed(1)).view(4, 5, 32, 32)
+    out = SliceAugmenter(config).volume_views(views, True, torch.Generator().manual_seed(1)).view(4, 5, 32, 32)
     torch.testing.assert_close(out, out[:, :1].expand_as(out))  # same crop and intensity along a view
     assert not torch.allclose(out[0, 0], out[1, 0])  # the two views differ

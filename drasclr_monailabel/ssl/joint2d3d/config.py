@@ -129,6 +129,9 @@ class CropConfig:
         volume_scale: area fraction range of the in-plane crop of a volume view (one crop for
             all slices of a view, so the view stays a coherent volume).
         flip_p: chance of a left-right flip.
+        jitter_ct: contrast, brightness and gamma changes also on CT slices and volume views
+            (default: only on 2D images; CT numbers are quantitative and emphysema is a density
+            change that an intensity-invariant encoder would learn to ignore).
         contrast: contrast factor drawn from [1 - contrast, 1 + contrast].
         brightness: added brightness drawn from [-brightness, brightness].
         gamma: range of the gamma exponent.
@@ -145,6 +148,7 @@ class CropConfig:
     local_scale: tuple[float, float] = (0.05, 0.14)
     volume_scale: tuple[float, float] = (0.4, 1.0)
     flip_p: float = 0.5
+    jitter_ct: bool = False
     contrast: float = 0.4
     brightness: float = 0.2
     gamma: tuple[float, float] = (0.7, 1.5)

@@ -118,11 +118,12 @@ class Joint2d3dMethod(PretrainMethod):
         inputs: dict[str, Any] = {"item_ids": batch["item_ids"], "batch_size": batch["items"].shape[0],
                                   "global_crops": self.config.crops.global_crops}
         if stage.intra > 0:
-            glob, local = self.augmenter.multi_crop(batch["items"], generator)
+            jitter = (batch["item_ids"] < len(self.images)) | self.config.crops.jitter_ct  # images, and CT if asked
+            glob, local = self.augmenter.multi_crop(batch["items"], jitter, generator)
             inputs["crops"] = [glob] if local is None else [glob, local]
         if "views" in batch:
             v, _, s = batch["positions"].shape
-            inputs.update(views=self.augmenter.volume_views(batch["views"], generator), positions=batch["positions"].reshape(2 * v, s),
+            inputs.update(views=self.augmenter.volume_views(batch["views"], self.config.crops.jitter_ct, generator), positions=batch["positions"].reshape(2 * v, s),
                           kinds=batch["kinds"].repeat_interleave(2), volume_ids=batch["volume_ids"],
                           mask=random_token_mask(2 * v, s, self.config.masking.ratio, generator, batch["positions"].device))
         return inputs

@@ -1,6 +1,8 @@
 """Linear probes of patient-level embeddings on a synthetic cohort: joint2d3d against a randomly
 initialised encoder of the same architecture (baseline, same run), plus any embeddings given as
-files (e.g. DrasCLR's from ``drasclr embed``) and the cohort's measured %LAA-950 as a reference.
+files (e.g. DrasCLR's from ``drasclr embed``), and two non-learned references: the cohort's
+measured %LAA-950 (inside the true lung mask) and a 16-bin HU histogram of each scan's slice stack
+(what a density-aware embedding could at least capture from the same input).
 
 Targets come from the cohort's manifest.csv (``drasclr synth``): ``severity`` (true emphysema
 percentage of the lung) and ``survival_time`` / ``event``.
@@ -111,6 +113,15 @@ def volume_embeddings(embedder: JointEmbedder, cohort: Path, store: StackStore) 
     return np.stack([embedder.volume(store.get(entry))[1] for entry in find_volumes(cohort)])
 
 
+def hu_histograms(cohort: Path, store: StackStore, bins: int = 16) -> np.ndarray:
+    """(n, bins) fraction of stack pixels per HU bin over the lung window [-1024, 240]."""
+    rows = []
+    for entry in find_volumes(cohort):
+        pixels = np.asarray(store.get(entry).pixels, dtype=np.float32)
+        rows.append(np.histogram(pixels, bins=bins, range=(0.0, 1.0))[0] / pixels.size)
+    return np.stack(rows)
+
+
 def probe_all(features: np.ndarray, table: dict[str, np.ndarray], folds: int) -> dict[str, dict[str, float]]:
     return {"severity": ridge_probe(features, table["severity"], folds),
             "survival": cox_probe(features, table["time"], table["event"], folds)}
@@ -145,6 +156,7 @@ def main() -> None:
         random_encoder = encoder_from_architecture(trained.metadata["architecture"]).eval()
         random_init = JointEmbedder(random_encoder, trained.metadata, torch.device("cpu"))
         embeddings = {"joint2d3d": volume_embeddings(trained, args.cohort, store), "random_init": volume_embeddings(random_init, args.cohort, store)}
+        histograms = hu_histograms(args.cohort, store)
     for spec in args.extra:
         name, path = spec.split("=", 1)
         data = np.load(path)
@@ -152,13 +164,14 @@ def main() -> None:
         embeddings[name] = np.stack([data["embeddings"][index[i]] for i in table["ids"]])
     probes = {name: probe_all(features, table, args.folds) for name, features in embeddings.items()}
     probes["reference_laa950"] = probe_all(table["laa950"][:, None], table, args.folds)
+    probes["reference_hu_histogram"] = probe_all(histograms, table, args.folds)
     result["probes"] = probes
     base = probes["random_init"]
     result["joint2d3d_vs_random"] = {"severity_r2_gain": probes["joint2d3d"]["severity"]["r2"] - base["severity"]["r2"],
                                      "c_index_gain": probes["joint2d3d"]["survival"]["c_index"] - base["survival"]["c_index"]}
     write_json(args.out, result)
     for name, block in probes.items():
-        print(f"{name:18s} severity R2 {block['severity']['r2']:+.3f} rho {block['severity']['spearman']:+.3f}   "
+        print(f"{name:22s} severity R2 {block['severity']['r2']:+.3f} rho {block['severity']['spearman']:+.3f}   "
               f"survival C {block['survival']['c_index']:.3f}")
 
 

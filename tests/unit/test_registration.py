@@ -1,0 +1,97 @@
+"""Affine registration: recovering a known affine, landmarks landing in lung, partial coverage, real CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from drasclr_monailabel.anatomy.lung_mask import lung_labels_working_grid
+from drasclr_monailabel.anatomy.pipeline import preprocess_volume
+from drasclr_monailabel.anatomy.registration import register_to_atlas
+from drasclr_monailabel.data.phantom import make_thorax_phantom
+from drasclr_monailabel.io import read_ct
+
+
+def labels_image(case) -> sitk.Image:
+    image = sitk.GetImageFromArray(case.lungs)
+    image.SetSpacing(case.volume.spacing)
+    image.SetOrigin(case.volume.origin)
+    return image
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recovers_a_known_affine(seed):
+    atlas = labels_image(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=3, noise_hu=0.0))
+    rng = np.random.default_rng(seed)
+    known = sitk.AffineTransform(3)  # subject point -> atlas point
+    known.SetCenter((0.0, 0.0, 20.0))
+    known.SetMatrix((np.eye(3) + rng.uniform(-0.08, 0.08, (3, 3))).ravel().tolist())
+    known.SetTranslation(rng.uniform(-15.0, 15.0, 3).tolist())
+    subject = sitk.Resample(atlas, atlas, known, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+    result = register_to_atlas(subject, atlas)
+
+    lung = np.argwhere(sitk.GetArrayFromImage(subject) > 0)[::50]
+    points = [subject.TransformIndexToPhysicalPoint([int(v) for v in index[::-1]]) for index in lung]
+    found = result.transform.GetInverse()
+    errors = [np.linalg.norm(np.subtract(found.TransformPoint(p), known.TransformPoint(p))) for p in points]
+    assert np.mean(errors) < 1.5  # mm, on a 3 mm grid
+    assert result.dice > 0.95
+
+
+def depth_mm(mask: np.ndarray, centre: np.ndarray, reach: int = 12) -> float:
+    """Distance (mm, 1 mm grid) from ``centre`` to the nearest voxel outside ``mask`` (capped at ``reach``)."""
+    low = np.maximum(centre - reach, 0)
+    box = mask[low[0]:centre[0] + reach + 1, low[1]:centre[1] + reach + 1, low[2]:centre[2] + reach + 1]
+    outside = np.argwhere(~box)
+    if not mask[tuple(centre)]:
+        return 0.0
+    return float(np.min(np.linalg.norm(outside + low - centre, axis=1))) if len(outside) else float(reach)
+
+
+@pytest.fixture(scope="module")
+def full_scan(default_atlas):
+    """A full-chest phantom (not one of the atlas's subjects) through the pipeline."""
+    return preprocess_volume(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=21).volume, default_atlas)
+
+
+def test_landmarks_land_in_the_subject_lung(full_scan, default_atlas):
+    scan = full_scan
+    atlas_lung = sitk.GetArrayFromImage(default_atlas.lungs) > 0
+    depth = np.array([depth_mm(atlas_lung, centre) for centre in default_atlas.landmarks.voxel])
+    assert scan.registration.dice > 0.9
+    assert scan.valid.mean() > 0.95
+    in_subject_lung = scan.lungs[tuple(np.clip(scan.landmarks, 0, np.array(scan.lungs.shape) - 1).T)] > 0
+    # Affine registration cannot follow every boundary (heart size varies), so centres near the
+    # atlas lung's edge may fall just outside; those well inside must land in the subject lung.
+    assert np.mean(in_subject_lung[scan.valid & (depth >= 5)]) > 0.95
+    assert np.mean(in_subject_lung[scan.valid & (depth > 0)]) > 0.85
+    # Sides are kept: landmarks of the atlas's right lung land in the subject's right lung.
+    atlas_side = sitk.GetArrayFromImage(default_atlas.lungs)[tuple(default_atlas.landmarks.voxel.T)]
+    right = scan.valid & (atlas_side == 1) & (depth >= 5)
+    assert np.mean(scan.lungs[tuple(scan.landmarks[right].T)] == 1) > 0.9
+
+
+def test_partial_coverage_marks_unscanned_landmarks_invalid(full_scan, default_atlas):
+    full = full_scan
+    upper_volume = make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=21, z_range_mm=(40.0, 180.0)).volume
+    upper = preprocess_volume(upper_volume, default_atlas)
+    atlas_z = default_atlas.landmarks.world[:, 2]
+    low_atlas = atlas_z < np.percentile(atlas_z, 25)
+    assert not upper.valid[low_atlas].any()
+    assert 0.2 < upper.valid.mean() < 0.8
+    assert any("partial lung coverage" in w for w in upper.warnings)
+    # Where both runs have the landmark, the partial scan puts it at nearly the same place.
+    both = full.valid & upper.valid
+    full_world = np.asarray(full.origin) + full.landmarks[both][:, ::-1]
+    upper_world = np.asarray(upper.origin) + upper.landmarks[both][:, ::-1]
+    assert np.median(np.linalg.norm(full_world - upper_world, axis=1)) < 8.0
+
+
+def test_real_ct_registers(sample_lung2, default_atlas):
+    volume = read_ct(sample_lung2)
+    result = register_to_atlas(lung_labels_working_grid(volume), default_atlas.lungs)
+    assert result.dice > 0.7
+    scale = np.abs(np.linalg.det(np.array(result.transform.GetMatrix()).reshape(3, 3))) ** (1 / 3)
+    assert 0.6 < scale < 1.2  # the sample patient's lungs are smaller than the phantom atlas's

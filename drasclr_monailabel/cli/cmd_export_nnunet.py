@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from drasclr_monailabel.errors import ConfigError
     from drasclr_monailabel.nnunet.export import ExportOptions, export_dataset
-    from drasclr_monailabel.nnunet.sources import cases_from_datastore, cases_from_manifest
+    from drasclr_monailabel.nnunet.sources import (
+        cases_from_datastore,
+        cases_from_manifest,
+    )
     from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet
 
     out = args.out or os.environ.get("nnUNet_raw")

@@ -30,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from drasclr_monailabel.nnunet.environment import EXT_TRAINER_ENV, ext_trainer_folder, ext_trainer_setting
+    from drasclr_monailabel.nnunet.environment import (
+        EXT_TRAINER_ENV,
+        ext_trainer_folder,
+        ext_trainer_setting,
+    )
 
     if args.ext_trainer_path:
         print(ext_trainer_folder())

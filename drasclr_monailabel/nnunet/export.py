@@ -17,9 +17,10 @@ cases no longer in the source removed. Every file is written atomically, and ``d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,7 +30,11 @@ from drasclr_monailabel.emphysema.label_input import read_label_map
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.nnunet.dataset import (
-    FILE_ENDING, build_dataset_json, dataset_name, image_files, nnunet_case_id,
+    FILE_ENDING,
+    build_dataset_json,
+    dataset_name,
+    image_files,
+    nnunet_case_id,
 )
 from drasclr_monailabel.nnunet.lung_grid import LungGridCase, lung_grid_case
 from drasclr_monailabel.nnunet.sources import SourceCase

@@ -14,14 +14,19 @@ plain data so that nnU-Net's ``plans.json`` describes the network completely (tr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
 from drasclr_monailabel.models.intensity import IntensityWindow
-from drasclr_monailabel.segmentation.network import COORDINATE_CHANNELS, IMAGE_CHANNELS, EmphysemaUNet
+from drasclr_monailabel.segmentation.network import (
+    COORDINATE_CHANNELS,
+    IMAGE_CHANNELS,
+    EmphysemaUNet,
+)
 
 NETWORK_CLASS_NAME = "drasclr_monailabel.nnunet.network.DrasclrNnunetNetwork"
 ACCEPTED_INPUT_CHANNELS = (IMAGE_CHANNELS, IMAGE_CHANNELS + COORDINATE_CHANNELS)

@@ -21,7 +21,11 @@ from typing import Any
 from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.models.encoder import EncoderArchitecture
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
-from drasclr_monailabel.nnunet.network import ACCEPTED_INPUT_CHANNELS, NETWORK_CLASS_NAME, total_stride
+from drasclr_monailabel.nnunet.network import (
+    ACCEPTED_INPUT_CHANNELS,
+    NETWORK_CLASS_NAME,
+    total_stride,
+)
 
 CT_NORMALISATION = "CTNormalization"
 NO_NORMALISATION = "NoNormalization"
@@ -81,8 +85,8 @@ def adapt_plans(
         "_kw_requires_import": [],
     }
     adapted["configurations"][configuration] = config
-    notes = [f"DrasCLR network: encoder {encoder.to_dict()}, input channels {channels} "
-             f"({'CT + atlas coordinates' if channels > 1 else 'CT, constant location ' + str(list(DEFAULT_LOCATION))})"]
+    inputs = "CT + atlas coordinates" if channels > 1 else f"CT, constant location {list(DEFAULT_LOCATION)}"
+    notes = [f"DrasCLR network: encoder {encoder.to_dict()}, input channels {channels} ({inputs})"]
     if config["patch_size"] != patch:
         notes.append(f"patch size {patch} -> {config['patch_size']} (multiples of {divisor}, the encoder's total stride)")
     spacing = config.get("spacing", [])

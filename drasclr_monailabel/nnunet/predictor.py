@@ -11,8 +11,9 @@ quantified exactly like the native emphysema model's prediction
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -28,7 +28,10 @@ from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import (
+    ConfigurationManager,
+    PlansManager,
+)
 from torch import nn
 from torch._dynamo import OptimizedModule
 
@@ -37,9 +40,17 @@ from drasclr_monailabel.models.encoder import EncoderArchitecture
 from drasclr_monailabel.models.export import read_metadata
 from drasclr_monailabel.nnunet.augmentation import intensity_on_ct_only
 from drasclr_monailabel.nnunet.dataset import dataset_atlas_id
-from drasclr_monailabel.nnunet.network import NETWORK_CLASS_NAME, DrasclrNnunetNetwork, encoder_architecture, output_strides
+from drasclr_monailabel.nnunet.network import (
+    NETWORK_CLASS_NAME,
+    DrasclrNnunetNetwork,
+    encoder_architecture,
+    output_strides,
+)
 from drasclr_monailabel.nnunet.plans import adapt_plans
 from drasclr_monailabel.nnunet.warm_start import PRETRAINED_ENV, warm_start_encoder
+
+CUDA = torch.device("cuda")
+"""nnU-Net's default training device (``nnUNetv2_train -device`` passes the one asked for)."""
 
 
 def pretrained_from_environment() -> Path | None:
@@ -55,7 +66,7 @@ class nnUNetTrainerDrasCLR(nnUNetTrainer):
     """Cap on the patch edges (voxels); None keeps nnU-Net's planned patch (rounded to 32)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
+                 device: torch.device = CUDA) -> None:
         self.pretrained = pretrained_from_environment()
         self.continuing = bool(plans.get("continue_training", False))
         architecture = (encoder_architecture(read_metadata(self.pretrained)["architecture"])
@@ -116,7 +127,7 @@ class nnUNetTrainerDrasCLR_smoke(nnUNetTrainerDrasCLR):
     max_patch_edge = 32
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
+                 device: torch.device = CUDA) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 2
         self.num_iterations_per_epoch = 3

@@ -42,9 +42,10 @@ class WarmStartReport:
 
     def lines(self) -> list[str]:
         """Human-readable report: one summary line, then the reshaped and skipped keys."""
-        out = [f"DrasCLR warm start from {self.source}: loaded {len(self.loaded)}, reshaped {len(self.reshaped)}, "
-               f"skipped {len(self.skipped)} tensors; {len(self.not_in_export)} network tensors not in the export "
-               "keep their initialisation"]
+        summary = (f"DrasCLR warm start from {self.source}: loaded {len(self.loaded)}, reshaped {len(self.reshaped)}, "
+                   f"skipped {len(self.skipped)} tensors; {len(self.not_in_export)} network tensors not in the export "
+                   "keep their initialisation")
+        out = [summary]
         for title, keys in (("reshaped", self.reshaped), ("skipped", self.skipped), ("not in the export", self.not_in_export)):
             if keys:
                 more = f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else ""

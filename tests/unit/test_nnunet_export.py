@@ -21,7 +21,11 @@ from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.nnunet.export import ExportOptions, export_dataset
 from drasclr_monailabel.nnunet.lung_grid import LungGridCase
-from drasclr_monailabel.nnunet.sources import SourceCase, cases_from_datastore, cases_from_manifest
+from drasclr_monailabel.nnunet.sources import (
+    SourceCase,
+    cases_from_datastore,
+    cases_from_manifest,
+)
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet
 
 FAKE_ATLAS = "fake-atlas-000000000000"

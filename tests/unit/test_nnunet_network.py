@@ -9,7 +9,11 @@ import torch
 
 from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
-from drasclr_monailabel.nnunet.network import NETWORK_CLASS_NAME, DrasclrNnunetNetwork, output_strides
+from drasclr_monailabel.nnunet.network import (
+    NETWORK_CLASS_NAME,
+    DrasclrNnunetNetwork,
+    output_strides,
+)
 from drasclr_monailabel.nnunet.plans import DEFAULT_LOCATION, adapt_plans
 from tests.fixtures.nnunet import SMALL_ENCODER, dataset_json, nnunet_plans
 

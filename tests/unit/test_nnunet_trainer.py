@@ -9,10 +9,20 @@ import torch
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from drasclr_monailabel.nnunet.augmentation import INTENSITY_TRANSFORMS, LeadingChannelsOnly
-from drasclr_monailabel.nnunet.environment import EXT_TRAINER_ENV, ext_trainer_folder, ext_trainer_setting
+from drasclr_monailabel.nnunet.augmentation import (
+    INTENSITY_TRANSFORMS,
+    LeadingChannelsOnly,
+)
+from drasclr_monailabel.nnunet.environment import (
+    EXT_TRAINER_ENV,
+    ext_trainer_folder,
+    ext_trainer_setting,
+)
 from drasclr_monailabel.nnunet.network import DrasclrNnunetNetwork
-from drasclr_monailabel.nnunet.trainer import nnUNetTrainerDrasCLR, nnUNetTrainerDrasCLR_smoke
+from drasclr_monailabel.nnunet.trainer import (
+    nnUNetTrainerDrasCLR,
+    nnUNetTrainerDrasCLR_smoke,
+)
 from drasclr_monailabel.nnunet.warm_start import PRETRAINED_ENV
 from tests.fixtures.nnunet import dataset_json, nnunet_plans
 

@@ -123,8 +123,9 @@ class Joint2d3dMethod(PretrainMethod):
             inputs["crops"] = [glob] if local is None else [glob, local]
         if "views" in batch:
             v, _, s = batch["positions"].shape
-            inputs.update(views=self.augmenter.volume_views(batch["views"], self.config.crops.jitter_ct, generator), positions=batch["positions"].reshape(2 * v, s),
-                          kinds=batch["kinds"].repeat_interleave(2), volume_ids=batch["volume_ids"],
+            inputs.update(views=self.augmenter.volume_views(batch["views"], self.config.crops.jitter_ct, generator),
+                          positions=batch["positions"].reshape(2 * v, s), kinds=batch["kinds"].repeat_interleave(2),
+                          volume_ids=batch["volume_ids"],
                           mask=random_token_mask(2 * v, s, self.config.masking.ratio, generator, batch["positions"].device))
         return inputs
 

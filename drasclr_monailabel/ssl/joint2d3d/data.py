@@ -26,13 +26,7 @@ from torch.utils.data import Dataset, Sampler
 
 from drasclr_monailabel.io.images2d import read_image2d
 from drasclr_monailabel.ssl.joint2d3d.sources import VolumeEntry
-from drasclr_monailabel.ssl.joint2d3d.stacks import (
-    AtlasZ,
-    SliceStack,
-    StackSettings,
-    image_to_square,
-    load_stack,
-)
+from drasclr_monailabel.ssl.joint2d3d.stacks import SliceStack, StackStore, image_to_square
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import sys
@@ -70,28 +71,29 @@ def plain_of(conv: CondConv3d) -> nn.Module:
     return PlainConv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
 
 
-def forward_backward_seconds(model: nn.Module, x: torch.Tensor, location: torch.Tensor, amp: bool) -> float:
-    """Seconds of one forward + backward (sum of the embedding), synchronised on GPU."""
+def forward_backward_seconds(model: nn.Module, x: torch.Tensor, location: torch.Tensor, amp: bool) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one forward + backward (sum of the embedding), synchronised
+    on GPU. CPU seconds are the steadier measure on a CPU shared with other jobs."""
     model.zero_grad(set_to_none=True)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
         loss = model(x, location).float().sum()
     loss.backward()
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def time_round_robin(models: dict[str, nn.Module], x: torch.Tensor, locations: dict[str, torch.Tensor], repeats: dict[str, int],
-                     warmup: int, amp: bool) -> dict[str, list[float]]:
+                     warmup: int, amp: bool) -> dict[str, list[tuple[float, float]]]:
     """Interleave the formulations (one iteration each per round) so that load drift on a shared
     machine affects them alike; each is warmed up first (kernel selection, allocator)."""
     for name, model in models.items():
         for _ in range(warmup):
             forward_backward_seconds(model, x, locations[name], amp)
-    seconds: dict[str, list[float]] = {name: [] for name in models}
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
     for round_index in range(max(repeats.values())):
         for name, model in models.items():
             if round_index < repeats[name]:
@@ -130,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time_round_robin(models, x, locations, repeats, args.warmup, args.amp)
     timings: dict[str, dict[str, float]] = {}
     for name, values in seconds.items():
-        timings[name] = {"median_s": statistics.median(values), "min_s": min(values), "repeats": len(values)}
-        print(f"{name:13s} {timings[name]['median_s'] * 1000:9.1f} ms (median of {len(values)})", flush=True)
+        wall, cpu = [v[0] for v in values], [v[1] for v in values]
+        timings[name] = {"median_s": statistics.median(wall), "min_s": min(wall), "median_cpu_s": statistics.median(cpu),
+                         "repeats": len(values)}
+        print(f"{name:13s} {timings[name]['median_s'] * 1000:9.1f} ms wall, {timings[name]['median_cpu_s'] * 1000:9.1f} ms CPU "
+              f"(median of {len(values)})", flush=True)
     median = {name: t["median_s"] for name, t in timings.items()}
+    median_cpu = {name: t["median_cpu_s"] for name, t in timings.items()}
     result = {
         "benchmark": "encoder forward+backward",
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
@@ -152,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         "loop_vs_cond_speedup": median["loop"] / median["cond_shared"],
         "loop_vs_grouped_speedup": median["loop"] / median["cond_grouped"],
         "goal_cond_vs_plain_ratio": GOAL_RATIO,
+        "cpu_time_ratios": {"cond_vs_plain": median_cpu["cond_shared"] / median_cpu["plain"],
+                            "grouped_vs_plain": median_cpu["cond_grouped"] / median_cpu["plain"],
+                            "loop_vs_cond": median_cpu["loop"] / median_cpu["cond_shared"]},
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     write_json(args.out, result)
     print(f"cond/plain {result['cond_vs_plain_ratio']:.3f} (goal <= {GOAL_RATIO}), grouped/plain {result['grouped_vs_plain_ratio']:.3f}, "

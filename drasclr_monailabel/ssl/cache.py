@@ -143,9 +143,9 @@ def open_cache(cache_dir: str | Path, atlas: AtlasLandmarks) -> CacheIndex:
 
 
 def qa_atlas_id(qa: dict[str, Any]) -> str | None:
-    """The atlas id recorded in a scan's ``_qa.json``."""
+    """The atlas id recorded in a scan's ``_qa.json`` (``{"atlas": {"id": ...}}``)."""
     atlas = qa.get("atlas")
-    return atlas.get("id") if isinstance(atlas, dict) else qa.get("atlas_id", atlas)
+    return atlas.get("id") if isinstance(atlas, dict) else None
 
 
 def _load_small(path: Path, shape: tuple[int, ...]) -> np.ndarray:

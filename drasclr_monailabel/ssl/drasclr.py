@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from drasclr_monailabel.errors import ConfigError
+from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
 from drasclr_monailabel.models.heads import ProjectionHead
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
@@ -171,8 +171,11 @@ class DrasclrMethod(PretrainMethod):
     def build_data(self) -> tuple[Dataset, LandmarkBatchSampler]:
         neighbours = self.atlas.neighbours if self.use_neighbours else np.zeros((self.atlas.n_landmarks, 0), dtype=np.int64)
         dataset = LandmarkCropDataset(self.index, neighbours, self.config.data.crop_size)
-        sampler = LandmarkBatchSampler(self.index.valid, self.config.train.batch_size, seed=self.config.train.seed,
-                                       rank=self.context.rank, world_size=self.context.world_size, min_batch=self.config.data.min_batch)
+        try:
+            sampler = LandmarkBatchSampler(self.index.valid, self.config.train.batch_size, seed=self.config.train.seed,
+                                           rank=self.context.rank, world_size=self.context.world_size, min_batch=self.config.data.min_batch)
+        except ValueError as exc:
+            raise InputError(self.index.root, f"cannot form training batches: {exc} ({self.index.n_subjects} scans)") from None
         return dataset, sampler
 
     def prepare_batch(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:

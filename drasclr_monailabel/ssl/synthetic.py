@@ -88,7 +88,8 @@ def write_synthetic_cache(out_dir: str | Path, atlas_dir: str | Path, n_subjects
         write_text(folder / f"{scan_id}_affine.tfm", "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
                    "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n")
         write_json(folder / f"{scan_id}_qa.json", {
-            "format": "drasclr-cache/1", "id": scan_id, "source": "synthetic", "atlas_id": atlas["id"],
+            "format": "drasclr-cache/1", "id": scan_id, "source": "synthetic",
+            "atlas": {"id": atlas["id"], "n_landmarks": len(rows)},
             "grid": {"spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
                      "size": list(shape[::-1])},
             "warnings": [],

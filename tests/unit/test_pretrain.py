@@ -156,3 +156,10 @@ def test_trainer_uses_the_scaled_learning_rate(easy_atlas: Path, easy_cache: Pat
     method = DrasclrMethod(config, setup("cpu"), easy_cache)
     result = Trainer(method, config, tmp_path / "run", setup("cpu")).fit()
     assert result.history[0]["lr"] == pytest.approx(2.0 * 8 / 128)
+
+
+def test_a_cache_too_small_to_form_a_batch_is_refused(easy_atlas: Path, tmp_path: Path) -> None:
+    cache = write_synthetic_cache(tmp_path / "cache", easy_atlas, n_subjects=1)
+    method = DrasclrMethod(easy_config(easy_atlas), setup("cpu"), cache)
+    with pytest.raises(InputError, match=r"cache: cannot form training batches: no landmark has 2 or more valid subjects"):
+        method.build_data()

@@ -29,7 +29,7 @@ from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.models.export import save_encoder
 from drasclr_monailabel.ssl import checkpoint as ckpt
 from drasclr_monailabel.ssl.distributed import DistContext, all_gather_objects, any_rank, setup, teardown
-from drasclr_monailabel.ssl.method import PretrainMethod, get_method
+from drasclr_monailabel.ssl.method import PretrainMethod, StepOutput, get_method
 from drasclr_monailabel.utils.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -116,41 +116,49 @@ class Trainer:
         history: list[dict[str, float]] = []
         logger = _Logger(self, total_steps, step) if self.context.is_main else None
         network.train()
-        with self._stop_signals():
-            for batch in self._batches(loader, sampler, step, end_step, steps_per_epoch):
-                lr = learning_rate(step, total_steps, base_lr, self.optim.warmup_steps, self.optim.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = self.method.prepare_batch(_to_device(batch, self.device), self.generator)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    output = self.method.training_step(wrapped, batch, self.generator)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(output.loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                self.method.after_step(step)
-                if logger is not None:
-                    record = logger.update(step, lr, output)
-                    if record is not None:
-                        history.append(record)
-                # Ranks agree on stopping at logging steps (one collective there, not every step).
-                stop = self._stop_requested if not self.context.distributed else (
-                    step % self.train.log_every == 0 and any_rank(self._stop_requested, self.context))
-                if step % self.train.checkpoint_every == 0 or stop or step == end_step:
-                    self._save(ckpt.LAST_NAME, network, optimizer, scaler, step, steps_per_epoch)
-                    self._write_progress(step, total_steps)
-                if stop:
-                    log.warning("stop requested: checkpoint written at step %d; continue with --resume", step)
-                    break
-        if logger is not None:
-            logger.close()
+        try:
+            with self._stop_signals():
+                for batch in self._batches(loader, sampler, step, end_step, steps_per_epoch):
+                    lr = learning_rate(step, total_steps, base_lr, self.optim.warmup_steps, self.optim.schedule)
+                    output = self._optimise(wrapped, optimizer, scaler, batch, lr)
+                    step += 1
+                    self.method.after_step(step)
+                    if logger is not None:
+                        record = logger.update(step, lr, output)
+                        if record is not None:
+                            history.append(record)
+                    # Ranks agree on stopping at logging steps (one collective there, not every step).
+                    stop = self._stop_requested if not self.context.distributed else (
+                        step % self.train.log_every == 0 and any_rank(self._stop_requested, self.context))
+                    if step % self.train.checkpoint_every == 0 or stop or step == end_step:
+                        self._save(ckpt.LAST_NAME, network, optimizer, scaler, step, steps_per_epoch)
+                        self._write_progress(step, total_steps)
+                    if stop:
+                        log.warning("stop requested: checkpoint written at step %d; continue with --resume", step)
+                        break
+        finally:
+            if logger is not None:
+                logger.close()
         completed = step >= total_steps
         export_dir = None
         if completed:
             self._save(ckpt.FINAL_NAME, network, optimizer, scaler, step, steps_per_epoch)
             export_dir = self._export(network, step, steps_per_epoch) if self.context.is_main else None
         return FitResult(step=step, total_steps=total_steps, completed=completed, history=history, export_dir=export_dir)
+
+    def _optimise(self, network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  batch: dict[str, Any], lr: float) -> StepOutput:
+        """One optimiser step on ``batch`` at learning rate ``lr``."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.method.prepare_batch(_to_device(batch, self.device), self.generator)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            output = self.method.training_step(network, batch, self.generator)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(output.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return output
 
     def _batches(self, loader: DataLoader, sampler: Any, step: int, end_step: int, steps_per_epoch: int) -> Iterator[dict]:
         """Batches from global step ``step`` to ``end_step``, epoch by epoch (stops when the caller breaks)."""

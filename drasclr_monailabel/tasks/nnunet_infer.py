@@ -47,7 +47,7 @@ class NnunetInferTask(VolumeInferTask):
         dataset_json = self.model_folder / "dataset.json"
         try:
             labels = dataset_label_names(json.loads(dataset_json.read_text()))
-        except (OSError, json.JSONDecodeError, ValueError, AttributeError) as exc:
+        except (OSError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(dataset_json, f"cannot be read as an nnU-Net model's dataset.json ({exc})") from None
         super().__init__(labels, f"Emphysema segmentation by the nnU-Net model in {self.model_folder.name}", lung_cache)
         self.device = device

@@ -22,14 +22,17 @@ import contextlib
 import platform
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from drasclr_monailabel.models.condconv import CondConv3d
 from drasclr_monailabel.ssl.recipe import load_recipe
-from drasclr_monailabel.ssl.synthetic import write_synthetic_atlas, write_synthetic_cache
+from drasclr_monailabel.ssl.synthetic import (
+    write_synthetic_atlas,
+    write_synthetic_cache,
+)
 from drasclr_monailabel.ssl.trainer import run_pretraining
 from drasclr_monailabel.utils.atomic import write_json
 

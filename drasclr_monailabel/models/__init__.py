@@ -6,5 +6,14 @@ from drasclr_monailabel.models.export import load_encoder, read_metadata, save_e
 from drasclr_monailabel.models.heads import ProjectionHead
 from drasclr_monailabel.models.intensity import LUNG_WINDOW, IntensityWindow
 
-__all__ = ["CondConv3d", "DrasclrEncoder", "EncoderArchitecture", "IntensityWindow", "LUNG_WINDOW", "ProjectionHead",
-           "load_encoder", "read_metadata", "save_encoder"]
+__all__ = [
+           "LUNG_WINDOW",
+           "CondConv3d",
+           "DrasclrEncoder",
+           "EncoderArchitecture",
+           "IntensityWindow",
+           "ProjectionHead",
+           "load_encoder",
+           "read_metadata",
+           "save_encoder",
+]

@@ -10,14 +10,19 @@ line naming the file and the mismatch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from drasclr_monailabel.errors import InputError
-from drasclr_monailabel.models.encoder import ARCHITECTURE_NAME, DrasclrEncoder, EncoderArchitecture
+from drasclr_monailabel.models.encoder import (
+    ARCHITECTURE_NAME,
+    DrasclrEncoder,
+    EncoderArchitecture,
+)
 from drasclr_monailabel.models.intensity import IntensityWindow
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
@@ -130,7 +135,7 @@ def load_encoder(
         raise InputError(weights_path, "not found beside encoder.json")
     try:
         payload = torch.load(weights_path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or non-tensor files
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for corrupt or non-tensor files
         raise InputError(weights_path, f"cannot be loaded as tensors ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     state = payload.get("state_dict") if isinstance(payload, dict) else None
     if not isinstance(state, dict):

@@ -37,7 +37,7 @@ class IntensityWindow:
                 "divisor": _plain(self.divisor), "shift": _plain(self.shift)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "IntensityWindow":
+    def from_dict(cls, data: dict) -> IntensityWindow:
         return cls(clip_hu=tuple(float(v) for v in data["clip_hu"]), offset=float(data["offset"]),
                    divisor=float(data["divisor"]), shift=float(data["shift"]))
 

@@ -36,7 +36,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(path, "not found: nothing to resume or export")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt files raise several exception types
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise several exception types
         raise InputError(path, f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"is not a {CHECKPOINT_FORMAT} checkpoint")

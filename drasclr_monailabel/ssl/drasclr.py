@@ -41,10 +41,20 @@ from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitectur
 from drasclr_monailabel.models.heads import ProjectionHead
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.ssl.augment import AugmentConfig, PatchAugmenter
-from drasclr_monailabel.ssl.cache import AtlasLandmarks, default_atlas_dir, open_cache, read_atlas_landmarks
+from drasclr_monailabel.ssl.cache import (
+    AtlasLandmarks,
+    default_atlas_dir,
+    open_cache,
+    read_atlas_landmarks,
+)
 from drasclr_monailabel.ssl.config import OptimConfig, TrainConfig
 from drasclr_monailabel.ssl.distributed import DistContext, all_gather_rows
-from drasclr_monailabel.ssl.method import ExportSpec, PretrainMethod, StepOutput, register_method
+from drasclr_monailabel.ssl.method import (
+    ExportSpec,
+    PretrainMethod,
+    StepOutput,
+    register_method,
+)
 from drasclr_monailabel.ssl.moco import LandmarkQueues, info_nce, momentum_update
 from drasclr_monailabel.ssl.patches import LandmarkCropDataset
 from drasclr_monailabel.ssl.sampler import LandmarkBatchSampler

@@ -17,8 +17,8 @@ the same number of steps (as torch's DistributedSampler does).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler

@@ -49,7 +49,7 @@ def write_synthetic_atlas(out_dir: str | Path, grid: tuple[int, int, int] = (3, 
     write_json(out_dir / "atlas.json", {
         "format": "drasclr-atlas/1", "id": atlas_id, "spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0],
         "size": [int(v) for v in size_zyx[::-1]], "patch_size": patch_size, "step": step, "min_lung_fraction": 0.1,
-        "n_landmarks": int(len(voxels)),
+        "n_landmarks": len(voxels),
         "coordinate_normalisation": {"centre": centre.tolist(), "half_extent": half_extent.tolist()},
         "description": "synthetic grid atlas for tests and benchmarks",
     })

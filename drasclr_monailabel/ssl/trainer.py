@@ -14,9 +14,10 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,13 @@ from drasclr_monailabel.config import to_dict
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.models.export import save_encoder
 from drasclr_monailabel.ssl import checkpoint as ckpt
-from drasclr_monailabel.ssl.distributed import DistContext, all_gather_objects, any_rank, setup, teardown
+from drasclr_monailabel.ssl.distributed import (
+    DistContext,
+    all_gather_objects,
+    any_rank,
+    setup,
+    teardown,
+)
 from drasclr_monailabel.ssl.method import PretrainMethod, StepOutput, get_method
 from drasclr_monailabel.utils.atomic import write_json, write_text
 

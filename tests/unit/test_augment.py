@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from drasclr_monailabel.models.intensity import IntensityWindow
-from drasclr_monailabel.ssl.augment import AugmentConfig, PatchAugmenter, adjust_gamma, resample_centre
+from drasclr_monailabel.ssl.augment import (
+    AugmentConfig,
+    PatchAugmenter,
+    adjust_gamma,
+    resample_centre,
+)
 
 WINDOW = IntensityWindow()
 OFF = AugmentConfig(affine_p=0.0, noise_p=0.0, contrast_p=0.0)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from drasclr_monailabel.errors import InputError
-from drasclr_monailabel.models import CondConv3d, DrasclrEncoder, EncoderArchitecture, IntensityWindow, ProjectionHead
+from drasclr_monailabel.models import (
+    CondConv3d,
+    DrasclrEncoder,
+    EncoderArchitecture,
+    IntensityWindow,
+    ProjectionHead,
+)
 from drasclr_monailabel.models.export import load_encoder, read_metadata, save_encoder
 
 TINY = EncoderArchitecture(stem_channels=2, block_channels=(4, 4, 8), top_channels=8, embedding_dim=8, num_experts=2)

@@ -13,10 +13,13 @@ import torch
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.models.export import load_encoder
-from drasclr_monailabel.ssl.drasclr import DrasclrMethod
 from drasclr_monailabel.ssl.distributed import setup
+from drasclr_monailabel.ssl.drasclr import DrasclrMethod
 from drasclr_monailabel.ssl.recipe import load_recipe
-from drasclr_monailabel.ssl.synthetic import write_synthetic_atlas, write_synthetic_cache
+from drasclr_monailabel.ssl.synthetic import (
+    write_synthetic_atlas,
+    write_synthetic_cache,
+)
 from drasclr_monailabel.ssl.trainer import Trainer, run_pretraining
 
 # A small encoder on 16^3 patches, a short queue and a fast key network, on subjects of very

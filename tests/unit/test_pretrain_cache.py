@@ -12,7 +12,11 @@ import torch
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
-from drasclr_monailabel.ssl.cache import default_atlas_dir, open_cache, read_atlas_landmarks
+from drasclr_monailabel.ssl.cache import (
+    default_atlas_dir,
+    open_cache,
+    read_atlas_landmarks,
+)
 from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.ssl.trainer import run_pretraining
 

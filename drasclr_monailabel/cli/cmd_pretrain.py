@@ -5,8 +5,8 @@ The recipe (YAML) names the method (default drasclr); every key can be overridde
 the same command with torchrun (see pretrain/ and docs/pretraining.md).
 
 Writes into RUN_DIR: config.yaml, checkpoints/last.pt (every train.checkpoint_every steps and when
-stopped with Ctrl-C or SIGTERM), checkpoints/final.pt, tensorboard/, and at the end the exported
-encoder (encoder.pt + encoder.json).
+stopped with Ctrl-C or SIGTERM, exit status 130), progress.json, checkpoints/final.pt,
+tensorboard/, and at the end the exported encoder (encoder.pt + encoder.json).
 
 Examples:
   drasclr pretrain --config configs/drasclr_demo.yaml --cache cache/ --out runs/demo

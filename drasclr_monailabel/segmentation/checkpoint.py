@@ -1,0 +1,100 @@
+"""Build, save and load the emphysema segmentation model.
+
+A checkpoint is ``{"model": state_dict, "meta": {...}}`` with only tensors and plain containers,
+so ``torch.load(weights_only=True)`` (MONAI Label's loader) reads it; ``meta`` holds every
+argument needed to rebuild the network, the label names and the atlas the coordinates refer to.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drasclr_monailabel.anatomy.atlas import load_default_atlas
+from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
+from drasclr_monailabel.models.export import load_encoder
+from drasclr_monailabel.models.intensity import LUNG_WINDOW
+from drasclr_monailabel.segmentation.labels import LabelSet
+from drasclr_monailabel.segmentation.network import EmphysemaUNet
+from drasclr_monailabel.utils.atomic import write_with
+
+CHECKPOINT_FORMAT = "drasclr-segmentation/1"
+logger = logging.getLogger(__name__)
+
+
+def build_model(
+    labels: list[str] | tuple[str, ...] = ("emphysema",),
+    pretrained: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dropout: float = 0.1,
+    deep_supervision: bool = False,
+) -> tuple[EmphysemaUNet, dict[str, Any]]:
+    """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is None).
+
+    Returns:
+        ``(model, info)``: ``info`` holds the checkpoint ``meta`` and a report of the encoder
+        weights (``loaded`` key count, ``pretrained`` path or None, the encoder's atlas id).
+
+    Raises:
+        InputError: the exported encoder is missing, malformed, or made for another atlas or
+            intensity window.
+    """
+    label_set = LabelSet(tuple(labels))
+    atlas_id = load_default_atlas().atlas_id
+    if pretrained is None:
+        encoder = DrasclrEncoder(EncoderArchitecture())
+        encoder_meta: dict[str, Any] = {"method": None, "atlas": {"id": atlas_id}}
+        logger.info("emphysema model: no pretrained encoder given, training from scratch")
+    else:
+        encoder, encoder_meta = load_encoder(pretrained, expected_atlas_id=atlas_id, expected_intensity=LUNG_WINDOW)
+        logger.info("emphysema model: loaded %d encoder tensors from %s", len(encoder.state_dict()), pretrained)
+    model = EmphysemaUNet(encoder, label_set.num_classes, dropout=dropout, deep_supervision=deep_supervision)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "labels": list(label_set.names),
+        "encoder_architecture": encoder.architecture.to_dict(),
+        "dropout": dropout,
+        "atlas_id": atlas_id,
+        "intensity": LUNG_WINDOW.to_dict(),
+        "pretrained": None if pretrained is None else str(pretrained),
+        "pretraining_method": encoder_meta.get("method"),
+    }
+    info = {"meta": meta, "loaded": 0 if pretrained is None else len(encoder.state_dict()), "pretrained": meta["pretrained"]}
+    return model.to(device), info
+
+
+def save_checkpoint(model: EmphysemaUNet, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Atomically write ``{"model": state_dict, "meta": meta}``; a reader never sees a partial file."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    write_with(path, lambda tmp: torch.save({"model": state, "meta": dict(meta)}, tmp))
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EmphysemaUNet, dict[str, Any]]:
+    """Rebuild a saved model in eval mode.
+
+    Raises:
+        InputError: missing or corrupt file, another format, or weights that do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise InputError(path, f"cannot be loaded as a checkpoint ({type(exc).__name__})") from None
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, f"is not a {CHECKPOINT_FORMAT} checkpoint")
+    arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
+    encoder = DrasclrEncoder(EncoderArchitecture(**arguments))
+    model = EmphysemaUNet(encoder, LabelSet(tuple(meta["labels"])).num_classes, dropout=float(meta.get("dropout", 0.1)))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise InputError(path, f"weights do not fit the network in its meta ({str(exc).splitlines()[-1].strip()})") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,122 @@
+"""Whole-CT emphysema prediction: prepare, sliding windows on the 1 mm lung grid, map back.
+
+The scan is brought to the anatomy pipeline's 1 mm lung-cropped grid (the resolution the encoder
+was pretrained at) with atlas-coordinate channels, windows are run with MONAI's sliding-window
+inferer (Gaussian blending), probabilities outside the lung are set to background, and the
+probabilities are resampled (linear) onto the input's own grid before the arg-max, so the label
+map has exactly the input's geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from drasclr_monailabel.emphysema import quantify
+from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.segmentation.case import PreparedCase, network_input, prepare_case
+from drasclr_monailabel.segmentation.network import EmphysemaUNet
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of :func:`predict_volume`, every array in the input volume's grid.
+
+    Attributes:
+        labels: uint8 (Z, Y, X) class indices (0 background).
+        probabilities: float32 (C, Z, Y, X) class probabilities.
+        lungs: uint8 (Z, Y, X) lung mask used (0 / 1 right / 2 left).
+        report: quantification (%LAA, Perc15, volumes per region) inside the lungs and the
+            predicted emphysema, JSON-ready.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    lungs: np.ndarray
+    report: dict[str, Any]
+
+
+def predict_volume(
+    model: EmphysemaUNet,
+    volume: CTVolume,
+    device: str | torch.device = "cpu",
+    mc_dropout: bool = False,
+    window: int = 64,
+    overlap: float = 0.25,
+    batch_size: int = 2,
+    case: PreparedCase | None = None,
+) -> Prediction:
+    """Segment emphysema in one CT.
+
+    Args:
+        model: the segmentation network (its mode is restored afterwards).
+        volume: the scan, any orientation and spacing.
+        device: where the windows run.
+        mc_dropout: keep the decoder's dropout active (one stochastic sample, for uncertainty).
+        window: cubic window edge in voxels (1 mm); a multiple of the encoder's stride (32).
+        overlap: fraction of overlap between neighbouring windows.
+        batch_size: windows per forward pass.
+        case: an already prepared case (skips lung mask and registration).
+
+    Raises:
+        NoLungsError / InputError: from the anatomy pipeline.
+    """
+    case = case or prepare_case(volume)
+    probabilities_1mm = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size)
+    probabilities = _to_input_grid(probabilities_1mm, case.grid, volume)
+    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+    lungs = case.lungs_native
+    labels[lungs == 0] = 0
+    report = quantify(volume, lungs, emphysema_mask=labels > 0).to_dict()
+    return Prediction(labels=labels, probabilities=probabilities, lungs=lungs, report=report)
+
+
+def window_probabilities(
+    model: EmphysemaUNet,
+    case: PreparedCase,
+    device: str | torch.device,
+    mc_dropout: bool,
+    window: int,
+    overlap: float,
+    batch_size: int,
+) -> np.ndarray:
+    """Softmax probabilities (C, Z, Y, X) on the case's 1 mm grid; background outside the lung."""
+    if window % model.divisor:
+        raise ValueError(f"window {window} must be a multiple of {model.divisor}")
+    was_training = model.training
+    model.eval()
+    if mc_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout3d):
+                module.train()
+    inputs = torch.from_numpy(network_input(case))[None].to(device)
+    try:
+        with torch.no_grad():
+            logits = sliding_window_inference(
+                inputs, roi_size=(window,) * 3, sw_batch_size=batch_size, predictor=model,
+                overlap=overlap, mode="gaussian", padding_mode="replicate",
+            )
+    finally:
+        model.train(was_training)
+    probabilities = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+    outside = case.lungs == 0
+    probabilities[:, outside] = 0.0
+    probabilities[0, outside] = 1.0
+    return probabilities
+
+
+def _to_input_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:
+    """Linear resampling of each class map from the 1 mm grid onto the input's grid."""
+    reference = volume.to_sitk()
+    channels = []
+    for channel, default in zip(probabilities, [1.0] + [0.0] * (len(probabilities) - 1)):
+        image = sitk.GetImageFromArray(channel.astype(np.float32))
+        image.CopyInformation(grid)
+        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+        channels.append(sitk.GetArrayFromImage(resampled))
+    return np.stack(channels).astype(np.float32)

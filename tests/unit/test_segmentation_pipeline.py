@@ -1,0 +1,118 @@
+"""Case preparation, fine-tuning, whole-CT inference and checkpoints of the emphysema model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drasclr_monailabel.anatomy.atlas import load_default_atlas
+from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.models.encoder import DrasclrEncoder
+from drasclr_monailabel.models.export import save_encoder
+from drasclr_monailabel.models.intensity import LUNG_WINDOW
+from drasclr_monailabel.segmentation.case import network_input
+from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint, save_checkpoint
+from drasclr_monailabel.segmentation.inference import predict_volume
+from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune, segmentation_loss
+
+def test_coordinates_at_landmarks_equal_the_atlas_locations(prepared_phantom) -> None:
+    atlas = load_default_atlas()
+    scan = prepared_phantom.scan
+    centres = scan.landmarks[scan.valid]
+    assert len(centres) > 0.8 * atlas.n_landmarks
+    found = prepared_phantom.coordinates[:, centres[:, 0], centres[:, 1], centres[:, 2]].T
+    # Landmark centres are rounded to whole voxels: 0.5 mm over a half extent of >= 100 mm.
+    np.testing.assert_allclose(found, np.asarray(atlas.landmarks.normalised)[scan.valid], atol=0.01)
+
+
+def test_labels_follow_the_painted_spheres(prepared_phantom, labelled_phantom) -> None:
+    voxel_ml_native = np.prod(labelled_phantom.volume.spacing) / 1000
+    painted_ml = labelled_phantom.label.sum() * voxel_ml_native
+    prepared_ml = prepared_phantom.labels.sum() / 1000
+    assert prepared_ml == pytest.approx(painted_ml, rel=0.1)
+    assert not np.any(prepared_phantom.labels[prepared_phantom.lungs == 0])
+    inputs = network_input(prepared_phantom)
+    assert inputs.shape == (4, *prepared_phantom.scan.image.shape) and inputs.dtype == np.float32
+    lesion_units = inputs[0][prepared_phantom.labels > 0].mean()
+    assert lesion_units == pytest.approx(float(LUNG_WINDOW(torch.tensor(-980.0))), abs=0.05)
+
+
+def _lesion_batch(case) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch of four 32^3 patches centred on labelled lesions."""
+    inputs = torch.from_numpy(network_input(case))
+    centres = np.argwhere(case.labels > 0)
+    shape = np.array(case.labels.shape)
+    centres = centres[np.all((centres >= 16) & (centres <= shape - 16), axis=1)]
+    chosen = centres[np.linspace(0, len(centres) - 1, 4).astype(int)]
+    crops = [tuple(slice(int(c) - 16, int(c) + 16) for c in centre) for centre in chosen]
+    x = torch.stack([inputs[(slice(None), *crop)] for crop in crops])
+    y = torch.stack([torch.from_numpy(case.labels[crop].astype(np.int64)) for crop in crops])
+    return x, y
+
+
+def test_finetune_lowers_the_loss_and_predicts_in_input_geometry(prepared_phantom, labelled_phantom) -> None:
+    torch.manual_seed(0)
+    model, info = build_model(["emphysema"], pretrained=None)
+    assert info["loaded"] == 0
+    x, y = _lesion_batch(prepared_phantom)
+
+    def held_out_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(segmentation_loss(model(x), y, model.num_classes))
+
+    before = held_out_loss()
+    config = FinetuneConfig(max_epochs=2, steps_per_epoch=12, batch_size=2, patch_size=32, lr=3e-3)
+    stats = finetune(model, [prepared_phantom], config, pretrained=False)
+    assert stats["steps"] == 24 and len(stats["loss"]) == 2
+    assert held_out_loss() < 0.9 * before
+    prediction = predict_volume(model, labelled_phantom.volume, window=32, overlap=0.0, batch_size=4, case=prepared_phantom)
+    assert prediction.labels.shape == labelled_phantom.volume.hu.shape
+    assert prediction.probabilities.shape == (2, *labelled_phantom.volume.hu.shape)
+    np.testing.assert_allclose(prediction.probabilities.sum(axis=0), 1.0, atol=1e-4)
+    assert not np.any(prediction.labels[prediction.lungs == 0])
+    assert prediction.report["regions"]
+
+
+def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_phantom) -> None:
+    atlas = load_default_atlas()
+    torch.manual_seed(1)
+    encoder = DrasclrEncoder()
+    metadata = {"method": "drasclr", "architecture": encoder.architecture.to_dict(),
+                "atlas": {"id": atlas.atlas_id, "n_landmarks": atlas.n_landmarks, "coordinate_normalisation": atlas.coordinate_normalisation()},
+                "intensity": LUNG_WINDOW.to_dict(), "patch_size": 32, "embedding_dim": 128}
+    save_encoder(tmp_path / "enc", encoder.state_dict(), metadata)
+    model, info = build_model(["emphysema"], pretrained=tmp_path / "enc")
+    assert info["loaded"] == len(encoder.state_dict())
+    first = next(iter(encoder.state_dict()))
+    torch.testing.assert_close(model.encoder.state_dict()[first], encoder.state_dict()[first])
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    finetune(model, [prepared_phantom], FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2), pretrained=True)
+    for name, tensor in model.encoder.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], msg=f"{name} changed while the encoder was frozen")
+
+
+def test_encoder_of_another_atlas_is_refused(tmp_path: Path) -> None:
+    encoder = DrasclrEncoder()
+    metadata = {"method": "drasclr", "architecture": encoder.architecture.to_dict(), "atlas": {"id": "other-atlas"},
+                "intensity": LUNG_WINDOW.to_dict(), "patch_size": 32, "embedding_dim": 128}
+    save_encoder(tmp_path / "enc", encoder.state_dict(), metadata)
+    with pytest.raises(InputError, match="atlas 'other-atlas'"):
+        build_model(["emphysema"], pretrained=tmp_path / "enc")
+
+
+def test_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
+    model, info = build_model(["centrilobular", "panlobular", "paraseptal"], pretrained=None)
+    path = save_checkpoint(model, tmp_path / "model.pt", info["meta"])
+    payload = torch.load(path, weights_only=True)
+    assert set(payload) == {"model", "meta"}
+    loaded, meta = load_checkpoint(path)
+    assert meta["labels"] == ["centrilobular", "panlobular", "paraseptal"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    (tmp_path / "broken.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="cannot be loaded"):
+        load_checkpoint(tmp_path / "broken.pt")

@@ -54,7 +54,11 @@ class AppConf:
         skip_scoring: offer no scoring methods (and so no uncertainty or diversity strategies).
         auto_update_scoring: re-score after each training round and each next-sample request.
         epistemic_samples: MC-dropout passes per scan for the epistemic score (at least 2).
+        epistemic_windows: lung windows (64^3 voxels at 1 mm) per scan on which the epistemic score is
+            estimated (a whole-scan MC-dropout prediction would take minutes per pass on a CPU).
         epistemic_max_images: score at most this many unlabelled scans per call (0 = all).
+        embedding_landmarks: landmarks encoded per scan for the patient embedding (evenly spread;
+            0 = all valid ones, about 500: slow on a CPU).
         reserve_seconds: a scan handed out by a strategy is not handed out again for this long
             while other candidates remain (two annotators do not get the same scan).
         model_dir: where the fine-tuned model is published (default: ``<studies>/.drasclr/model``).
@@ -78,7 +82,9 @@ class AppConf:
     skip_scoring: bool = False
     auto_update_scoring: bool = True
     epistemic_samples: int = 4
+    epistemic_windows: int = 8
     epistemic_max_images: int = 0
+    embedding_landmarks: int = 64
     reserve_seconds: int = 600
     model_dir: Path | None = None
     cache_dir: Path | None = None
@@ -196,7 +202,7 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'device' must be auto, cpu, cuda or cuda:N, got {conf.device!r}")
     if conf.amp not in ("auto", "true", "false"):
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
-    minimum = {"epistemic_samples": 2, "epistemic_max_images": 0, "reserve_seconds": 0}
+    minimum = {"epistemic_samples": 2, "epistemic_windows": 1, "epistemic_max_images": 0, "embedding_landmarks": 0, "reserve_seconds": 0}
     for key, low in minimum.items():
         if getattr(conf, key) < low:
             raise ConfigError(SOURCE, f"'{key}' must be at least {low}, got {getattr(conf, key)}")

@@ -54,7 +54,7 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
     """
     conf = resolved.conf
     store = ModelStore(resolved.model_dir)
-    infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache)
+    infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, conf.epistemic_windows)
     trainer = None if conf.skip_training else EmphysemaTrainTask(resolved, store)
     tasks = ModelTasks(infer=infer, trainer=trainer)
     if conf.skip_scoring:
@@ -80,7 +80,8 @@ class PatientEmbedder:
         assert resolved.pretrained is not None
         self.folder = resolved.pretrained
         self.device = resolved.device
-        self.key = file_sha256(self.folder / "encoder.pt")
+        self.max_landmarks = resolved.conf.embedding_landmarks or None
+        self.key = f"{file_sha256(self.folder / 'encoder.pt')}-{self.max_landmarks or 'all'}"
 
     @cached_property
     def _encoder(self):
@@ -91,4 +92,4 @@ class PatientEmbedder:
     def __call__(self, volume: CTVolume) -> np.ndarray:
         from drasclr_monailabel.embed.patient import patient_embedding
 
-        return patient_embedding(volume, self._encoder, self.device)
+        return patient_embedding(volume, self._encoder, self.device, self.max_landmarks)

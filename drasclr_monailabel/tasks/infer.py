@@ -8,12 +8,15 @@ Perc15, volumes per lung and zone) in the JSON result next to ``label_names``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,11 +156,13 @@ class EmphysemaInferTask(VolumeInferTask):
     (atomic rename), the next request loads it.
     """
 
-    def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache) -> None:
+    def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache,
+                 epistemic_windows: int = 8) -> None:
         labels = {name: value for value, name in enumerate(label_names, start=1)}
         super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
         self.store = store
         self.device = device
+        self.windows = epistemic_windows
         self._model: Any = None
         self._meta: dict[str, Any] = {}
         self._version: str | None = None
@@ -198,20 +203,80 @@ class EmphysemaInferTask(VolumeInferTask):
 
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:
-        """Mean MC-dropout mutual information inside the lung over ``passes`` stochastic predictions.
+        """Mean MC-dropout mutual information in lung windows over ``passes`` stochastic passes.
 
-        The scan is prepared once (lung mask, registration) and shared by the passes.
+        A whole-scan prediction costs minutes per pass on a CPU, so the lung average is
+        estimated on :attr:`windows` windows centred on lung voxels (a fixed random draw per scan,
+        so scores of one scan are comparable across models); all windows go through the
+        network together, once per pass, with the decoder's dropout active.
         """
-        from drasclr_monailabel.segmentation.case import prepare_case
-        from drasclr_monailabel.segmentation.inference import predict_volume
+        import torch
+
+        from drasclr_monailabel.segmentation.case import network_input, prepare_case
 
         model, _, _ = self.model()
         case = prepare_case(volume)
+        inputs, lung = lung_windows(network_input(case), case.lungs, self.windows, model.divisor, seed=_stable_seed(volume.source))
+        batch = torch.from_numpy(inputs).to(self.device)
 
         def sample() -> np.ndarray:
-            return predict_volume(model, volume, self.device, mc_dropout=True, case=case).probabilities
+            with torch.no_grad(), mc_dropout(model):
+                return torch.softmax(model(batch).float(), dim=1).cpu().numpy().swapaxes(0, 1)
 
-        return mc_dropout_score(sample, passes, case.lungs_native)
+        return mc_dropout_score(sample, passes, lung)
+
+
+def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int, seed: int,
+                 edge: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` windows of the network input centred on random lung voxels, and their lung masks.
+
+    Args:
+        inputs: float32 (C, Z, Y, X) network input.
+        lungs: (Z, Y, X) lung labels of the same grid.
+        divisor: window edges are multiples of this (the encoder's stride); a grid axis shorter
+            than ``edge`` gets the largest multiple that fits (at least ``divisor``, padded).
+        seed: seeds the choice of centres.
+
+    Returns:
+        ``(windows (N, C, d, h, w), lung (N, d, h, w) bool)``.
+    """
+    shape = np.asarray(lungs.shape)
+    size = np.maximum(divisor, np.minimum(edge, (shape // divisor) * divisor))
+    pad = np.maximum(size - shape, 0)
+    if pad.any():
+        widths = [(0, int(p)) for p in pad]
+        inputs = np.pad(inputs, [(0, 0), *widths], mode="edge")
+        lungs = np.pad(lungs, widths)
+        shape = np.asarray(lungs.shape)
+    points = np.argwhere(lungs > 0)
+    if len(points) == 0:
+        points = np.argwhere(np.ones_like(lungs, dtype=bool))
+    rng = np.random.default_rng(seed)
+    centres = points[rng.choice(len(points), size=min(count, len(points)), replace=False)]
+    starts = np.clip(centres - size // 2, 0, shape - size)
+    windows = np.stack([inputs[:, z : z + size[0], y : y + size[1], x : x + size[2]] for z, y, x in starts])
+    lung = np.stack([lungs[z : z + size[0], y : y + size[1], x : x + size[2]] > 0 for z, y, x in starts])
+    return np.ascontiguousarray(windows), lung
+
+
+@contextlib.contextmanager
+def mc_dropout(model: Any) -> Iterator[None]:
+    """The model in eval mode with only its dropout layers sampling (MC dropout); restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout3d)):
+            module.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _stable_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 def _temporary_result_file() -> Path:

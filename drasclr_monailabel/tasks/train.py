@@ -145,15 +145,19 @@ class EmphysemaTrainTask(TrainTask):
 
 
 def prepare_labelled_case(image: Path, label: Path, label_names: list[str]) -> Any:
-    """Read a scan and its final label (checked against the scan's grid) and prepare it for training."""
+    """Read a scan and its final label (checked against the scan's grid) and prepare it for training.
+
+    Raises:
+        InputError: unreadable scan or label, a label off the scan's grid, no lungs.
+    """
     from drasclr_monailabel.io.readers import read_ct, scan_id_from_path
     from drasclr_monailabel.segmentation.case import prepare_case
     from drasclr_monailabel.segmentation.labels import SUBTYPES, LabelSet
     from drasclr_monailabel.tasks.labels import conform_label, read_grid
 
     stored = conform_label(label, read_grid(image), len(SUBTYPES), list(SUBTYPES))
-    classes = LabelSet(tuple(label_names)).to_classes(stored)
-    return prepare_case(read_ct(image), labels=classes, case_id=scan_id_from_path(image))
+    return prepare_case(read_ct(image), label_map=stored, label_set=LabelSet(tuple(label_names)),
+                        case_id=scan_id_from_path(image))
 
 
 def _log_progress(stats: dict[str, Any]) -> None:

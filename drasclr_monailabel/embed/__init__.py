@@ -1,0 +1,1 @@
+"""Embeddings from a pretrained encoder: landmark-level and patient-level (mean over landmarks)."""

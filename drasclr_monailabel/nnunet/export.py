@@ -9,9 +9,10 @@ against their image's grid (one line naming the file on a mismatch), mapped to c
 (binary or subtypes) and put on the same grid.
 
 Re-running is idempotent: ``drasclr_export.json`` records each case's source files (size and
-modification time) and the export options; unchanged cases are skipped, changed ones rewritten,
-cases no longer in the source removed. Every file is written atomically, and ``dataset.json``
-(removed while anything changes) is written last, so a dataset with a ``dataset.json`` is complete.
+modification time) and the export options; unchanged cases are skipped, changed ones rewritten
+(an image that got a label moves from imagesTs to imagesTr), cases no longer in the source
+removed. Every file is written atomically, and ``dataset.json`` (removed while anything changes)
+is written last, so a dataset with a ``dataset.json`` is complete.
 """
 
 from __future__ import annotations
@@ -131,9 +132,11 @@ def export_dataset(
     stale = [case_id for case_id in record["cases"] if case_id not in selected]
     pending = [case_id for case_id, (split, case) in selected.items()
                if record["cases"].get(case_id, {}).get("stamp") != _stamp(case, split) or not _files_exist(folder, case_id, split, options)]
-    if stale or pending or not (folder / "dataset.json").is_file():
+    moved = [case_id for case_id in pending
+             if record["cases"].get(case_id, {}).get("split", selected[case_id][0]) != selected[case_id][0]]
+    if stale or pending:
         (folder / "dataset.json").unlink(missing_ok=True)
-    record["cases"] = _remove_cases(folder, record, stale)
+    record["cases"] = _remove_cases(folder, record, stale + moved)
     summary.removed = stale
     write_json(folder / RECORD_NAME, record)
     for case_id in progress(list(selected)):

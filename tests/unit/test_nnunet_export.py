@@ -143,6 +143,17 @@ def _first_rows(manifest: Path, rows: int) -> Path:
     return out
 
 
+def test_an_image_that_gets_a_label_moves_from_imagests_to_imagestr(cohort, tmp_path) -> None:
+    raw = tmp_path / "raw"
+    _export(cohort, raw, unlabelled=True)
+    _write(tmp_path / "in" / "new_label.nii.gz", _label({1: np.s_[2:3, 9:10, 9:10]}))
+    cohort.write_text(cohort.read_text().replace("new,in/new.nii.gz,", "new,in/new.nii.gz,in/new_label.nii.gz"))
+    summary = _export(cohort, raw, unlabelled=True)
+    folder = raw / "Dataset501_Emphysema"
+    assert summary.written == ["new"] and (summary.training, summary.test) == (4, 0)
+    assert (folder / "labelsTr" / "new.nii.gz").is_file() and not list((folder / "imagesTs").glob("new_*"))
+
+
 def test_label_off_its_image_grid_is_refused_naming_the_file(cohort, tmp_path) -> None:
     _write(tmp_path / "in" / "case1_label.nii.gz", _label({1: np.s_[2:3, 9:10, 9:10]}), origin=(10.0, 0.0, 0.0))
     with pytest.raises(InputError) as caught:

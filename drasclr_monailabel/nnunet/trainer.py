@@ -23,6 +23,7 @@ What differs from :class:`nnUNetTrainer`:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,6 +54,14 @@ CUDA = torch.device("cuda")
 """nnU-Net's default training device (``nnUNetv2_train -device`` passes the one asked for)."""
 
 
+def _model_folder(trainer_name: str, plans: dict, configuration: str) -> Path | None:
+    """nnU-Net's output folder for this trainer, plans and configuration (None without nnUNet_results)."""
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        return None
+    return Path(results) / plans["dataset_name"] / f"{trainer_name}__{plans['plans_name']}__{configuration}"
+
+
 def pretrained_from_environment() -> Path | None:
     """The exported encoder named by ``DRASCLR_PRETRAINED`` (None when unset or empty)."""
     value = os.environ.get(PRETRAINED_ENV, "").strip()
@@ -69,14 +78,28 @@ class nnUNetTrainerDrasCLR(nnUNetTrainer):
                  device: torch.device = CUDA) -> None:
         self.pretrained = pretrained_from_environment()
         self.continuing = bool(plans.get("continue_training", False))
-        architecture = (encoder_architecture(read_metadata(self.pretrained)["architecture"])
-                        if self.pretrained else EncoderArchitecture())
+        architecture, origin = self._encoder_architecture(plans, configuration)
         adapted, notes = adapt_plans(plans, configuration, dataset_json, architecture, max_patch_edge=self.max_patch_edge)
         super().__init__(adapted, configuration, fold, dataset_json, device)
-        for note in notes:
+        for note in [*notes, f"encoder architecture from {origin}"]:
             self.print_to_log_file(note)
-        if self.pretrained is None:
-            self.print_to_log_file(f"{PRETRAINED_ENV} is not set: the DrasCLR encoder starts from random weights")
+
+    def _encoder_architecture(self, plans: dict, configuration: str) -> tuple[EncoderArchitecture, str]:
+        """The encoder to build, and where its architecture comes from.
+
+        ``DRASCLR_PRETRAINED`` decides when set. Without it, a model folder that this trainer
+        already wrote keeps its architecture, so ``--c``, ``--val`` and later runs rebuild the
+        network their checkpoints hold; otherwise the default architecture (random weights).
+        """
+        if self.pretrained is not None:
+            return encoder_architecture(read_metadata(self.pretrained)["architecture"]), str(self.pretrained)
+        folder = _model_folder(type(self).__name__, plans, configuration)
+        written = folder / "plans.json" if folder is not None else None
+        if written is not None and written.is_file():
+            architecture = json.loads(written.read_text())["configurations"].get(configuration, {}).get("architecture", {})
+            if architecture.get("network_class_name") == NETWORK_CLASS_NAME:
+                return encoder_architecture(architecture["arch_kwargs"]["encoder"]), str(written)
+        return EncoderArchitecture(), f"the default (random weights: {PRETRAINED_ENV} is not set)"
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,

@@ -4,6 +4,8 @@ intensity augmentations that leave the coordinate channels alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
@@ -95,3 +97,18 @@ def test_smoke_trainer_is_short_and_skips_test_time_mirroring(tmp_path, monkeypa
     smoke.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert smoke.inference_allowed_mirroring_axes is None
     assert smoke.configuration_manager.patch_size == [32, 32, 32]
+
+
+def test_model_folder_keeps_its_encoder_when_the_export_is_not_named(trainer, tmp_path, monkeypatch) -> None:
+    """--c / --val / later runs without DRASCLR_PRETRAINED rebuild the network the checkpoints hold."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    save_json(trainer.plans_manager.plans, str(Path(trainer.output_folder_base) / "plans.json"), sort_keys=False)
+    monkeypatch.delenv(PRETRAINED_ENV)
+    plans = {**nnunet_plans(), "continue_training": True}
+    again = nnUNetTrainerDrasCLR(plans, "3d_fullres", 0, dataset_json(4), device=torch.device("cpu"))
+    assert again.configuration_manager.network_arch_init_kwargs["encoder"]["stem_channels"] == 4
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "elsewhere"))
+    fresh = nnUNetTrainerDrasCLR({**nnunet_plans(), "continue_training": False}, "3d_fullres", 0, dataset_json(4),
+                                 device=torch.device("cpu"))
+    assert fresh.configuration_manager.network_arch_init_kwargs["encoder"]["stem_channels"] == 8

@@ -30,6 +30,7 @@ from drasclr_monailabel.data.scanner import KERNELS, simulate_scanner
 from drasclr_monailabel.data.survival import synthetic_survival
 from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.utils.atomic import atomic_open, write_with
 
 MANIFEST_NAME = "manifest.csv"
@@ -206,10 +207,7 @@ def laa_percent(hu: np.ndarray, lungs: np.ndarray, threshold_hu: float = LAA_THR
 def threshold_dice(hu: np.ndarray, lungs: np.ndarray, label: np.ndarray, threshold_hu: float = LAA_THRESHOLD_HU) -> float:
     """Dice of the plain ``HU < threshold`` mask inside the lungs against the true emphysema label."""
     inside = lungs > 0
-    predicted = (hu < threshold_hu) & inside
-    truth = (label > 0) & inside
-    total = int(predicted.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.count_nonzero(predicted & truth)) / total
+    return dice((hu < threshold_hu) & inside, (label > 0) & inside)
 
 
 def _subtype_fractions(total: float, settings: SynthSettings, rng: np.random.Generator) -> tuple[dict[int, float], str]:

@@ -11,6 +11,7 @@ quantified exactly like the native emphysema model's prediction
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class NnunetEmphysemaModel:
         self.predictor.initialize_from_trained_model_folder(str(self.folder), use_folds=None if folds is None else tuple(folds),
                                                             checkpoint_name=checkpoint)
         self.trainer = self.predictor.trainer_name
+        self._predicting = threading.Lock()
 
     @property
     def label_names(self) -> dict[str, int]:
@@ -94,8 +96,9 @@ class NnunetEmphysemaModel:
         if self.coordinates:
             channels.extend(case.coordinates.astype(np.float32))
         spacing_zyx = [float(s) for s in reversed(case.grid.GetSpacing())]
-        _, probabilities_grid = self.predictor.predict_single_npy_array(np.stack(channels), {"spacing": spacing_zyx},
-                                                                        None, None, True)
+        with self._predicting:  # nnUNetPredictor loads each fold's weights into one network per call
+            _, probabilities_grid = self.predictor.predict_single_npy_array(np.stack(channels), {"spacing": spacing_zyx},
+                                                                            None, None, True)
         probabilities_grid = np.asarray(probabilities_grid, dtype=np.float32)
         outside = case.lungs == 0
         probabilities_grid[:, outside] = 0.0

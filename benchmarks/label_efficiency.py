@@ -1,0 +1,199 @@
+"""Label efficiency of the emphysema model: Dice against the number of labelled scans,
+fine-tuned from the pretrained DrasCLR encoder versus from scratch, with the same step budget.
+
+Data (all made in this run, seeded):
+  * labelled training pool: synthetic emphysema inserted into real CT ``lung1`` (``drasclr synth``);
+  * held-out test scans: the same generator on a different real CT, ``lung2``;
+  * unlabelled pretraining cohort: both real CTs, seeds disjoint from the two sets above.
+The encoder is pretrained here (``drasclr preprocess`` + ``drasclr pretrain``) unless ``--encoder``
+names an exported one. For every number of labelled scans and seed, one model is fine-tuned from
+scratch and one from the encoder, then both are evaluated by Dice of binary emphysema on the test
+scans' 1 mm lung grid. The plain HU < -950 threshold on the same voxels is the baseline.
+
+Usage:
+  python benchmarks/label_efficiency.py --size full --out benchmarks/results/label_efficiency.json
+  python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
+
+Writes the JSON (``{"pretrained": {"1": {"mean", "std", "runs"}, ...}, "scratch": {...},
+"threshold_950": ..., "command": ...}``) and a PNG plot beside it (same name, ``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from drasclr_monailabel.cli.main import main as drasclr
+from drasclr_monailabel.data.sample_data import fetch_sample_data
+from drasclr_monailabel.data.synth_cohort import threshold_dice
+from drasclr_monailabel.demo import DEMO_RECIPE
+from drasclr_monailabel.io import read_ct
+from drasclr_monailabel.metrics import dice
+from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
+from drasclr_monailabel.segmentation.checkpoint import build_model
+from drasclr_monailabel.segmentation.inference import window_probabilities
+from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune
+from drasclr_monailabel.utils.atomic import write_json, write_with
+
+
+@dataclass(frozen=True)
+class Size:
+    """One benchmark size: cohort sizes, budgets and the grid of runs."""
+
+    source: str
+    train_scans: int
+    test_scans: int
+    unlabelled_scans: int
+    counts: tuple[int, ...]
+    seeds: tuple[int, ...]
+    finetune_epochs: int
+    steps_per_epoch: int
+    pretrain_steps: int
+
+
+SIZES = {
+    "small": Size("phantom", train_scans=1, test_scans=1, unlabelled_scans=2, counts=(1,), seeds=(0,),
+                  finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2),
+    "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
+                 finetune_epochs=8, steps_per_epoch=25, pretrain_steps=600),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON result file (a PNG plot is written beside it)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="benchmark size (default full)")
+    parser.add_argument("--workdir", type=Path, help="folder for cohorts, cache and pretraining (default: beside --out)")
+    parser.add_argument("--encoder", type=Path, help="use this exported encoder instead of pretraining one")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
+    started = time.perf_counter()
+
+    cohorts = make_cohorts(size, workdir)
+    encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain")
+    train_cases = prepare_cohort(cohorts["train"])
+    test_cases = prepare_cohort(cohorts["test"])
+    result: dict = {"scratch": {}, "pretrained": {}}
+    for mode in ("scratch", "pretrained"):
+        for count in size.counts:
+            runs = [finetune_and_score(mode, encoder, train_cases, test_cases, count, seed, size, args.device) for seed in size.seeds]
+            result[mode][str(count)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)), "runs": runs}
+            print(f"{mode:>10} with {count} labelled scan(s): Dice {np.mean(runs):.3f} +- {np.std(runs):.3f}", flush=True)
+    result["threshold_950"] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
+    result["command"] = " ".join(["python", "benchmarks/label_efficiency.py", *(argv if argv is not None else sys.argv[1:])])
+    result["settings"] = {**asdict(size), "encoder": str(encoder), "device": args.device}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
+    print(f"threshold -950 HU: Dice {result['threshold_950']:.3f}; wrote {args.out}")
+    return 0
+
+
+def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
+    """Three synthetic cohorts: labelled training pool, held-out test, unlabelled pretraining."""
+    if size.source == "real":
+        samples = fetch_sample_data(["lung1_image", "lung2_image"])
+        sources = {"train": [samples["lung1_image"]], "test": [samples["lung2_image"]],
+                   "unlabelled": [samples["lung1_image"], samples["lung2_image"]]}
+    else:
+        sources = {"train": ["phantom"], "test": ["phantom"], "unlabelled": ["phantom"]}
+    scans = {"train": size.train_scans, "test": size.test_scans, "unlabelled": size.unlabelled_scans}
+    seeds = {"train": 100, "test": 200, "unlabelled": 300}
+    cohorts = {}
+    for name, n in scans.items():
+        folder = workdir / name
+        if not (folder / "manifest.csv").is_file():
+            run_step(["synth", "--n", str(n), "--out", str(folder), "--seed", str(seeds[name]), "--overwrite", "--no-progress",
+                      "--severity", "2", "25", "--source", *map(str, sources[name])])
+        cohorts[name] = folder
+    return cohorts
+
+
+def pretrain(size: Size, unlabelled: Path, run: Path) -> Path:
+    """Preprocess the unlabelled cohort and pretrain DrasCLR on it; returns the export folder."""
+    cache = run.parent / "cache"
+    run_step(["preprocess", str(unlabelled / "manifest.csv"), "--out", str(cache), "--no-progress"])
+    export = run.parent / "encoder"
+    if not (export / "encoder.json").is_file():
+        final = run / "checkpoints" / "final.pt"
+        if not final.is_file():
+            resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
+            run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume,
+                      "--set", f"train.max_steps={size.pretrain_steps}", "--set", "train.progress=false"])
+        run_step(["export", "--checkpoint", str(final), "--out", str(export)])
+    return export
+
+
+def prepare_cohort(cohort: Path) -> list[PreparedCase]:
+    """Every scan of a synthetic cohort on its 1 mm lung grid with its labels."""
+    import csv
+
+    with open(cohort / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    cases = []
+    for row in rows:
+        volume = read_ct(cohort / row["image"])
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["label"])))
+        cases.append(prepare_case(volume, label_map=label, case_id=row["id"]))
+    return cases
+
+
+def finetune_and_score(mode: str, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
+                       count: int, seed: int, size: Size, device: str) -> float:
+    """Fine-tune on ``count`` seeded-random training scans; mean test Dice of binary emphysema."""
+    torch.manual_seed(seed)
+    chosen = [train_cases[i] for i in np.random.default_rng(seed).permutation(len(train_cases))[:count]]
+    model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=device)
+    config = FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed)
+    finetune(model, chosen, config, pretrained=mode == "pretrained")
+    scores = []
+    for case in test_cases:
+        probabilities = window_probabilities(model, case, device, mc_dropout=False, window=64, overlap=0.25, batch_size=2)
+        scores.append(dice(np.argmax(probabilities, axis=0) > 0, case.labels > 0))
+    return float(np.mean(scores))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Dice (mean +- std over seeds) against labelled scans, both modes and the threshold line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for mode, colour in (("pretrained", "tab:orange"), ("scratch", "tab:blue")):
+        counts = sorted(result[mode], key=int)
+        means = [result[mode][c]["mean"] for c in counts]
+        stds = [result[mode][c]["std"] for c in counts]
+        axis.errorbar([int(c) for c in counts], means, yerr=stds, marker="o", capsize=3, color=colour,
+                      label=f"{mode} encoder" if mode == "pretrained" else "from scratch")
+    axis.axhline(result["threshold_950"], color="grey", linestyle="--", label="HU < -950 threshold")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("labelled training scans")
+    axis.set_ylabel("Dice, held-out scans (other real CT)")
+    axis.set_title("Emphysema segmentation: label efficiency")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    write_with(path, lambda tmp: figure.savefig(tmp, dpi=120))
+    plt.close(figure)
+
+
+def run_step(argv: list[str]) -> None:
+    code = drasclr(argv)
+    if code != 0:
+        raise SystemExit(f"label_efficiency: 'drasclr {argv[0]}' failed with exit status {code}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

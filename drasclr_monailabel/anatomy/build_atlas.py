@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from drasclr_monailabel.anatomy.atlas import Atlas, save_atlas
-from drasclr_monailabel.anatomy.grid import make_grid, resample_labels
+from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels
 from drasclr_monailabel.anatomy.registration import Registration, on_isotropic_grid, register_to_atlas
 from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.errors import DrasclrError, InputError
@@ -111,28 +111,14 @@ def _unbiased_average(subjects: Sequence[Subject], registrations: Sequence[Regis
             probabilities[side - 1] += sitk.GetArrayViewFromImage(warped)
     probabilities /= len(subjects)
     labels = np.where(probabilities.sum(axis=0) >= 0.5, np.argmax(probabilities, axis=0) + 1, 0).astype(np.uint8)
-    average = sitk.GetImageFromArray(labels)
-    average.CopyInformation(template)
+    average = array_to_image(labels, template)
     mean_linear = np.mean([np.array(r.transform.GetMatrix()).reshape(3, 3) for r in registrations], axis=0)
     to_average = sitk.AffineTransform(3)  # output (mean-size) point -> template point
     to_average.SetCenter([float(v) for v in _lung_centre(average)])
     to_average.SetMatrix([float(v) for v in np.linalg.inv(mean_linear).ravel()])
-    return _crop_around_lungs(_warp_labels(average, to_average, _grown_grid(template, mean_linear)), TEMPLATE_MARGIN_MM)
-
-
-def _warp_labels(labels: sitk.Image, output_to_input: sitk.Transform, grid: sitk.Image) -> sitk.Image:
-    """Labels resampled onto ``grid`` through ``output_to_input`` with smooth (linear) boundaries."""
-    result = np.zeros(grid.GetSize()[::-1], dtype=np.uint8)
-    best = np.zeros(result.shape, dtype=np.float32)
-    for side in (1, 2):
-        value = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(labels == side, sitk.sitkFloat32), grid, output_to_input,
-                                                     sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-        chosen = (value >= 0.5) & (value > best)
-        result[chosen] = side
-        np.maximum(best, value, out=best)
-    image = sitk.GetImageFromArray(result)
-    image.CopyInformation(grid)
-    return image
+    grid = _grown_grid(template, mean_linear)
+    moved = array_to_image(resample_labels(average, grid, 2, transform=to_average), grid)
+    return _crop_around_lungs(moved, TEMPLATE_MARGIN_MM)
 
 
 def _grown_grid(template: sitk.Image, linear: np.ndarray) -> sitk.Image:
@@ -168,6 +154,4 @@ def _final_grid(template: sitk.Image) -> sitk.Image:
     low = np.floor(np.array(template.TransformIndexToPhysicalPoint([int(v) for v in index[:, 0]])) - ATLAS_MARGIN_MM)
     high = np.ceil(np.array(template.TransformIndexToPhysicalPoint([int(v) for v in index[:, 1]])) + ATLAS_MARGIN_MM)
     grid = make_grid(low, (high - low).astype(int) + 1, (1.0, 1.0, 1.0))
-    lungs = sitk.GetImageFromArray(resample_labels(template, grid, 2, smoothing_mm=1.0))
-    lungs.CopyInformation(grid)
-    return lungs
+    return array_to_image(resample_labels(template, grid, 2, smoothing_mm=1.0), grid)

@@ -33,38 +33,44 @@ def shrink_to_working_grid(image: sitk.Image, target_mm: float) -> sitk.Image:
     return sitk.BinShrink(image, factors)
 
 
-def resample_labels(labels: sitk.Image, reference: sitk.Image, n_labels: int, smoothing_mm: float = 0.0) -> np.ndarray:
+def resample_labels(labels: sitk.Image, reference: sitk.Image, n_labels: int, smoothing_mm: float = 0.0,
+                    transform: sitk.Transform | None = None) -> np.ndarray:
     """Put a label image (0 background, 1..n_labels) on ``reference``'s grid with smooth boundaries.
 
     Each label's indicator is linearly interpolated (optionally Gaussian-smoothed first) and a
     voxel takes the label whose interpolated value is largest and at least 0.5. Unlike nearest
     neighbour this gives smooth surfaces when a coarse mask is mapped to a fine grid, and it is
-    about 40 times faster than ITK's label-Gaussian interpolator.
+    about 40 times faster than ITK's label-Gaussian interpolator. Only the part of the reference
+    grid around the labels is computed, in slabs that keep the float buffers small.
+    ``transform`` (reference point -> labels point, identity if None) warps the labels on the way.
 
     Returns:
         uint8 array (Z, Y, X) of ``reference``'s size.
     """
+    transform = transform or sitk.Transform()
+    out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    box = _label_box(labels, reference, transform, margin_mm=3.0 * smoothing_mm + max(labels.GetSpacing()))
+    if box is None:
+        return out
     indicators = []
     for label in range(1, n_labels + 1):
         indicator = sitk.Cast(labels == label, sitk.sitkFloat32)
         if smoothing_mm > 0:
             indicator = sitk.SmoothingRecursiveGaussian(indicator, smoothing_mm)
         indicators.append(indicator)
-    size = reference.GetSize()
-    out = np.zeros(size[::-1], dtype=np.uint8)
-    slab = max(1, _SLAB_VOXELS // max(1, size[0] * size[1]))
-    for z0 in range(0, size[2], slab):
-        part = _sub_grid(reference, z0, min(slab, size[2] - z0))
-        best = None
+    low, high = box
+    slab = max(1, _SLAB_VOXELS // int(np.prod(high[:2] - low[:2])))
+    for z0 in range(int(low[2]), int(high[2]), slab):
+        start = (int(low[0]), int(low[1]), z0)
+        size = (int(high[0] - low[0]), int(high[1] - low[1]), min(slab, int(high[2]) - z0))
+        part = _sub_grid(reference, start, size)
+        target = out[z0:z0 + size[2], start[1]:start[1] + size[1], start[0]:start[0] + size[0]]
+        best = np.zeros(target.shape, dtype=np.float32)
         for label, indicator in enumerate(indicators, start=1):
-            value = sitk.GetArrayFromImage(sitk.Resample(indicator, part, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-            if best is None:
-                best = value
-                out[z0:z0 + part.GetSize()[2]][value >= 0.5] = label
-            else:
-                chosen = (value >= 0.5) & (value > best)
-                out[z0:z0 + part.GetSize()[2]][chosen] = label
-                np.maximum(best, value, out=best)
+            value = sitk.GetArrayFromImage(sitk.Resample(indicator, part, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+            chosen = (value >= 0.5) & (value > best)
+            target[chosen] = label
+            np.maximum(best, value, out=best)
     return out
 
 
@@ -105,8 +111,27 @@ def world_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return points.min(axis=0), points.max(axis=0)
 
 
-def _sub_grid(reference: sitk.Image, z0: int, nz: int) -> sitk.Image:
-    """The slab ``[z0, z0 + nz)`` of ``reference``'s grid as an empty image with the right geometry."""
-    size = reference.GetSize()
-    origin = reference.TransformIndexToPhysicalPoint((0, 0, int(z0)))
-    return make_grid(origin, (size[0], size[1], nz), reference.GetSpacing(), reference.GetDirection())
+def _sub_grid(reference: sitk.Image, start: Sequence[int], size: Sequence[int]) -> sitk.Image:
+    """The box of ``reference``'s grid at index ``start`` (x, y, z) with ``size`` voxels, as an empty image."""
+    origin = reference.TransformIndexToPhysicalPoint([int(v) for v in start])
+    return make_grid(origin, size, reference.GetSpacing(), reference.GetDirection())
+
+
+def _label_box(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
+               margin_mm: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Index range [low, high) (x, y, z) of the reference voxels that can receive a label, or None."""
+    array = sitk.GetArrayViewFromImage(labels)
+    present = [np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not present[0].size:
+        return None
+    margin = margin_mm / np.array(labels.GetSpacing())
+    ranges = [(p[0] - m, p[-1] + m) for p, m in zip(present[::-1], margin)]
+    corners = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
+    inverse = transform.GetInverse()
+    points = [inverse.TransformPoint(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in c])) for c in corners]
+    index = np.array([reference.TransformPhysicalPointToContinuousIndex(p) for p in points])
+    low = np.clip(np.floor(index.min(axis=0)), 0, reference.GetSize()).astype(int)
+    high = np.clip(np.ceil(index.max(axis=0)) + 1, 0, reference.GetSize()).astype(int)
+    if np.any(high <= low):
+        return None
+    return low, high

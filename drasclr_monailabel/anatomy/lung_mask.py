@@ -6,9 +6,10 @@ noise of low-dose scans) and the labels are mapped back with smooth interpolatio
 1. air = HU below -400 (parenchyma is about -850, soft tissue above -100);
 2. body = largest 3D component of non-air, holes filled per axial slice; air inside it is
    candidate lung (outside air, the table and the gap beneath the patient are outside the body);
-3. trachea and main bronchi: a small, round air region near the midline in the top slices is
+3. trachea and main bronchi: a trachea-sized air region near the midline in the top slices is
    tracked downwards slice by slice; tracking of a branch stops when its cross-section grows
    too much (it has opened into the lung), which guards against leaking into the parenchyma;
+   near the tracked airway, thin air tubes that a 3D opening removes are bronchi too;
 4. 3D components of the remaining air that are large enough and not pure gas (stomach and bowel
    gas, a detached trachea: median near -1000 HU) are lung;
 5. a component spanning both sides of the midline (lungs touching at the anterior or posterior
@@ -20,11 +21,13 @@ noise of low-dose scans) and the labels are mapped back with smooth interpolatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from drasclr_monailabel.anatomy.grid import make_grid, resample_labels, shrink_to_working_grid, voxel_volume_ml
+from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels, shrink_to_working_grid, voxel_volume_ml
 from drasclr_monailabel.anatomy.morphology import (FACE_3D, IN_PLANE, close_mm, dilate_mm, ellipsoid, fill_holes_per_slice,
                                                    largest_component, open_mm)
 from drasclr_monailabel.errors import NoLungsError
@@ -59,25 +62,28 @@ MAX_SPLIT_EROSIONS = 10
 LABEL_SMOOTHING_MM = 1.0
 
 
-def segment_lungs(volume: CTVolume) -> np.ndarray:
+def segment_lungs(volume: CTVolume, model: str | Path | None = None) -> np.ndarray:
     """Right/left lung labels of a chest CT on the volume's own grid.
 
     Args:
         volume: a CT in HU, any orientation (the labels follow its array layout).
+        model: optional TorchScript lung model used instead of the classical steps
+            (contract in :mod:`~drasclr_monailabel.anatomy.lung_model`).
 
     Returns:
         uint8 array (Z, Y, X) like ``volume.hu``: 0 outside, 1 right lung, 2 left lung. Vessels
-        and airways inside the lungs are included; the trachea and main bronchi are not.
+        and small airways inside the lungs are included; the trachea, the main bronchi and the
+        large bronchi at the hilum are not.
 
     Raises:
         NoLungsError: no air region inside the body is large and lung-like enough.
     """
-    labels = lung_labels_working_grid(volume)
+    labels = lung_labels_working_grid(volume, model)
     reference = make_grid(volume.origin, volume.shape_xyz, volume.spacing, volume.direction)
     return resample_labels(labels, reference, n_labels=2, smoothing_mm=LABEL_SMOOTHING_MM)
 
 
-def lung_labels_working_grid(volume: CTVolume) -> sitk.Image:
+def lung_labels_working_grid(volume: CTVolume, model: str | Path | None = None) -> sitk.Image:
     """The lung labels (0/1/2) on the coarse LPS working grid, as an image with its geometry.
 
     Map them onto any other grid with :func:`~drasclr_monailabel.anatomy.grid.resample_labels`.
@@ -88,17 +94,30 @@ def lung_labels_working_grid(volume: CTVolume) -> sitk.Image:
     spacing = image.GetSpacing()
     air = hu < AIR_THRESHOLD_HU
     body = fill_holes_per_slice(largest_component(~air))
-    inner_air = air & body
-    airways = _thin_attachments(inner_air, _trace_airways(inner_air, body, spacing), spacing)
-    airways = ndimage.binary_dilation(airways, structure=IN_PLANE)
-    lungs = _lung_components(inner_air & ~airways, hu, voxel_volume_ml(image), volume.source)
-    midline = _midline_index(body, lungs)
-    labels = _name_sides(lungs, midline, spacing)
-    labels = _close_and_fill(labels, spacing)
-    labels[airways] = 0  # closing can bridge the thin wall between a lung and the trachea
-    out = sitk.GetImageFromArray(labels)
-    out.CopyInformation(image)
-    return out
+    if model is not None:
+        labels = _model_labels(model, hu, body, spacing, volume.source)
+    else:
+        inner_air = air & body
+        airways = _thin_attachments(inner_air, _trace_airways(inner_air, body, spacing), spacing)
+        airways = ndimage.binary_dilation(airways, structure=IN_PLANE)
+        lungs = _lung_components(inner_air & ~airways, hu, voxel_volume_ml(image), volume.source)
+        labels = _name_sides(lungs, _midline_index(body, lungs), spacing)
+        labels = _close_and_fill(labels, spacing)
+        labels[airways] = 0  # closing can bridge the thin wall between a lung and the trachea
+    return array_to_image(labels, image)
+
+
+def _model_labels(model: str | Path, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, ...], source: str) -> np.ndarray:
+    """Labels from a user's TorchScript model; a two-class model's lungs are split into sides here."""
+    from drasclr_monailabel.anatomy.lung_model import predict_labels
+
+    labels, has_sides = predict_labels(model, hu)
+    if np.count_nonzero(labels) * float(np.prod(spacing)) / 1000.0 < MIN_LUNG_ML:
+        raise NoLungsError(source or "<volume>", f"no lungs found (the lung model {model} marked less than {MIN_LUNG_ML:.0f} mL)")
+    if has_sides:
+        return labels
+    lungs = labels > 0
+    return _name_sides(lungs, _midline_index(body, lungs), spacing)
 
 
 def _trace_airways(inner_air: np.ndarray, body: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:

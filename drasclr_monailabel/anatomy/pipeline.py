@@ -45,6 +45,7 @@ class PipelineSettings:
         warn_dice: registration lung Dice below which the scan is kept with a warning.
         refuse_dice: registration lung Dice below which the scan is refused.
         min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned.
+        lung_model: optional TorchScript lung model used instead of the classical lung mask.
     """
 
     interpolation: Literal["linear", "bspline"] = "linear"
@@ -52,6 +53,7 @@ class PipelineSettings:
     refuse_dice: float = 0.5
     min_valid_fov_fraction: float = 0.5
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    lung_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     ct = volume.canonical()
-    labels = lung_labels_working_grid(ct)
+    labels = lung_labels_working_grid(ct, settings.lung_model)
     timings["lung_mask"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -58,17 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolation", choices=["linear", "bspline"], default="linear",
                         help="image resampling to 1 mm: linear (default, about 1 s per scan) or cubic B-spline "
                              "(the DrasCLR reference, about 20 s per 512x512x400 scan)")
+    parser.add_argument("--lung-model", metavar="FILE",
+                        help="TorchScript lung model to use instead of the classical lung mask (contract in docs/anatomy.md)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from drasclr_monailabel.anatomy.batch import run_preprocess
     from drasclr_monailabel.anatomy.inputs import list_scans
+    from drasclr_monailabel.anatomy.lung_model import load_model
     from drasclr_monailabel.anatomy.pipeline import PipelineSettings
 
     entries = list_scans(args.input)
-    summary = run_preprocess(entries, args.out, atlas_dir=args.atlas, settings=PipelineSettings(interpolation=args.interpolation),
-                             workers=args.workers, shard=args.shard, progress=not args.no_progress)
+    if args.lung_model:
+        load_model(args.lung_model)  # a bad model file is a usage error, not a failure of every scan
+    settings = PipelineSettings(interpolation=args.interpolation, lung_model=args.lung_model)
+    summary = run_preprocess(entries, args.out, atlas_dir=args.atlas, settings=settings, workers=args.workers,
+                             shard=args.shard, progress=not args.no_progress)
     print(f"preprocess: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "
           f"of {summary['n_scans']} scans{' in shard ' + summary['shard'] if summary['shard'] else ''}; summary in {args.out}")
     for failure in summary["failures"]:

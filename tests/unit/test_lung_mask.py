@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from drasclr_monailabel.anatomy.lung_mask import LEFT_LUNG, RIGHT_LUNG, segment_lungs
 from drasclr_monailabel.data.phantom import make_thorax_phantom
-from drasclr_monailabel.errors import NoLungsError
+from drasclr_monailabel.errors import InputError, NoLungsError
 from drasclr_monailabel.io import CTVolume, read_ct
 
 
@@ -88,3 +89,61 @@ def test_real_ct_both_lungs(name, request):
     assert world_x(volume, labels == RIGHT_LUNG) < world_x(volume, labels == LEFT_LUNG)
     lung_hu = volume.hu[labels > 0]
     assert -950 < np.median(lung_hu) < -700
+
+
+class _ThresholdModel(torch.nn.Module):
+    """A stand-in user model: air below -400 HU inside a central box, split at the array's middle column."""
+
+    def __init__(self, sides: bool) -> None:
+        super().__init__()
+        self.sides = sides
+
+    def forward(self, hu: torch.Tensor) -> torch.Tensor:
+        z, y, x = hu.shape[2], hu.shape[3], hu.shape[4]
+        box = torch.zeros_like(hu)
+        box[..., y // 4: 3 * y // 4, x // 8: 7 * x // 8] = 1.0
+        lung = (hu < -400).float() * box
+        if not self.sides:
+            return torch.cat([1.0 - lung, lung], dim=1)
+        right = lung.clone()
+        right[..., x // 2:] = 0.0
+        return torch.cat([1.0 - lung, right, lung - right], dim=1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch deprecates TorchScript; users may still have such files
+@pytest.mark.parametrize("sides", [True, False])
+def test_user_model_replaces_the_classical_mask(tmp_path, phantom, sides):
+    path = tmp_path / "model.pt"
+    torch.jit.script(_ThresholdModel(sides)).save(str(path))
+    labels = segment_lungs(phantom.volume, model=path)
+    # The stand-in model's box keeps the lungs (and, unlike the classical mask, the trachea).
+    assert dice(labels == RIGHT_LUNG, phantom.lungs == RIGHT_LUNG) > 0.9
+    assert dice(labels == LEFT_LUNG, phantom.lungs == LEFT_LUNG) > 0.9
+    assert labels[phantom.airways & (phantom.lungs == 0)].any()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_unusable_model_files_are_named(tmp_path, phantom):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(InputError, match=r"garbage\.pt: cannot be loaded as a TorchScript model"):
+        segment_lungs(phantom.volume, model=garbage)
+    wrong = tmp_path / "wrong.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(wrong))
+    with pytest.raises(InputError, match=r"wrong\.pt: lung model returned \(1, 1,"):
+        segment_lungs(phantom.volume, model=wrong)
+
+
+def test_lungs_joined_at_the_anterior_junction_are_split(phantom):
+    hu = phantom.volume.hu.copy()
+    z, y, x = np.nonzero(phantom.lungs)
+    middle_x = int(np.mean(x))
+    anterior_y = int(np.percentile(y, 15))
+    bridge = np.zeros_like(phantom.lungs, dtype=bool)
+    bridge[np.percentile(z, 40).astype(int):np.percentile(z, 80).astype(int), anterior_y:anterior_y + 8, middle_x - 20:middle_x + 20] = True
+    bridge &= phantom.lungs == 0
+    hu[bridge] = -860
+    labels = segment_lungs(phantom.volume.with_hu(hu))
+    keep = ~bridge
+    assert dice((labels == RIGHT_LUNG) & keep, (phantom.lungs == RIGHT_LUNG) & keep) > 0.95
+    assert dice((labels == LEFT_LUNG) & keep, (phantom.lungs == LEFT_LUNG) & keep) > 0.95

@@ -1,0 +1,176 @@
+"""Seconds per stage and peak memory of `drasclr preprocess` for one scan, with same-run baselines.
+
+Cases:
+- ``real``: the real sample chest CT lung2 (pyradiomics, 512 x 512 x 61, 0.63 x 0.63 x 5 mm),
+  fetched once by ``drasclr sample-data``;
+- ``large``: a full-chest phantom resampled to 512 x 512 x 400 at 0.7 x 0.7 x 0.8 mm (about
+  200 MB of int16, the size of a thin-slice clinical chest CT), written as NIfTI first.
+
+Each case runs in a fresh process (so its peak resident memory is that scan's) through the same
+stages as ``drasclr preprocess``: read, lung mask, registration, landmarks, resampling to 1 mm,
+cache write. In the same process, two baselines are measured on the same scan:
+- registration at full resolution: the same optimiser on the 1 mm grid with 10% of the voxels
+  sampled at every level (instead of a 2 mm grid and 10,000 random samples per level);
+- cubic B-spline image resampling (the DrasCLR reference) instead of linear.
+Ratios are baseline seconds / our seconds. The goal is at most 20 s for a full chest CT.
+
+    python benchmarks/preprocess.py --out benchmarks/results/preprocess.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+GOAL_SECONDS = 20.0
+LARGE_SIZE = (512, 512, 400)
+LARGE_SPACING = (0.7, 0.7, 0.8)
+
+
+def make_large_scan(path: Path) -> None:
+    """A 1 mm phantom resampled (linear) to 512 x 512 x 400 at 0.7 x 0.7 x 0.8 mm, with fresh noise."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from drasclr_monailabel.data.phantom import make_thorax_phantom
+
+    extent = [n * s for n, s in zip(LARGE_SIZE, LARGE_SPACING)]
+    case = make_thorax_phantom(spacing=(1.0, 1.0, 1.0), seed=99, noise_hu=0.0, fov_mm=extent[0],
+                               z_range_mm=(-140.0, -140.0 + extent[2]))
+    grid = sitk.Image(list(LARGE_SIZE), sitk.sitkInt16)
+    grid.SetSpacing(LARGE_SPACING)
+    grid.SetOrigin([-extent[0] / 2 + LARGE_SPACING[0] / 2, -extent[1] / 2 + LARGE_SPACING[1] / 2, -140.0 + LARGE_SPACING[2] / 2])
+    fine = sitk.Resample(case.volume.to_sitk(), grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(fine)
+    array += np.random.default_rng(0).normal(0.0, 20.0, array.shape).astype(np.float32)
+    image = sitk.GetImageFromArray(np.clip(np.rint(array), -1024, 3071).astype(np.int16))
+    image.CopyInformation(grid)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def peak_resident_mb() -> float:
+    """Peak resident memory of this process (VmHWM). Unlike ru_maxrss it is not inherited from the
+    parent that started the process, which built the large phantom."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def measure_case(path: str, out_dir: str) -> dict[str, Any]:
+    """Run one scan through the pipeline and the baselines (called in a fresh process)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from drasclr_monailabel.anatomy.atlas import load_default_atlas
+    from drasclr_monailabel.anatomy.cache import write_scan
+    from drasclr_monailabel.anatomy.lung_mask import lung_labels_working_grid
+    from drasclr_monailabel.anatomy.pipeline import PipelineSettings, cache_grid, MARGIN_MM, preprocess_volume, resample_image
+    from drasclr_monailabel.anatomy.registration import RegistrationSettings, register_to_atlas
+    from drasclr_monailabel.io.readers import read_ct
+
+    atlas = load_default_atlas()
+    settings = PipelineSettings()
+    started = time.perf_counter()
+    clock = time.perf_counter()
+    volume = read_ct(path)
+    read_s = time.perf_counter() - clock
+    scan = preprocess_volume(volume, atlas, settings)
+    qa = write_scan(out_dir, "scan", path, scan, atlas, settings, {"read": read_s, **scan.timings})
+    total = time.perf_counter() - started
+    peak_mb = peak_resident_mb()
+
+    # Baselines on the same scan (after the pipeline, so they do not inflate its peak memory).
+    ct = volume.canonical()
+    labels = lung_labels_working_grid(ct)
+    full_resolution = RegistrationSettings(spacing_mm=1.0, sampling_fraction=0.1)
+    clock = time.perf_counter()
+    baseline_registration = register_to_atlas(labels, atlas.lungs, full_resolution)
+    baseline_registration_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    ours_registration = register_to_atlas(labels, atlas.lungs, settings.registration)
+    ours_registration_s = time.perf_counter() - clock
+    grid = cache_grid(labels, MARGIN_MM)
+    resample = {}
+    for method in ("linear", "bspline"):
+        clock = time.perf_counter()
+        resample[method] = resample_image(ct, grid, method)
+        resample[f"{method}_s"] = time.perf_counter() - clock
+    difference = np.abs(resample["linear"].astype(np.int32) - resample["bspline"].astype(np.int32))
+    return {
+        "source": path,
+        "size_xyz": list(volume.shape_xyz),
+        "spacing_mm": [round(s, 4) for s in volume.spacing],
+        "cache_size_xyz": qa["grid"]["size"],
+        "seconds": {**qa["timings_s"], "total": round(total, 2)},
+        "peak_rss_mb": round(peak_mb, 1),
+        "registration_dice": qa["registration"]["dice"],
+        "landmarks_valid": qa["landmarks"]["n_valid"],
+        "baselines": {
+            "registration_full_resolution": {
+                "seconds": round(baseline_registration_s, 2), "dice": round(baseline_registration.dice, 4),
+                "iterations": baseline_registration.iterations,
+                "ours_seconds": round(ours_registration_s, 2), "ours_dice": round(ours_registration.dice, 4),
+                "ratio": round(baseline_registration_s / ours_registration_s, 2),
+            },
+            "resample_bspline": {
+                "seconds": round(resample["bspline_s"], 2), "ours_linear_seconds": round(resample["linear_s"], 2),
+                "ratio": round(resample["bspline_s"] / resample["linear_s"], 2),
+                "median_abs_difference_hu": float(np.median(difference)),
+                "p99_abs_difference_hu": float(np.percentile(difference, 99)),
+            },
+        },
+        "threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--cases", nargs="+", choices=["real", "large"], default=["real", "large"])
+    args = parser.parse_args()
+
+    from drasclr_monailabel.data.sample_data import sample_path
+
+    results: dict[str, Any] = {}
+    load_before = os.getloadavg()
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = {}
+        if "real" in args.cases:
+            inputs["real"] = str(sample_path("lung2_image"))
+        if "large" in args.cases:
+            large = Path(tmp) / "large.nii.gz"
+            make_large_scan(large)
+            inputs["large"] = str(large)
+        for name, path in inputs.items():
+            out_dir = Path(tmp) / f"cache-{name}"
+            with context.Pool(1) as pool:
+                results[name] = pool.apply(measure_case, (path, str(out_dir)))
+            print(f"{name}: {json.dumps(results[name]['seconds'])}, peak {results[name]['peak_rss_mb']} MB", file=sys.stderr)
+    report = {
+        "benchmark": "preprocess",
+        "command": "python benchmarks/preprocess.py --out " + args.out,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    # Other jobs on a shared machine slow every stage alike; the ratios stay meaningful.
+                    "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "goal_seconds_per_full_ct": GOAL_SECONDS,
+        "cases": results,
+    }
+    if "large" in results:
+        report["large_meets_goal"] = results["large"]["seconds"]["total"] <= GOAL_SECONDS
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

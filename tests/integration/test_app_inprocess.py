@@ -114,7 +114,6 @@ def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
     assert again["scored"] == 0 and again["skipped"] == 2  # same model, same scans: nothing to redo
 
 
-@pytest.mark.slow
 def test_real_sample_ct_gets_lung_mask_and_quantification(sample_lung1, tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()

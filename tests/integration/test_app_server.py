@@ -2,7 +2,8 @@
 
 The round is the one 3D Slicer runs, with training in MONAI Label's background subprocess (as
 Slicer's "Train" and "auto-update model" start it), which needs PYTHONPATH and the app importable.
-After a restart, the label (with its revision), the epistemic scores and the published model
+A second round is stopped midway (what auto-update does when a label is submitted during a
+round): the published model must stay intact. After a restart, the label (with its revision), the epistemic scores and the published model
 (same checksum) must all still be there.
 """
 
@@ -21,6 +22,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
+from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
 from tests.fixtures.app import APP_DIR, FAST_CONF, free_port, server_env
 from tests.integration.test_app_inprocess import label_bytes, read_bytes
 
@@ -108,6 +110,19 @@ def wait_for_training(server: Server) -> dict:
     pytest.fail(f"training did not finish in {TRAIN_TIMEOUT_S} s:\n{server.tail()}")
 
 
+def wait_for_log(server: Server, text: str) -> None:
+    """Wait until the running training task's output shows ``text``."""
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        task = server.get("/train/").json()
+        if any(text in line for line in task.get("details", [])):
+            return
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            pytest.fail(f"training ended before '{text}': {task}")
+        time.sleep(1)
+    pytest.fail(f"'{text}' not seen in {TRAIN_TIMEOUT_S} s:\n{server.tail()}")
+
+
 def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_encoder):
     conf = {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
     server = start_server(phantom_studies, conf)
@@ -129,6 +144,16 @@ def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_
     assert finished["status"] == "DONE", f"{finished}\n{server.tail()}"
     assert "emphysema" in server.get("/info/").json()["models"]
     model_before = server.get("/model/info/emphysema").json()
+
+    # Slicer's auto-update stops a running round before it starts the next: the model must survive.
+    assert server.post("/train/emphysema", json={"max_epochs": 50}).status_code == 200
+    wait_for_log(server, "train: round 2")
+    stopped = requests.delete(f"{server.url}/train/", timeout=60).json()
+    assert stopped["status"] == "STOPPED"
+    assert server.get("/model/info/emphysema").json()["checksum"] == model_before["checksum"]
+    model_dir = phantom_studies / ".drasclr" / "model"
+    load_checkpoint(model_dir / "emphysema.pt")
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
 
     scores = server.post("/scoring/epistemic?run_sync=true").json()
     assert scores["scored"] == 2, scores

@@ -66,9 +66,9 @@ def run_preprocess(entries: Sequence[ScanEntry], out: str | Path, atlas_dir: str
         atlas_dir: atlas folder (default: the atlas shipped with the package).
         workers: local processes; 1 runs in this process.
     """
+    atlas = _atlas(str(atlas_dir) if atlas_dir else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atlas = _atlas(str(atlas_dir) if atlas_dir else None)
     chosen = shard_entries(entries, shard)
     started = time.perf_counter()
     results: list[ScanResult] = []

@@ -40,8 +40,9 @@ class PipelineSettings:
     """How a scan is preprocessed.
 
     Attributes:
-        interpolation: image resampling to 1 mm. "linear" (default) takes about 1 s for a
-            512 x 512 x 400 scan; "bspline" (cubic, the DrasCLR reference) about 20 s on 2 cores.
+        interpolation: image resampling to 1 mm. "linear" (default) takes 1-3 s for a
+            512 x 512 x 400 scan; "bspline" (cubic, the DrasCLR reference) 6-9 times longer
+            (about 19 s on 2 cores; benchmarks/preprocess.py).
         warn_dice: registration lung Dice below which the scan is kept with a warning.
         refuse_dice: registration lung Dice below which the scan is refused.
         min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned.

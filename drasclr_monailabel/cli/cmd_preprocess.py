@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, help="process only shard i of N (0-based), e.g. 0/4")
     parser.add_argument("--atlas", help="atlas folder (default: the atlas shipped with the package)")
     parser.add_argument("--interpolation", choices=["linear", "bspline"], default="linear",
-                        help="image resampling to 1 mm: linear (default, about 1 s per scan) or cubic B-spline "
-                             "(the DrasCLR reference, about 20 s per 512x512x400 scan)")
+                        help="image resampling to 1 mm: linear (default, 1-3 s per scan) or cubic B-spline "
+                             "(the DrasCLR reference, about 19 s per 512x512x400 scan on 2 cores)")
     parser.add_argument("--lung-model", metavar="FILE",
                         help="TorchScript lung model to use instead of the classical lung mask (contract in docs/anatomy.md)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")

@@ -1,9 +1,11 @@
 """MONAI Label scoring methods: what the ``epistemic``, ``diversity`` and ``hybrid`` strategies rank by.
 
 - :class:`EpistemicScoring` runs the published emphysema model several times with its dropout
-  active (MC dropout) on every unlabelled scan and stores the mean mutual information between
-  the prediction and the model weights inside the lung (BALD): high where the passes disagree,
-  i.e. where the model lacks knowledge, not where the image is merely ambiguous. Scores carry the
+  active (MC dropout) on every unlabelled scan (on windows sampled in the lung, see
+  :meth:`~drasclr_monailabel.tasks.infer.EmphysemaInferTask.epistemic_score`) and stores the mean
+  mutual information between the prediction and the model weights inside the lung (BALD): high
+  where the passes disagree, i.e. where the model lacks knowledge, not where the image is merely
+  ambiguous. Scores carry the
   model version and the scan's fingerprint, so a new model or a changed scan is scored again and
   unchanged pairs are skipped.
 - :class:`EmbeddingScoring` computes a patient-level DrasCLR embedding of every scan (labelled

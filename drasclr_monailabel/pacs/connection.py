@@ -12,6 +12,7 @@ variables), which its ``/proxy/dicom`` endpoint (OHIF's way to the PACS) uses as
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -115,10 +116,16 @@ def open_client(connection: PacsConnection, check: bool = True) -> DICOMwebClien
         check: first ask the server for one study (QIDO-RS), so that a wrong password or an
             unreachable server fails here with a clear :class:`PacsError`.
     """
+    # dicomweb-client logs every request at INFO ("search for studies", "store instances"), which
+    # would fill a server log or a command's output; its warnings still show.
+    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
     session = _TimeoutSession(connection.timeout_s)
     session.auth = connection.auth
     client = DICOMwebClient(connection.url, session=session, qido_url_prefix=connection.qido_prefix or None,
                             wado_url_prefix=connection.wado_prefix or None, stow_url_prefix=connection.stow_prefix or None)
+    # dicomweb-client retries every failed request (a refused connection too) five times with
+    # exponential waits: 30 s before a wrong URL is reported, minutes for a silent server.
+    client.set_http_retry_params(retry=False)
     if check:
         with pacs_errors(connection, "searching for studies"):
             client.search_for_studies(limit=1)

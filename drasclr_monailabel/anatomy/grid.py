@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Output slabs of at most this many voxels keep the float buffers of label upsampling small
 # (a 512 x 512 x 400 scan would otherwise need two 400 MB float images).
 _SLAB_VOXELS = 8_000_000

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.atlas import Atlas
-from drasclr_monailabel.anatomy.grid import make_grid, resample_labels, resample_nearest
+from drasclr_monailabel.anatomy.grid import IDENTITY, make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, patch_fractions
 from drasclr_monailabel.anatomy.lung_mask import LABEL_SMOOTHING_MM, lung_labels_working_grid
 from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, prepare_atlas, register_to_atlas
@@ -31,7 +31,6 @@ from drasclr_monailabel.io.volume import CTVolume
 PAD_HU = -1024
 CACHE_SPACING_MM = 1.0
 MARGIN_MM = PATCH_SIZE // 2 + 12
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 
 

@@ -24,10 +24,9 @@ from typing import Iterator, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels, world_bounds
+from drasclr_monailabel.anatomy.grid import IDENTITY, array_to_image, make_grid, resample_labels, world_bounds
 
 N_LABELS = 2
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Scale range searched at initialisation (subject size / atlas size) and its number of steps.
 INIT_SCALES = np.linspace(0.75, 1.3, 23)
 INIT_SHIFT_STEP_MM = 2.0

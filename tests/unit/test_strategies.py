@@ -165,3 +165,13 @@ def test_a_scan_handed_out_recently_goes_to_nobody_else_while_others_remain(tmp_
 def test_no_unlabelled_scans_means_no_answer(tmp_path):
     store = make_store(tmp_path, ["a"], labelled=["a"])
     assert ask(EpistemicStrategy(lambda: "v1", 0), store, "epistemic") is None
+
+
+def test_scores_written_by_another_process_are_seen_at_once(tmp_path):
+    server_view = make_store(tmp_path, ["a", "b"])
+    scoring_process_view = EmphysemaDatastore(tmp_path / "studies", tmp_path / "studies" / ".drasclr")
+    strategy = EpistemicStrategy(lambda: "v1", reserve_seconds=0)
+    assert ask(strategy, server_view, "epistemic")["selection"]["fallback"] == "first"
+    plant_score(scoring_process_view, "b", 0.7)
+    answer = ask(strategy, server_view, "epistemic")
+    assert answer["id"] == "b" and answer["selection"]["score"] == pytest.approx(0.7)

@@ -53,7 +53,8 @@ def test_demo_prepares_everything_and_serves_the_app(tmp_path: Path, sample_lung
             time.sleep(3)
         output = (tmp_path / "demo.log").read_text()
         assert info is not None, f"server never answered (exit {process.poll()}):\n{output[-3000:]}"
-        assert {"emphysema", "lung", "emphysema_laa"} <= set(info["models"])
+        assert {"lung", "emphysema_laa"} <= set(info["models"])
+        assert "emphysema" in info["trainers"]
         assert "Connect 3D Slicer" in output and f"127.0.0.1:{port}" in output
     finally:
         os.killpg(process.pid, signal.SIGTERM)

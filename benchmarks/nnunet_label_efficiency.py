@@ -168,6 +168,16 @@ def train_and_score(args: argparse.Namespace, work: Path, arm: str, fold: int, s
             "parameters": sum(p.numel() for p in trainer.network.parameters())}
 
 
+def encoder_summary(path: str) -> dict:
+    """What the warm-start encoder is: method, atlas, pretraining steps (from its encoder.json)."""
+    from drasclr_monailabel.models.export import read_metadata
+
+    meta = read_metadata(path)
+    training = meta.get("training", {})
+    return {"method": meta.get("method"), "atlas_id": meta["atlas"].get("id"), "steps": training.get("steps"),
+            "global_batch": training.get("global_batch"), "architecture": meta["architecture"]}
+
+
 def write_report(args: argparse.Namespace, splits: list[dict], results: list[dict]) -> None:
     from drasclr_monailabel.utils.atomic import write_json
 
@@ -180,6 +190,7 @@ def write_report(args: argparse.Namespace, splits: list[dict], results: list[dic
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": args.device, "torch_threads": torch.get_num_threads()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "encoder": encoder_summary(args.encoder),
         "splits": splits,
         "results": results,
         "warm_over_scratch_dice": ratios,

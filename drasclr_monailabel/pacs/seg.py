@@ -13,6 +13,7 @@ from another tool is read by segment label (case-insensitive), so its numbering 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -29,6 +30,9 @@ CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
 SEG_SERIES_NUMBER = 300
 SEG_DESCRIPTION = "Emphysema label (drasclr)"
 MANUFACTURER = "drasclr-monailabel"
+SEGMENT_COLOURS = {"emphysema": (230, 159, 0), "centrilobular": (230, 159, 0), "panlobular": (213, 94, 0),
+                   "paraseptal": (86, 180, 233)}
+"""Display colours (sRGB, Okabe-Ito palette: distinguishable with colour-blindness) of the segments."""
 COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 """Patient and study attributes a SEG copies from its source; PACS often leave the empty ones out."""
@@ -59,16 +63,19 @@ def write_seg(labels: np.ndarray, sources: Sequence[pydicom.Dataset], label_name
                                   f"({len(sources)} slices of {sources[0].Rows} x {sources[0].Columns})")
     if labels.size and int(labels.max()) > len(label_names):
         raise InputError("label", f"holds value {int(labels.max())}, but only {len(label_names)} label(s) are defined")
-    segments = [
-        hd.seg.SegmentDescription(
+    segments = []
+    for number, name in enumerate(label_names, start=1):
+        segment = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=name,
             segmented_property_category=CATEGORY,
             segmented_property_type=EMPHYSEMA,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        for number, name in enumerate(label_names, start=1)
-    ]
+        segment.RecommendedDisplayCIELabValue = list(_dicom_lab(SEGMENT_COLOURS.get(name, SEGMENT_COLOURS["emphysema"])))
+        segments.append(segment)
+    # highdicom logs every copied module at INFO; keep its warnings only.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     seg = hd.seg.Segmentation(
         source_images=[_with_type2_attributes(ds) for ds in sources],
         pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
@@ -88,6 +95,14 @@ def write_seg(labels: np.ndarray, sources: Sequence[pydicom.Dataset], label_name
         omit_empty_frames=bool(labels.any()),
     )
     return seg
+
+
+def _dicom_lab(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """An sRGB colour as DICOM's RecommendedDisplayCIELabValue (CIELab scaled to 16-bit integers)."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(np.asarray(rgb, dtype=np.float64).reshape(1, 1, 3) / 255.0)[0, 0]
+    return hd.color.CIELabColor(float(lab[0]), float(lab[1]), float(lab[2])).value
 
 
 def _with_type2_attributes(ds: pydicom.Dataset) -> pydicom.Dataset:

@@ -25,6 +25,7 @@ import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.tasks.conf import connect_hint, parse_app_conf, resolve_app_conf
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
+from drasclr_monailabel.tasks.dicomweb import dicomweb_datastore
 from drasclr_monailabel.tasks.guards import require_infer_image, require_known
 from drasclr_monailabel.tasks.http import CONFLICT, refuse
 from drasclr_monailabel.tasks.infer import LungMaskCache
@@ -64,7 +65,7 @@ class EmphysemaApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            return dicomweb_datastore(self.studies, self.resolved)
         return EmphysemaDatastore(
             self.studies,
             self.resolved.state_dir,
@@ -92,6 +93,7 @@ class EmphysemaApp(MONAILabelApp):
 
     def info(self):
         info = super().info()
+        info["labels"] = list(self.resolved.labels)  # names by value: OHIF's MONAI Label panel needs a list
         info["drasclr"] = {
             "pretrained": str(self.resolved.pretrained) if self.resolved.pretrained else None,
             "device": self.resolved.device,

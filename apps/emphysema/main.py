@@ -93,7 +93,6 @@ class EmphysemaApp(MONAILabelApp):
 
     def info(self):
         info = super().info()
-        info["labels"] = list(self.resolved.labels)  # names by value: OHIF's MONAI Label panel needs a list
         info["drasclr"] = {
             "pretrained": str(self.resolved.pretrained) if self.resolved.pretrained else None,
             "device": self.resolved.device,

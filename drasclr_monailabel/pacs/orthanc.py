@@ -17,7 +17,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import requests
@@ -81,8 +80,8 @@ def orthanc_config(storage: Path, port: int, username: str, password: str, plugi
 class OrthancServer:
     """One Orthanc process on ``127.0.0.1:<port>`` storing into ``storage`` (created).
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`. The configuration (with
-    the password) is written to ``<storage>/orthanc.json`` readable by the owner only.
+    Call :meth:`start` and :meth:`stop`. The configuration (with the password) is written to
+    ``<storage>/orthanc.json``, readable by the owner only.
 
     Args:
         storage: folder for the database, the configuration and the log.
@@ -158,12 +157,6 @@ class OrthancServer:
         """Block until Orthanc exits (the foreground ``drasclr pacs-orthanc``); returns its exit code."""
         assert self.process is not None, "start() first"
         return self.process.wait()
-
-    def __enter__(self) -> OrthancServer:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path.exists():

@@ -14,7 +14,8 @@ machines without internet), caches its listings for two hours (a saved label doe
   updated; earlier SEGs stay in the PACS, so every revision is kept there too;
 - an image is labelled when the PACS holds a SEG that references it and has a segment named like
   one of the app's labels; the newest such SEG is its label (read back onto the CT's grid for
-  training). Listings are cached for a few seconds only, and a SEG's reference is read once;
+  training). Listings are cached for a few seconds only; what a SEG references is read once and
+  kept in ``<cache>/seg_index.json`` (a SEG never changes), so a restart reads only new SEGs;
 - other tags (``original``) stay local, as in MONAI Label; images and PACS labels are never
   removed through MONAI Label (that is the PACS administrator's job).
 
@@ -26,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +45,14 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from drasclr_monailabel.errors import DrasclrError, InputError
 from drasclr_monailabel.pacs.connection import PacsConnection, PacsError, open_client
-from drasclr_monailabel.pacs.seg import (
-    read_seg,
-    referenced_series_uid,
-    seg_label_values,
-    slices_in_volume_order,
-    write_seg,
-)
+from drasclr_monailabel.pacs.seg import read_seg, referenced_series_uid, slices_in_volume_order, write_seg
 from drasclr_monailabel.pacs.series import SeriesInfo, find_series, read_series, retrieve_instances, series_metadata
 from drasclr_monailabel.pacs.upload import store_datasets
 from drasclr_monailabel.tasks.conf import ResolvedConf
 from drasclr_monailabel.tasks.datastore import LABEL_SUFFIX, LABEL_VALUES, EmphysemaDatastore
-from drasclr_monailabel.tasks.http import CONFLICT, NOT_FOUND, UNPROCESSABLE, refuse
+from drasclr_monailabel.tasks.http import CONFLICT, UNPROCESSABLE, refuse
 from drasclr_monailabel.tasks.labels import conform_label, read_grid, write_label
-from drasclr_monailabel.utils.atomic import write_with
+from drasclr_monailabel.utils.atomic import write_json, write_with
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +62,9 @@ BAD_GATEWAY = 502
 LISTING_TTL_S = 5.0
 """Seconds a PACS listing (series, SEGs) is reused; a label saved through this server shows at once."""
 
+SEG_INDEX = "seg_index.json"
+"""Cache file: what each SEG series of the PACS references (read once per SEG, kept across restarts)."""
+
 SEG_KEY = "seg_series_instance_uid"
 """Label info key: the SEG series the local copy of a ``final`` label came from or went to."""
 
@@ -74,19 +73,32 @@ FINAL = DefaultLabelTag.FINAL
 
 @dataclass(frozen=True)
 class SegEntry:
-    """What a SEG series in the PACS is, read once from its headers.
+    """What a SEG series in the PACS is, read once from its headers (a SEG never changes).
 
     Attributes:
         series: the SEG series.
         image_uid: Series Instance UID of the image series it references (None if it names none).
-        usable: it has a segment named like one of the app's labels.
+        segment_labels: its segments' labels.
         stamp: content date and time, to find the newest SEG of an image.
     """
 
     series: SeriesInfo
     image_uid: str | None
-    usable: bool
+    segment_labels: tuple[str, ...]
     stamp: str
+
+    def usable(self, label_names: Sequence[str]) -> bool:
+        """True if a segment is named like one of ``label_names`` (case-insensitive)."""
+        names = {name.lower() for name in label_names}
+        return any(label.strip().lower() in names for label in self.segment_labels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"series": asdict(self.series), "image_uid": self.image_uid,
+                "segment_labels": list(self.segment_labels), "stamp": self.stamp}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SegEntry:
+        return cls(SeriesInfo(**data["series"]), data["image_uid"], tuple(data["segment_labels"]), data["stamp"])
 
 
 class DicomWebDatastore(EmphysemaDatastore):
@@ -111,7 +123,8 @@ class DicomWebDatastore(EmphysemaDatastore):
         self._listing_lock = threading.Lock()
         self._series: dict[str, SeriesInfo] = {}
         self._series_at = -float("inf")
-        self._seg_entries: dict[str, SegEntry] = {}
+        self._seg_index = Path(cache_dir) / SEG_INDEX
+        self._seg_entries = _read_seg_index(self._seg_index)
         self._labels: dict[str, SegEntry] = {}
         self._labels_at = -float("inf")
         cache = Path(cache_dir)
@@ -148,13 +161,16 @@ class DicomWebDatastore(EmphysemaDatastore):
             if time.monotonic() - self._labels_at > LISTING_TTL_S:
                 with pacs_http_errors():
                     segs = find_series(self.client, self.connection, {"Modality": "SEG"})
-                    for series in segs:
-                        if series.series_instance_uid not in self._seg_entries:
-                            self._seg_entries[series.series_instance_uid] = self._describe_seg(series)
+                    new = [s for s in segs if s.series_instance_uid not in self._seg_entries]
+                    for series in new:
+                        self._seg_entries[series.series_instance_uid] = self._describe_seg(series)
+                if new:
+                    write_json(self._seg_index, {uid: e.to_json() for uid, e in self._seg_entries.items()})
                 newest: dict[str, SegEntry] = {}
                 for series in segs:
                     entry = self._seg_entries[series.series_instance_uid]
-                    if entry.usable and entry.image_uid and (entry.image_uid not in newest or entry.stamp > newest[entry.image_uid].stamp):
+                    if entry.usable(self.label_names) and entry.image_uid and (
+                            entry.image_uid not in newest or entry.stamp > newest[entry.image_uid].stamp):
                         newest[entry.image_uid] = entry
                 self._labels, self._labels_at = newest, time.monotonic()
             return dict(self._labels)
@@ -170,9 +186,9 @@ class DicomWebDatastore(EmphysemaDatastore):
 
     def _describe_seg(self, series: SeriesInfo) -> SegEntry:
         first = series_metadata(self.client, self.connection, series)[0]
-        usable = bool(seg_label_values(first, self.label_names))
+        labels = tuple(str(getattr(s, "SegmentLabel", "")) for s in getattr(first, "SegmentSequence", []))
         stamp = f"{first.get('ContentDate', '')}{first.get('ContentTime', '')}|{first.get('SeriesDate', '')}{first.get('SeriesTime', '')}"
-        return SegEntry(series, referenced_series_uid(first), usable, stamp)
+        return SegEntry(series, referenced_series_uid(first), labels, stamp)
 
     def _invalidate_labels(self) -> None:
         with self._listing_lock:
@@ -336,6 +352,17 @@ def dicomweb_datastore(url: str, resolved: ResolvedConf) -> DicomWebDatastore:
     except PacsError as exc:
         logger.error(f"emphysema app cannot start: {exc}")
         raise
+
+
+def _read_seg_index(path: Path) -> dict[str, SegEntry]:
+    """The cached SEG descriptions; an unreadable cache is rebuilt from the PACS."""
+    try:
+        return {uid: SegEntry.from_json(data) for uid, data in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning(f"{path}: unreadable ({exc}); SEG references are read from the PACS again")
+        return {}
 
 
 def _series_info_fields(series: SeriesInfo) -> dict[str, str]:

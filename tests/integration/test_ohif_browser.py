@@ -86,6 +86,8 @@ def screenshots(tmp_path) -> Callable[[object, str], None]:
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float = PAGE_TIMEOUT_S):
     """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.monotonic() + timeout_s
     last_error = None
     while time.monotonic() < deadline:
@@ -93,7 +95,7 @@ def wait_for(what: str, check: Callable[[], object], timeout_s: float = PAGE_TIM
             value = check()
             if value:
                 return value
-        except Exception as exc:  # the page is still building: elements come and go
+        except (WebDriverException, AssertionError, IndexError) as exc:  # the page is still building
             last_error = exc
         time.sleep(0.5)
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last_error})")

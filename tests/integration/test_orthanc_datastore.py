@@ -139,3 +139,23 @@ def test_wrong_password_stops_the_datastore_at_once(orthanc, tmp_path):
         DicomWebDatastore(PacsConnection(orthanc.dicomweb_url, ORTHANC_USER, "wrong"), tmp_path / "cache", ["emphysema"])
     assert time.monotonic() - start < 5
 
+
+
+def test_what_a_seg_references_is_read_once_per_cache(orthanc, stored_phantom, pacs_phantom, tmp_path, monkeypatch):
+    from drasclr_monailabel.tasks import dicomweb
+
+    store = datastore(orthanc, tmp_path / "cache")
+    image_id = stored_phantom.series_instance_uid
+    labels = blob_label(pacs_phantom.hu.shape)
+    store.save_label(image_id, label_file(tmp_path / "l.nii.gz", store.get_image_uri(image_id), labels), FINAL, {})
+    assert datastore(orthanc, tmp_path / "server").get_labeled_images() == [image_id]
+
+    read = []
+    real = dicomweb.series_metadata
+    monkeypatch.setattr(dicomweb, "series_metadata", lambda client, connection, series: read.append(series.modality)
+                        or real(client, connection, series))
+    assert datastore(orthanc, tmp_path / "server").get_labeled_images() == [image_id]
+    assert "SEG" not in read
+    (tmp_path / "server" / dicomweb.SEG_INDEX).write_text("{not json")
+    assert datastore(orthanc, tmp_path / "server").get_labeled_images() == [image_id]
+    assert read.count("SEG") == 1

@@ -146,7 +146,7 @@ def test_pacs_upload_command(orthanc, tmp_path, pacs_phantom):
     sitk.WriteImage(pacs_phantom.to_sitk(), str(scan))
     env = {**os.environ, "MONAI_LABEL_DICOMWEB_USERNAME": ORTHANC_USER, "MONAI_LABEL_DICOMWEB_PASSWORD": ORTHANC_PASSWORD}
     command = [sys.executable, "-m", "drasclr_monailabel.cli.main", "pacs-upload", str(scan), "--url", orthanc.dicomweb_url]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     series_uid = done.stdout.split(" series ")[1].split()[0]
     connection = orthanc.connection()
@@ -155,7 +155,7 @@ def test_pacs_upload_command(orthanc, tmp_path, pacs_phantom):
     slices = series_metadata(open_client(connection), connection, series)
     assert len(slices) == pacs_phantom.hu.shape[0] and isinstance(slices[0], pydicom.Dataset)
 
-    refused = subprocess.run(command + ["--password", "wrong"], capture_output=True, text=True, env=env, timeout=60)
+    refused = subprocess.run(command + ["--password", "wrong"], check=False, capture_output=True, text=True, env=env, timeout=60)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "authentication failed" in lines[0] and orthanc.dicomweb_url in lines[0]

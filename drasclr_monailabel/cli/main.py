@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in command_modules():
-        sub = commands.add_parser(module.NAME, help=module.HELP, description=module.__doc__ or module.HELP,
+        # argparse %-formats help strings: escape the % of texts such as "%LAA-950".
+        sub = commands.add_parser(module.NAME, help=module.HELP.replace("%", "%%"),
+                                  description=(module.__doc__ or module.HELP).replace("%", "%%"),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)

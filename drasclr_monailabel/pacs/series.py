@@ -68,10 +68,15 @@ def series_metadata(client: DICOMwebClient, connection: PacsConnection, series: 
     return [from_dicom_json(a) for a in answers]
 
 
+AS_STORED = (("application/dicom", "*"),)
+"""WADO-RS media type "any transfer syntax": the PACS sends what it stores. Without it Orthanc
+must transcode to uncompressed, which it cannot do for JPEG 2000 (HTTP 500); pydicom decodes it."""
+
+
 def retrieve_instances(client: DICOMwebClient, connection: PacsConnection, series: SeriesInfo) -> list[pydicom.Dataset]:
-    """Every instance of ``series`` with its pixel data (WADO-RS)."""
+    """Every instance of ``series`` with its pixel data (WADO-RS), in the transfer syntax it is stored in."""
     with pacs_errors(connection, f"downloading series {series.series_instance_uid}"):
-        return list(client.retrieve_series(series.study_instance_uid, series.series_instance_uid))
+        return list(client.retrieve_series(series.study_instance_uid, series.series_instance_uid, media_types=AS_STORED))
 
 
 def download_series(client: DICOMwebClient, connection: PacsConnection, series: SeriesInfo, folder: str | Path) -> Path:

@@ -40,10 +40,11 @@ def asymmetric_label(shape: tuple[int, int, int]) -> np.ndarray:
     return labels
 
 
-def test_upload_then_download_gives_the_same_ct(orthanc, pacs_phantom):
+@pytest.mark.parametrize("compression", ["none", "jpeg2000"])
+def test_upload_then_download_gives_the_same_ct(orthanc, pacs_phantom, compression):
     connection = orthanc.connection()
     client = open_client(connection)
-    stored = upload_volume(pacs_phantom, client, connection)
+    stored = upload_volume(pacs_phantom, client, connection, compression=compression)
     listed = find_series(client, connection, {"Modality": "CT"})
     assert [s.series_instance_uid for s in listed] == [stored.series_instance_uid]
     back = read_series(client, connection, listed[0])

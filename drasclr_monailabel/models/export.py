@@ -68,7 +68,7 @@ def save_encoder(out_dir: str | Path, state_dict: dict[str, torch.Tensor], metad
 def encoder_paths(path: str | Path) -> tuple[Path, Path]:
     """``(encoder.pt, encoder.json)`` for a folder or either file of the pair."""
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = path.parent if path.name in (WEIGHTS_NAME, METADATA_NAME) else path
     return folder / WEIGHTS_NAME, folder / METADATA_NAME
 
 

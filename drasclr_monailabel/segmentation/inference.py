@@ -68,7 +68,7 @@ def predict_volume(
     """
     case = case or prepare_case(volume)
     probabilities_1mm = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size)
-    probabilities = _to_input_grid(probabilities_1mm, case.grid, volume)
+    probabilities = probabilities_on_grid(probabilities_1mm, case.grid, volume)
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     lungs = case.lungs_native
     labels[lungs == 0] = 0
@@ -110,8 +110,9 @@ def window_probabilities(
     return probabilities
 
 
-def _to_input_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:
-    """Linear resampling of each class map from the 1 mm grid onto the input's grid."""
+def probabilities_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:
+    """Linear resampling of class maps (C, Z, Y, X) from ``grid`` onto the volume's own grid;
+    voxels outside ``grid`` become background (probability 1 for class 0)."""
     reference = volume.to_sitk()
     channels = []
     for channel, default in zip(probabilities, [1.0] + [0.0] * (len(probabilities) - 1)):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.readers import VOLUME_SUFFIXES, scan_id_from_path
+from drasclr_monailabel.io.sniff import is_dicom_file
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -93,8 +94,8 @@ def _is_volume_file(path: Path) -> bool:
 
 
 def _holds_dicom_files(folder: Path) -> bool:
-    """True when ``folder`` itself holds ``.dcm`` files (it is a series, not a folder of scans)."""
-    return any(p.is_file() and p.suffix.lower() == ".dcm" for p in folder.iterdir())
+    """True when ``folder`` itself holds DICOM files (it is a series, not a folder of scans)."""
+    return any(is_dicom_file(p) for p in folder.iterdir())
 
 
 def _check_unique(entries: list[ScanEntry], source: Path) -> None:

@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.io.sniff import has_dicom_preamble
 from drasclr_monailabel.io.volume import CTVolume
 
 # Relative deviation of one slice gap from the median gap that is still accepted as even spacing.
@@ -65,7 +66,7 @@ def _scan_headers(folder: Path) -> tuple[list[_SliceHeader], pydicom.Dataset]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
-            if _has_dicom_preamble(path):
+            if has_dicom_preamble(path):
                 raise InputError(path, "is a corrupt DICOM file (header cannot be parsed)") from None
             continue
         except (OSError, ValueError, EOFError, KeyError) as exc:
@@ -103,12 +104,6 @@ def _check_modality(path: Path, ds: pydicom.Dataset) -> None:
     modality = str(getattr(ds, "Modality", "") or "")
     if modality and modality != "CT":
         raise InputError(path, f"modality is {modality}, not CT")
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _sorted_slices(folder: Path, headers: list[_SliceHeader]) -> list[_SliceHeader]:

@@ -23,6 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.io.sniff import has_dicom_preamble
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -95,16 +96,6 @@ def list_images2d(paths: Iterable[str | Path]) -> list[Path]:
 def _looks_like_image(path: Path) -> bool:
     suffix = path.suffix.lower()
     return suffix in IMAGE_2D_SUFFIXES or (suffix == "" and has_dicom_preamble(path))
-
-
-def has_dicom_preamble(path: Path) -> bool:
-    """True for a file with the 128-byte preamble and 'DICM' marker of a DICOM Part 10 file."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _read_dicom(path: Path) -> Image2D:

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.dicom_series import read_dicom_series, read_single_dicom
+from drasclr_monailabel.io.sniff import has_dicom_preamble
 from drasclr_monailabel.io.validate import validate_ct
 from drasclr_monailabel.io.volume import CTVolume
 
@@ -45,7 +46,7 @@ def read_ct(path: str | Path, validate: bool = True) -> CTVolume:
         suffix = _suffix(path)
         if suffix in PLAIN_2D_SUFFIXES:
             raise InputError(path, f"is a 2D {suffix[1:].upper()} image; a 3D CT volume is needed")
-        if suffix == ".dcm" or (suffix not in VOLUME_SUFFIXES and _looks_like_dicom(path)):
+        if suffix == ".dcm" or (suffix not in VOLUME_SUFFIXES and has_dicom_preamble(path)):
             volume = read_single_dicom(path)
         else:
             volume = _read_with_sitk(path)
@@ -73,15 +74,6 @@ def scan_id_from_path(path: str | Path) -> str:
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _read_with_sitk(path: Path) -> CTVolume:

@@ -29,14 +29,14 @@ def test_find_volumes_in_folders_manifests_and_caches(tmp_path: Path, phantom_vo
     manifest = tmp_path / "cohort" / "manifest.csv"
     manifest.parent.mkdir()
     manifest.write_text(f"id,image,severity\ncase-a,{phantom_volume_dir / 'phantom1.nii.gz'},3\ncase-b,../b.nii.gz,1\n")
-    with pytest.raises(InputError, match="line 3: image '../b.nii.gz' does not exist"):
+    with pytest.raises(InputError, match="names a volume that does not exist: .*b.nii.gz"):
         find_volumes(manifest.parent)
     (tmp_path / "b.nii.gz").write_bytes(b"")
     assert [e.volume_id for e in find_volumes(manifest)] == ["case-a", "case-b"]
     cached = find_volumes(synthetic_cache)
     assert len(cached) == 6 and all(e.cached for e in cached) and cached[0].path == synthetic_cache / "synth000"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no volume"):
+    with pytest.raises(InputError, match="holds no CT scans"):
         find_volumes(tmp_path / "empty")
 
 

@@ -77,8 +77,8 @@ class MemorySampler:
 def default_encoder(folder: Path) -> Path:
     """A randomly initialised encoder of the default architecture, exported like a pretrained one."""
     import torch
-    from drasclr_monailabel.anatomy.atlas import load_default_atlas
 
+    from drasclr_monailabel.anatomy.atlas import load_default_atlas
     from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
     from drasclr_monailabel.models.export import save_encoder
     from drasclr_monailabel.models.intensity import LUNG_WINDOW

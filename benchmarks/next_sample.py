@@ -81,7 +81,7 @@ def strategy_level(studies: Path, repeats: int, dim: int, seed: int) -> dict[str
     store = EmphysemaDatastore(studies, studies / ".drasclr")
     cache_dir = studies.parent / "strategy-cache"
     plant_scores(store, EmbeddingCache(cache_dir, "bench-encoder"), "bench-model", dim, seed)
-    version = lambda: "bench-model"  # noqa: E731
+    version = lambda: "bench-model"
     strategies = {
         "epistemic (MONAI Label, baseline)": ("epistemic", Epistemic()),
         "first (MONAI Label)": ("first", First()),

@@ -72,7 +72,7 @@ def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
     assert set(info["models"]) == {"lung", "emphysema_laa"}  # emphysema appears once trained
     assert set(info["trainers"]) == {"emphysema"}
     assert {"random", "first", "epistemic", "diversity", "hybrid"} <= set(info["strategies"])
-    assert info["labels"] == {"emphysema": 1}
+    assert list(info["labels"]) == ["emphysema"]
 
     embedded = client.post("/scoring/embedding?run_sync=true").json()
     assert embedded["computed"] == 3 and embedded["failed"] == 0

@@ -8,12 +8,12 @@ Targets come from the cohort's manifest.csv (``drasclr synth``): ``severity`` (t
 percentage of the lung) and ``survival_time`` / ``event``.
 
 * severity: ridge regression (penalty chosen inside each training fold), K-fold cross-validated
-  out-of-fold R2 and Spearman correlation;
-* survival: L2-penalised Cox model (Breslow partial likelihood) on standardised, PCA-reduced
-  embeddings, Harrell's C-index on each held-out fold, averaged over folds.
+  R2 and Pearson r (mean over folds) and R2 of the pooled out-of-fold predictions;
+* survival: L2-penalised Cox model (Breslow partial likelihood, penalty by inner cross-validation)
+  on standardised embeddings, Harrell's C-index on each held-out fold, averaged over folds.
 
-:func:`ridge_probe`, :func:`cox_probe` and :func:`harrell_c_index` take plain arrays so that a
-``drasclr probe`` command can reuse them.
+The probes are those of ``drasclr probe`` (:mod:`drasclr_monailabel.probe.probes`), on the same
+seeded folds for every embedding.
 
     drasclr synth --n 40 --out cohort/ --source phantom --severity 0 40
     python benchmarks/joint2d3d_probe.py --cohort cohort/ --out benchmarks/results/joint2d3d_probe.json
@@ -30,14 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
-from scipy.stats import spearmanr
-from sklearn.decomposition import PCA
-from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import KFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from drasclr_monailabel.probe.probes import cox_probe, make_splits, ridge_probe
 from drasclr_monailabel.ssl.joint2d3d.embed import JointEmbedder
 from drasclr_monailabel.ssl.joint2d3d.network import encoder_from_architecture
 from drasclr_monailabel.ssl.joint2d3d.sources import find_volumes
@@ -47,58 +41,6 @@ from drasclr_monailabel.ssl.trainer import run_pretraining
 from drasclr_monailabel.utils.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def ridge_probe(features: np.ndarray, target: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, float]:
-    """Out-of-fold ridge predictions of ``target`` (n,) from ``features`` (n, d): R2 and Spearman."""
-    predicted = np.zeros_like(target, dtype=np.float64)
-    for train, test in KFold(folds, shuffle=True, random_state=seed).split(features):
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
-        predicted[test] = model.fit(features[train], target[train]).predict(features[test])
-    residual = np.sum((target - predicted) ** 2)
-    return {"r2": float(1 - residual / np.sum((target - target.mean()) ** 2)), "spearman": float(spearmanr(predicted, target).statistic)}
-
-
-def cox_probe(features: np.ndarray, time_: np.ndarray, event: np.ndarray, folds: int = 5, seed: int = 0,
-              components: int = 4, penalty: float = 1.0) -> dict[str, float]:
-    """Mean held-out Harrell's C-index of an L2 Cox model on PCA-reduced standardised features."""
-    scores = []
-    for train, test in KFold(folds, shuffle=True, random_state=seed).split(features):
-        reducer = make_pipeline(StandardScaler(), PCA(min(components, features.shape[1], len(train) - 1), random_state=seed))
-        x_train = reducer.fit_transform(features[train])
-        x_train_scale = x_train.std(axis=0) + 1e-8
-        beta = cox_fit(x_train / x_train_scale, time_[train], event[train], penalty)
-        risk = (reducer.transform(features[test]) / x_train_scale) @ beta
-        scores.append(harrell_c_index(time_[test], event[test], risk))
-    valid = [s for s in scores if np.isfinite(s)]
-    return {"c_index": float(np.mean(valid)) if valid else float("nan"), "folds": len(valid)}
-
-
-def cox_fit(x: np.ndarray, time_: np.ndarray, event: np.ndarray, penalty: float) -> np.ndarray:
-    """Coefficients maximising the Breslow partial log-likelihood minus ``penalty * |beta|^2``."""
-    order = np.argsort(-time_, kind="stable")  # descending time: the risk set of i is rows 0 .. i
-    x, event = x[order], event[order].astype(bool)
-
-    def objective(beta: np.ndarray) -> tuple[float, np.ndarray]:
-        eta = x @ beta
-        log_risk = np.logaddexp.accumulate(eta)
-        weights = np.exp(eta - log_risk[-1])
-        cumulative = np.cumsum(weights[:, None] * x, axis=0) / np.cumsum(weights)[:, None]
-        loss = -np.sum(eta[event] - log_risk[event]) + penalty * beta @ beta
-        grad = -np.sum(x[event] - cumulative[event], axis=0) + 2 * penalty * beta
-        return loss, grad
-
-    return minimize(objective, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
-
-
-def harrell_c_index(time_: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Fraction of comparable pairs (the earlier time is an event) ordered correctly by risk (ties 1/2)."""
-    concordant, comparable = 0.0, 0
-    for i in np.flatnonzero(event):
-        later = time_ > time_[i]
-        comparable += int(later.sum())
-        concordant += float(np.sum(risk[i] > risk[later]) + 0.5 * np.sum(risk[i] == risk[later]))
-    return concordant / comparable if comparable else float("nan")
 
 
 def read_manifest(cohort: Path) -> dict[str, np.ndarray]:
@@ -123,8 +65,11 @@ def hu_histograms(cohort: Path, store: StackStore, bins: int = 16) -> np.ndarray
 
 
 def probe_all(features: np.ndarray, table: dict[str, np.ndarray], folds: int) -> dict[str, dict[str, float]]:
-    return {"severity": ridge_probe(features, table["severity"], folds),
-            "survival": cox_probe(features, table["time"], table["event"], folds)}
+    severity = ridge_probe(features, table["severity"], make_splits(len(features), folds, seed=0)).summary()
+    survival = cox_probe(features, table["time"], table["event"], make_splits(len(features), folds, seed=0, strata=table["event"])).summary()
+    return {"severity": {"r2": severity["metrics"]["r2"]["mean"], "r2_pooled": severity["pooled"]["r2"],
+                         "pearson_r": severity["metrics"]["pearson_r"]["mean"]},
+            "survival": {"c_index": survival["metrics"]["c_index"]["mean"], "c_index_std": survival["metrics"]["c_index"]["std"]}}
 
 
 def main() -> None:
@@ -171,7 +116,7 @@ def main() -> None:
                                      "c_index_gain": probes["joint2d3d"]["survival"]["c_index"] - base["survival"]["c_index"]}
     write_json(args.out, result)
     for name, block in probes.items():
-        print(f"{name:22s} severity R2 {block['severity']['r2']:+.3f} rho {block['severity']['spearman']:+.3f}   "
+        print(f"{name:22s} severity R2 {block['severity']['r2']:+.3f} r {block['severity']['pearson_r']:+.3f}   "
               f"survival C {block['survival']['c_index']:.3f}")
 
 

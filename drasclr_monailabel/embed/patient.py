@@ -65,13 +65,13 @@ class PatientEncoder:
         return farthest_point_order(self.atlas.landmarks.normalised)
 
 
-def load_patient_encoder(path: str | Path, device: str | torch.device = "cpu") -> PatientEncoder:
-    """Load an exported encoder for the package's default atlas and lung intensity window.
+def load_patient_encoder(path: str | Path, device: str | torch.device = "cpu", atlas: Atlas | None = None) -> PatientEncoder:
+    """Load an exported encoder for ``atlas`` (default: the package's) and the lung intensity window.
 
     Raises:
         InputError: missing or malformed export, or one made for another atlas or window.
     """
-    atlas = load_default_atlas()
+    atlas = atlas or load_default_atlas()
     encoder, metadata = load_encoder(path, expected_atlas_id=atlas.atlas_id, expected_intensity=LUNG_WINDOW, map_location=device)
     return PatientEncoder(encoder.to(device).eval(), atlas, metadata)
 

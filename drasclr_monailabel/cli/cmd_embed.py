@@ -22,6 +22,7 @@ Examples:
   drasclr embed --encoder runs/demo --cache cache/ --out emb_att/ --pooling attention --device cuda
   drasclr embed --encoder runs/demo scan1.nii.gz dicom_folder/ --out emb/
   drasclr embed --encoder runs/joint --manifest cohort/manifest.csv --out emb_joint/
+  drasclr embed --encoder runs/demo --cache cache/ --out emb_random/ --random-init 0
   python -c "import numpy as np; d = np.load('emb/embeddings.npz'); print(d['ids'], d['embeddings'].shape)"
 """
 
@@ -61,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 0 = all; a CPU speed-up)")
     parser.add_argument("--batch-size", type=_positive, default=32, help="patches or slices per forward pass (default 32)")
     parser.add_argument("--atlas", type=Path, help="atlas folder the cache / encoder uses (default: the package atlas)")
+    parser.add_argument("--random-init", type=_count, metavar="SEED",
+                        help="baseline: embed with the --encoder's architecture but random weights of this seed "
+                             "(saved in OUT/random_init_encoder/)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.manifest, "is not a CSV manifest (expected a .csv file with an 'image' column)")
     inputs = cache_inputs(args.cache) if args.cache else scan_inputs(args.scans or [args.manifest])
     settings = EmbedSettings(method=args.method, pooling=args.pooling, device=args.device, max_landmarks=args.max_landmarks,
-                             batch_size=args.batch_size, atlas_dir=args.atlas, progress=not args.no_progress)
+                             batch_size=args.batch_size, atlas_dir=args.atlas, random_init=args.random_init, progress=not args.no_progress)
     report = embed_cohort(args.encoder, inputs, args.out, settings)
     print(f"embed: {report.done} embedded, {report.skipped} already done, {len(report.failures)} failed of {len(inputs)} scans; "
           f"{args.out / 'embeddings.npz'}")

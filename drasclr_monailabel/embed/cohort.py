@@ -17,7 +17,6 @@ the others go on; when no scan could be embedded the first failure is raised.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from drasclr_monailabel.embed.pooling import (
     landmark_reference,
     mean_pool,
 )
+from drasclr_monailabel.embed.random_init import export_random_init
 from drasclr_monailabel.embed.store import (
     METADATA_NAME,
     ScanEmbedding,
@@ -58,13 +58,19 @@ from drasclr_monailabel.embed.store import (
 from drasclr_monailabel.errors import ConfigError, DrasclrError, InputError
 from drasclr_monailabel.models.export import encoder_paths, load_encoder, read_metadata
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
-from drasclr_monailabel.ssl.cache import default_atlas_dir, read_atlas_landmarks
+from drasclr_monailabel.ssl.cache import (
+    AtlasLandmarks,
+    complete_scans,
+    default_atlas_dir,
+    read_atlas_landmarks,
+    read_cache_scan,
+)
 
 log = logging.getLogger(__name__)
 
 METHODS = ("drasclr", "joint2d3d")
 POOLINGS = ("mean", "attention")
-CACHE_FORMAT = "drasclr-cache/1"
+RANDOM_INIT_DIR = "random_init_encoder"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class EmbedSettings:
         max_landmarks: encode at most this many valid landmarks per scan, evenly spread (0 = all).
         batch_size: patches (or slices) per forward pass.
         atlas_dir: the atlas the cache was registered to (default: the package atlas).
+        random_init: embed with a copy of the encoder's architecture with random weights of
+            this seed (the probe baseline; written to ``OUT/random_init_encoder/``) instead.
         progress: show a progress bar.
     """
 
@@ -96,6 +104,7 @@ class EmbedSettings:
     max_landmarks: int = 0
     batch_size: int = 32
     atlas_dir: Path | None = None
+    random_init: int | None = None
     progress: bool = True
 
 
@@ -110,13 +119,7 @@ class EmbedReport:
 
 def cache_inputs(cache_dir: str | Path) -> list[ScanInput]:
     """The complete scans of a preprocessing cache (those with ``<id>/<id>_qa.json``), sorted by id."""
-    root = Path(cache_dir)
-    if not root.is_dir():
-        raise InputError(root, "is not a folder (expected a cache written by 'drasclr preprocess')")
-    folders = sorted(p.parent for p in root.glob("*/*_qa.json") if p.name == f"{p.parent.name}_qa.json")
-    if not folders:
-        raise InputError(root, "holds no complete preprocessed scan (no <id>/<id>_qa.json)")
-    return [ScanInput(folder.name, folder, cached=True) for folder in folders]
+    return [ScanInput(qa_path.parent.name, qa_path.parent, cached=True) for qa_path in complete_scans(cache_dir)]
 
 
 def scan_inputs(sources: list[str | Path]) -> list[ScanInput]:
@@ -153,17 +156,18 @@ class DrasclrScanEmbedder:
 
     def __init__(self, encoder_dir: Path, settings: EmbedSettings, device: torch.device, raw_scans: bool) -> None:
         self.pipeline_atlas: Atlas | None = None
+        self.landmarks: AtlasLandmarks | None = None
         if raw_scans:
             patient_encoder = load_patient_encoder(encoder_dir, device, load_atlas(settings.atlas_dir) if settings.atlas_dir else None)
             self.pipeline_atlas, self.encoder = patient_encoder.atlas, patient_encoder.encoder
             self.atlas_id = patient_encoder.atlas.atlas_id
             self.coordinates = patient_encoder.atlas.landmarks.normalised.astype(np.float32)
         else:
-            landmarks = read_atlas_landmarks(settings.atlas_dir or default_atlas_dir())
-            self.encoder, _ = load_encoder(encoder_dir, expected_atlas_id=landmarks.atlas_id, expected_intensity=LUNG_WINDOW,
+            self.landmarks = read_atlas_landmarks(settings.atlas_dir or default_atlas_dir())
+            self.encoder, _ = load_encoder(encoder_dir, expected_atlas_id=self.landmarks.atlas_id, expected_intensity=LUNG_WINDOW,
                                            map_location=device)
-            self.atlas_id = landmarks.atlas_id
-            self.coordinates = landmarks.coordinates
+            self.atlas_id = self.landmarks.atlas_id
+            self.coordinates = self.landmarks.coordinates
         self.order = farthest_point_order(self.coordinates)
         self.settings, self.device = settings, device
 
@@ -178,26 +182,14 @@ class DrasclrScanEmbedder:
         return {"landmarks": landmarks, "valid": selected}
 
     def _read_cached(self, scan: ScanInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        qa_path = scan.path / f"{scan.scan_id}_qa.json"
+        if self.landmarks is None:
+            raise ValueError("a cache scan needs the embedder built with raw_scans=False")
+        entry = read_cache_scan(scan.path / f"{scan.scan_id}_qa.json", self.landmarks)
         try:
-            qa = json.loads(qa_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(qa_path, f"cannot be read as JSON ({exc})") from None
-        if qa.get("format") != CACHE_FORMAT:
-            raise InputError(qa_path, f"format is {qa.get('format')!r}, expected {CACHE_FORMAT!r}")
-        scan_atlas = (qa.get("atlas") or {}).get("id")
-        if scan_atlas != self.atlas_id:
-            raise InputError(qa_path, f"scan was registered to atlas {scan_atlas!r}, but the encoder uses atlas {self.atlas_id!r}"
-                                      " (pass the cache's atlas with --atlas, or use an encoder trained with it)")
-        n = len(self.coordinates)
-        centres = _load_array(scan.path / f"{scan.scan_id}_landmarks.npy", (n, 3))
-        valid = _load_array(scan.path / f"{scan.scan_id}_valid.npy", (n,)).astype(bool)
-        image_path = scan.path / f"{scan.scan_id}_image.npy"
-        try:
-            image = np.load(image_path, mmap_mode="r")
+            image = np.load(entry.image_path, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise InputError(image_path, f"cannot be read as .npy ({exc})") from None
-        return image, centres, valid
+            raise InputError(entry.image_path, f"cannot be read as .npy ({exc})") from None
+        return image, entry.centres, entry.valid
 
     def _preprocess(self, scan: ScanInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from drasclr_monailabel.anatomy.pipeline import preprocess_volume
@@ -238,6 +230,8 @@ def embed_cohort(encoder_dir: str | Path, inputs: list[ScanInput], out_dir: str 
         InputError / ConfigError: a bad encoder or option, or no scan could be embedded.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
+    if settings.random_init is not None:
+        encoder_dir = export_random_init(encoder_dir, out_dir / RANDOM_INIT_DIR, settings.random_init)
     weights, _ = encoder_paths(encoder_dir)
     metadata = read_metadata(encoder_dir)
     method = _check_method(settings, metadata, encoder_dir)
@@ -334,12 +328,3 @@ def _metadata(encoder_meta: dict[str, Any], encoder_dir: Path, fingerprint: str,
         "package_version": drasclr_monailabel.__version__,
     }
 
-
-def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as .npy ({exc})") from None
-    if array.shape != shape:
-        raise InputError(path, f"has shape {array.shape}, expected {shape} (one row per atlas landmark)")
-    return array

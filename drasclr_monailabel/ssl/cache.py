@@ -111,35 +111,61 @@ class CacheIndex:
         return len(self.subject_ids)
 
 
-def open_cache(cache_dir: str | Path, atlas: AtlasLandmarks) -> CacheIndex:
-    """Index the complete scans of ``cache_dir`` (those with ``_qa.json``) and check them against ``atlas``."""
+@dataclass(frozen=True)
+class CacheScan:
+    """One complete scan of a preprocessing cache: its image file and landmark arrays.
+
+    Attributes:
+        scan_id: the scan id (its folder name).
+        image_path: ``<id>/<id>_image.npy``, int16 HU (Z, Y, X) on the 1 mm grid.
+        centres: int32 (L, 3) patch centres (z, y, x) in the image.
+        valid: bool (L,) landmarks inside the scanned lung.
+    """
+
+    scan_id: str
+    image_path: Path
+    centres: np.ndarray
+    valid: np.ndarray
+
+
+def complete_scans(cache_dir: str | Path) -> list[Path]:
+    """The ``<id>/<id>_qa.json`` of every complete scan of ``cache_dir``, sorted by id."""
     root = Path(cache_dir)
     if not root.is_dir():
         raise InputError(root, "is not a folder (expected a cache written by 'drasclr preprocess')")
     qa_files = sorted(p for p in root.glob("*/*_qa.json") if p.name == f"{p.parent.name}_qa.json")
     if not qa_files:
         raise InputError(root, "holds no complete preprocessed scan (no <id>/<id>_qa.json)")
-    ids, images, centres, valid = [], [], [], []
-    for qa_path in qa_files:
-        scan_id = qa_path.parent.name
-        qa = _read_json(qa_path)
-        if qa.get("format") != CACHE_FORMAT:
-            raise InputError(qa_path, f"format is {qa.get('format')!r}, expected {CACHE_FORMAT!r}")
-        scan_atlas = qa_atlas_id(qa)
-        if scan_atlas != atlas.atlas_id:
-            raise InputError(qa_path, f"scan was registered to atlas {scan_atlas!r}, but training uses atlas {atlas.atlas_id!r} ({atlas.source})")
-        folder = qa_path.parent
-        scan_centres = _load_small(folder / f"{scan_id}_landmarks.npy", (atlas.n_landmarks, 3)).astype(np.int32)
-        scan_valid = _load_small(folder / f"{scan_id}_valid.npy", (atlas.n_landmarks,)).astype(bool)
-        image = folder / f"{scan_id}_image.npy"
-        if not image.is_file():
-            raise InputError(image, "not found beside its _qa.json")
-        ids.append(scan_id)
-        images.append(image)
-        centres.append(scan_centres)
-        valid.append(scan_valid)
-    return CacheIndex(root=root, subject_ids=tuple(ids), image_paths=tuple(images), centres=np.stack(centres),
-                      valid=np.stack(valid), atlas_id=atlas.atlas_id)
+    return qa_files
+
+
+def read_cache_scan(qa_path: str | Path, atlas: AtlasLandmarks) -> CacheScan:
+    """Check one scan's ``_qa.json`` against ``atlas`` and read its landmark arrays (not the image).
+
+    Raises:
+        InputError: another format or atlas, a missing image, or landmark arrays of the wrong shape.
+    """
+    qa_path = Path(qa_path)
+    scan_id, folder = qa_path.parent.name, qa_path.parent
+    qa = _read_json(qa_path)
+    if qa.get("format") != CACHE_FORMAT:
+        raise InputError(qa_path, f"format is {qa.get('format')!r}, expected {CACHE_FORMAT!r}")
+    scan_atlas = qa_atlas_id(qa)
+    if scan_atlas != atlas.atlas_id:
+        raise InputError(qa_path, f"scan was registered to atlas {scan_atlas!r}, but atlas {atlas.atlas_id!r} ({atlas.source}) is in use")
+    centres = _load_small(folder / f"{scan_id}_landmarks.npy", (atlas.n_landmarks, 3)).astype(np.int32)
+    valid = _load_small(folder / f"{scan_id}_valid.npy", (atlas.n_landmarks,)).astype(bool)
+    image = folder / f"{scan_id}_image.npy"
+    if not image.is_file():
+        raise InputError(image, "not found beside its _qa.json")
+    return CacheScan(scan_id, image, centres, valid)
+
+
+def open_cache(cache_dir: str | Path, atlas: AtlasLandmarks) -> CacheIndex:
+    """Index the complete scans of ``cache_dir`` (those with ``_qa.json``) and check them against ``atlas``."""
+    scans = [read_cache_scan(qa_path, atlas) for qa_path in complete_scans(cache_dir)]
+    return CacheIndex(root=Path(cache_dir), subject_ids=tuple(s.scan_id for s in scans), image_paths=tuple(s.image_path for s in scans),
+                      centres=np.stack([s.centres for s in scans]), valid=np.stack([s.valid for s in scans]), atlas_id=atlas.atlas_id)
 
 
 def qa_atlas_id(qa: dict[str, Any]) -> str | None:

@@ -12,7 +12,11 @@ import torch
 
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.embed.cohort import EmbedSettings, cache_inputs, embed_cohort
-from drasclr_monailabel.embed.store import load_embeddings, load_landmark_embeddings, read_scan
+from drasclr_monailabel.embed.store import (
+    load_embeddings,
+    load_landmark_embeddings,
+    read_scan,
+)
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.ssl.cache import read_atlas_landmarks
@@ -87,7 +91,7 @@ def test_rerun_skips_scans_of_the_same_encoder_and_redoes_another(grid_encoder, 
 
 def test_max_landmarks_embeds_the_same_evenly_spread_landmarks(grid_encoder, synthetic_cache, synthetic_atlas, tmp_path):
     assert embed(grid_encoder, synthetic_cache, synthetic_atlas, tmp_path / "emb", "--max-landmarks", "5") == 0
-    _, landmarks, valid = load_landmark_embeddings(tmp_path / "emb")
+    _, _, valid = load_landmark_embeddings(tmp_path / "emb")
     assert (valid.sum(axis=1) == 5).all()
     ids, _, metadata = load_embeddings(tmp_path / "emb")
     assert metadata["max_landmarks"] == 5
@@ -141,3 +145,16 @@ def test_bad_inputs_give_one_line_and_exit_2(arguments, expected, grid_encoder, 
                  "--device", "cpu", "--no-progress", *filled])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and expected in error
+
+
+def test_random_init_baseline_has_the_architecture_and_seeded_weights(grid_encoder, synthetic_cache, synthetic_atlas, tmp_path):
+    assert embed(grid_encoder, synthetic_cache, synthetic_atlas, tmp_path / "trained") == 0
+    for name in ("a", "b"):
+        assert embed(grid_encoder, synthetic_cache, synthetic_atlas, tmp_path / name, "--random-init", "7") == 0
+    trained, a, b = (load_embeddings(tmp_path / name) for name in ("trained", "a", "b"))
+    assert a[1].shape == trained[1].shape and not np.allclose(a[1], trained[1])
+    np.testing.assert_array_equal(a[1], b[1])  # the same seed, the same baseline
+    assert a[2]["encoder"]["training"] == {"random_init": {"seed": 7, "architecture_of": str(grid_encoder.resolve())}}
+    second = embed_cohort(grid_encoder, cache_inputs(synthetic_cache), tmp_path / "a",
+                          EmbedSettings(atlas_dir=synthetic_atlas, random_init=7, progress=False))
+    assert (second.done, second.skipped) == (0, 6)

@@ -31,6 +31,7 @@ relative to the folder the server is started from. ``DRASCLR_PRETRAINED`` overri
 STATE_DIR = ".drasclr"
 """Folder inside a local studies folder that holds the app's state (model, caches, label history)."""
 
+BACKENDS = ("native", "nnunet")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _NO_ENCODER = ("none", "scratch", "")
 
@@ -41,6 +42,11 @@ class AppConf:
 
     Attributes:
         models: comma-separated subset of :data:`MODELS` to serve.
+        backend: what serves the ``emphysema`` model: ``native`` (the DrasCLR segmentation network,
+            fine-tuned in the app) or ``nnunet`` (a trained nnU-Net model folder, infer only:
+            nnU-Net trains outside the app on a ``drasclr export-nnunet`` dataset).
+        nnunet_model: the nnU-Net model folder for ``backend nnunet``
+            (``nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>``).
         pretrained: exported DrasCLR encoder folder (``encoder.pt`` + ``encoder.json``); ``auto``
             uses :data:`DEFAULT_PRETRAINED` when it exists, ``none`` trains from scratch.
         labels: ``emphysema`` (binary) or ``centrilobular,panlobular,paraseptal`` (label values 1, 2, 3).
@@ -67,6 +73,8 @@ class AppConf:
     """
 
     models: list[str] = field(default_factory=lambda: list(MODELS))
+    backend: str = "native"
+    nnunet_model: Path | None = None
     pretrained: str = "auto"
     labels: list[str] = field(default_factory=lambda: ["emphysema"])
     device: str = "auto"
@@ -194,6 +202,7 @@ def _check_ranges(conf: AppConf) -> None:
     unknown = [m for m in conf.models if m not in MODELS]
     if unknown or not conf.models:
         raise ConfigError(SOURCE, f"'models' must name some of {', '.join(MODELS)}, got {','.join(conf.models) or 'nothing'}")
+    _check_backend(conf)
     try:
         LabelSet(tuple(conf.labels))
     except ValueError as exc:
@@ -207,6 +216,17 @@ def _check_ranges(conf: AppConf) -> None:
         if getattr(conf, key) < low:
             raise ConfigError(SOURCE, f"'{key}' must be at least {low}, got {getattr(conf, key)}")
     check_training_options(training_overrides(conf))
+
+
+def _check_backend(conf: AppConf) -> None:
+    if conf.backend not in BACKENDS:
+        raise ConfigError(SOURCE, f"'backend' must be one of {', '.join(BACKENDS)}, got {conf.backend!r}")
+    if conf.backend == "nnunet" and conf.nnunet_model is None:
+        raise ConfigError(SOURCE, "'backend' nnunet needs --conf nnunet_model <nnU-Net model folder>")
+    if conf.backend == "native" and conf.nnunet_model is not None:
+        raise ConfigError(SOURCE, "'nnunet_model' is only used with --conf backend nnunet")
+    if conf.nnunet_model is not None and not (conf.nnunet_model / "dataset.json").is_file():
+        raise ConfigError(SOURCE, f"'nnunet_model': {conf.nnunet_model} is not a trained nnU-Net model folder (no dataset.json)")
 
 
 def _resolve_pretrained(value: str) -> tuple[Path | None, str]:

@@ -16,8 +16,9 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
+from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.io.volume import CTVolume
-from drasclr_monailabel.tasks.conf import ResolvedConf
+from drasclr_monailabel.tasks.conf import SOURCE, ResolvedConf
 from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_sha256
 from drasclr_monailabel.tasks.infer import EmphysemaInferTask, LaaInferTask, LungInferTask, LungMaskCache
 from drasclr_monailabel.tasks.model_store import ModelStore
@@ -51,8 +52,11 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
 
     ``diversity``, ``hybrid`` and the ``embedding`` scoring need a pretrained encoder (a random
     encoder's embeddings would rank scans by noise); without one only ``epistemic`` is offered.
+    With ``backend nnunet`` the model is served by :func:`nnunet_emphysema_tasks` instead.
     """
     conf = resolved.conf
+    if conf.backend == "nnunet":
+        return nnunet_emphysema_tasks(resolved, lung_cache)
     store = ModelStore(resolved.model_dir)
     infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, conf.epistemic_windows)
     trainer = None if conf.skip_training else EmphysemaTrainTask(resolved, store)
@@ -62,15 +66,46 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
     tasks.scoring["epistemic"] = EpistemicScoring(infer.epistemic_score, store.version, conf.epistemic_samples,
                                                   conf.epistemic_max_images)
     tasks.strategies["epistemic"] = EpistemicStrategy(store.version, conf.reserve_seconds)
+    cache = _add_diversity(resolved, tasks)
+    if cache is not None:
+        tasks.strategies["hybrid"] = HybridStrategy(store.version, cache, conf.reserve_seconds)
+    return tasks
+
+
+def nnunet_emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelTasks:
+    """Infer by a trained nnU-Net model folder; ``diversity`` when a pretrained encoder is set.
+
+    There is no trainer (nnU-Net trains outside the app on a ``drasclr export-nnunet`` dataset) and
+    no MC-dropout uncertainty (nnU-Net networks have no dropout), so no ``epistemic``/``hybrid``.
+
+    Raises:
+        ConfigError: the model's labels (its dataset.json) differ from the app's ``labels``.
+    """
+    from drasclr_monailabel.tasks.nnunet_infer import NnunetInferTask
+
+    conf = resolved.conf
+    assert conf.nnunet_model is not None
+    infer = NnunetInferTask(conf.nnunet_model, resolved.device, lung_cache)
+    if infer.labels != resolved.labels:
+        raise ConfigError(SOURCE, f"'nnunet_model' {conf.nnunet_model} segments {infer.labels}, but the app's "
+                                  f"labels are {resolved.labels} (set --conf labels to match)")
+    logger.info("emphysema model served by nnU-Net from %s (infer only: train it with nnUNetv2_train)", conf.nnunet_model)
+    tasks = ModelTasks(infer=infer)
+    if not conf.skip_scoring:
+        _add_diversity(resolved, tasks)
+    return tasks
+
+
+def _add_diversity(resolved: ResolvedConf, tasks: ModelTasks) -> EmbeddingCache | None:
+    """Add the ``embedding`` scoring and ``diversity`` strategy; return their cache (None without an encoder)."""
     if resolved.pretrained is None:
         logger.info("diversity and hybrid strategies are off: they need a pretrained encoder")
-        return tasks
+        return None
     embedder = PatientEmbedder(resolved)
     cache = EmbeddingCache(resolved.cache_dir, embedder.key)
     tasks.scoring["embedding"] = EmbeddingScoring(embedder, cache)
-    tasks.strategies["diversity"] = DiversityStrategy(cache, conf.reserve_seconds)
-    tasks.strategies["hybrid"] = HybridStrategy(store.version, cache, conf.reserve_seconds)
-    return tasks
+    tasks.strategies["diversity"] = DiversityStrategy(cache, resolved.conf.reserve_seconds)
+    return cache
 
 
 class PatientEmbedder:

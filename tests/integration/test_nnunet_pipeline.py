@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,21 +105,39 @@ def test_nnunet_predict_writes_labels_on_the_input_grid(trained, exported, envir
     assert set(np.unique(sitk.GetArrayFromImage(predicted))) <= {0, 1}
 
 
-def test_app_infer_task_serves_the_nnunet_model(trained, work, monkeypatch) -> None:
-    from drasclr_monailabel.io.readers import read_ct
-    from drasclr_monailabel.tasks.infer import LungMaskCache
-    from drasclr_monailabel.tasks.nnunet_infer import NnunetInferTask
+def test_app_serves_the_nnunet_model_with_backend_nnunet(trained, work, monkeypatch) -> None:
+    """``--conf backend nnunet --conf nnunet_model <folder>``: /info/ and /infer/emphysema through MONAI Label."""
+    from tests.fixtures.app import in_process_app
+    from tests.integration.test_app_inprocess import infer_all
 
     folder, _ = trained
-    monkeypatch.setenv("nnUNet_extTrainer", "")
-    task = NnunetInferTask(folder, "cpu", LungMaskCache())
-    assert task.is_valid() and task.labels == {"emphysema": 1}
-    image = work / "cohort" / "images" / "new.nii.gz"
-    result_file, result = task({"image": str(image)})
-    assert set(result) == {"label_names", "quantification", "model", "latencies"}
-    assert result["model"]["backend"] == "nnunet" and result["model"]["folds"] == ["fold_0"]
-    assert {"whole", "right", "left"} <= set(result["quantification"]["regions"])
-    labels = sitk.ReadImage(result_file)
-    volume = read_ct(image)
-    assert labels.GetSize() == volume.shape_xyz and np.allclose(labels.GetOrigin(), volume.origin)
-    Path(result_file).unlink()
+    monkeypatch.setenv("nnUNet_extTrainer", "")  # the infer task must find our trainers by itself
+    studies = work / "studies"
+    studies.mkdir(exist_ok=True)
+    image = studies / "new.nii.gz"
+    shutil.copy(work / "cohort" / "images" / "new.nii.gz", image)
+    conf = {"backend": "nnunet", "nnunet_model": str(folder), "pretrained": "none", "device": "cpu"}
+    with in_process_app(studies, conf) as client:
+        info = client.get("/info/").json()
+        assert {"emphysema", "lung", "emphysema_laa"} <= set(info["models"])
+        assert "emphysema" not in info["trainers"]  # nnU-Net trains outside the app
+        params, labels = infer_all(client, "emphysema", "new")
+    assert params["label_names"] == {"emphysema": 1}
+    assert params["model"]["backend"] == "nnunet" and params["model"]["folds"] == ["fold_0"]
+    assert {"whole", "right", "left"} <= set(params["quantification"]["regions"])
+    source = sitk.ReadImage(str(image))
+    assert labels.shape == sitk.GetArrayFromImage(source).shape and set(np.unique(labels)) <= {0, 1}
+
+
+def test_app_refuses_an_nnunet_model_with_other_labels(trained) -> None:
+    from drasclr_monailabel.errors import ConfigError
+    from drasclr_monailabel.tasks.conf import parse_app_conf, resolve_app_conf
+    from drasclr_monailabel.tasks.factory import emphysema_tasks
+    from drasclr_monailabel.tasks.infer import LungMaskCache
+
+    folder, _ = trained
+    conf = parse_app_conf({"backend": "nnunet", "nnunet_model": str(folder), "pretrained": "none", "device": "cpu",
+                           "labels": "centrilobular,panlobular,paraseptal"})
+    resolved = resolve_app_conf(conf, folder, str(folder))
+    with pytest.raises(ConfigError, match=r"segments .*emphysema.*\(set --conf labels to match\)"):
+        emphysema_tasks(resolved, LungMaskCache())

@@ -41,6 +41,10 @@ def test_defaults_serve_every_model():
     ({"labels": "../x"}, "labels"),
     ({"epistemic_samples": "1"}, "epistemic_samples"),
     ({"amp": "sometimes"}, "amp"),
+    ({"backend": "monai"}, "backend"),
+    ({"backend": "nnunet"}, "nnunet_model"),
+    ({"nnunet_model": "/tmp"}, "nnunet_model"),
+    ({"backend": "nnunet", "nnunet_model": "/nonexistent/model"}, "nnunet_model"),
     ({"patch_size": "48"}, "patch_size"),
 ])
 def test_bad_options_are_refused_naming_the_key(raw, named):

@@ -1,9 +1,9 @@
 """Cross-validated linear probes of patient embeddings against phenotypes (docs/embeddings.md).
 
-Tasks: regression (ridge; R^2 and Pearson r), classification (logistic, binary 0/1; ROC AUC and
-accuracy) and survival (L2-penalised Cox model; Harrell's C-index; --target names the event
-column, --time the follow-up column). Without --task, a 0/1 column is a classification target and
-any other a regression target. Features are standardised inside each training fold; the penalty
+Tasks: regression (ridge; R^2 and Pearson r), classification (logistic, binary or categorical;
+ROC AUC, one-vs-rest macro for more than two classes, and accuracy) and survival (L2-penalised Cox model; Harrell's C-index; --target names the event
+column, --time the follow-up column). Without --task, a 0/1 column or a column with text (e.g. the
+manifest's subtype) is a classification target and any other a regression target. Features are standardised inside each training fold; the penalty
 is chosen by an inner cross-validation on that fold; outer folds are seeded (stratified by class or
 event). Results: mean ± standard deviation over the outer folds and the pooled out-of-fold value.
 

@@ -1,7 +1,8 @@
 """Read a phenotype table and line it up with the embedding ids.
 
 The table is a CSV with an id column (default ``id``) and one column per phenotype; the synthetic
-cohort's ``manifest.csv`` works as it is (``severity``, ``laa950``, ``survival_time``, ``event``).
+cohort's ``manifest.csv`` works as it is (``severity``, ``laa950``, ``survival_time``, ``event``,
+and the categorical ``subtype``).
 Every embedded id must have a row (a table for another cohort, or ids spelled differently, is
 refused rather than silently probing a subset); extra rows are ignored. Empty cells are missing
 values: those subjects are left out of that target's probe.
@@ -17,11 +18,11 @@ import numpy as np
 from drasclr_monailabel.errors import InputError
 
 
-def read_phenotypes(path: str | Path, ids: np.ndarray, columns: list[str], id_column: str = "id") -> dict[str, np.ndarray]:
-    """float64 (N,) values of each of ``columns`` in the order of ``ids`` (NaN where empty).
+def read_phenotype_text(path: str | Path, ids: np.ndarray, columns: list[str], id_column: str = "id") -> dict[str, np.ndarray]:
+    """The stripped cells (str, ``""`` where empty) of each of ``columns`` in the order of ``ids``.
 
     Raises:
-        InputError: unreadable CSV, a missing column, ids without a row, or a non-numeric value.
+        InputError: unreadable CSV, a missing column, or ids without a row.
     """
     path = Path(path)
     try:
@@ -39,15 +40,30 @@ def read_phenotypes(path: str | Path, ids: np.ndarray, columns: list[str], id_co
         shown = ", ".join(absent[:3]) + (", ..." if len(absent) > 3 else "")
         raise InputError(path, f"has no row for {len(absent)} of the {len(ids)} embedded ids ({shown}); "
                                f"column {id_column!r} must hold the same ids as the embeddings")
-    values = {}
-    for column in columns:
-        out = np.full(len(ids), np.nan)
-        for k, scan_id in enumerate(ids):
-            text = (by_id[str(scan_id)][column] or "").strip()
-            if text:
-                try:
-                    out[k] = float(text)
-                except ValueError:
-                    raise InputError(path, f"column {column!r} holds {text!r} for id {scan_id!r}, not a number") from None
-        values[column] = out
-    return values
+    return {column: np.array([(by_id[str(i)][column] or "").strip() for i in ids], dtype=object) for column in columns}
+
+
+def is_numeric(cells: np.ndarray) -> bool:
+    """True when every non-empty cell reads as a number."""
+    try:
+        [float(cell) for cell in cells if cell]
+    except ValueError:
+        return False
+    return True
+
+
+def as_numbers(path: str | Path, column: str, ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """float64 (N,) of ``cells``, NaN where empty.
+
+    Raises:
+        InputError: a cell that is not a number, named with its id.
+    """
+    out = np.full(len(cells), np.nan)
+    for k, text in enumerate(cells):
+        if text:
+            try:
+                out[k] = float(text)
+            except ValueError:
+                raise InputError(path, f"column {column!r} holds {text!r} for id {ids[k]!r}, not a number") from None
+    return out
+

@@ -42,11 +42,28 @@ def regression_plot(path: str | Path, target_name: str, truth: np.ndarray, resul
     write_with(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def classification_plot(path: str | Path, target_name: str, labels: np.ndarray, result: ProbeResult) -> None:
-    """ROC curve of the out-of-fold probabilities."""
+def classification_plot(path: str | Path, target_name: str, labels: np.ndarray, result: ProbeResult,
+                        class_names: list[str] | None = None) -> None:
+    """ROC curve of the out-of-fold probabilities (two classes), or the confusion matrix of the
+    out-of-fold most probable classes (more)."""
     from sklearn.metrics import roc_curve
 
     figure, ax = _figure()
+    if class_names is not None and len(class_names) > 2:
+        k = len(class_names)
+        counts = np.zeros((k, k), dtype=int)
+        np.add.at(counts, (labels.astype(int), result.predictions.astype(int)), 1)
+        ax.imshow(counts, cmap="Blues")
+        for (row, column), count in np.ndenumerate(counts):
+            ax.text(column, row, str(count), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(k), class_names, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        ax.set_xlabel("predicted (out of fold)")
+        ax.set_ylabel("true")
+        ax.set_title(f"{target_name}: {_headline(result, 'auc')}", fontsize=9)
+        figure.tight_layout()
+        write_with(path, lambda tmp: figure.savefig(tmp, format="png"))
+        return
     false_positive, true_positive, _ = roc_curve(labels.astype(int), result.predictions)
     ax.plot(false_positive, true_positive, drawstyle="steps-post")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--")

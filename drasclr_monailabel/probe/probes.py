@@ -94,23 +94,29 @@ def ridge_probe(features: np.ndarray, target: np.ndarray, splits: Splits) -> Pro
 
 
 def logistic_probe(features: np.ndarray, labels: np.ndarray, splits: Splits) -> ProbeResult:
-    """L2 logistic regression of binary ``labels`` (n,); C by inner stratified CV minimising the log
-    loss (a proper score: AUC is the same for many C and would pick the most shrunk, uncalibrated
-    model). Metrics: ROC AUC and accuracy (threshold 0.5)."""
+    """L2 logistic regression of class ``labels`` (n,) 0 .. K-1 (binary, or multinomial for K > 2); C by
+    inner stratified CV minimising the log loss (a proper score: AUC is the same for many C and
+    would pick the most shrunk, uncalibrated model). Metrics: ROC AUC (K > 2: one-vs-rest, macro
+    average) and accuracy of the most probable class.
+
+    ``predictions`` is the probability of class 1 when K = 2, else the most probable class.
+    """
     labels = np.asarray(labels).astype(int)
-    probability, fold_of, strengths = np.zeros(len(labels)), np.zeros(len(labels), dtype=int), []
+    n_classes = int(labels.max()) + 1
+    probability, fold_of, strengths = np.zeros((len(labels), n_classes)), np.zeros(len(labels), dtype=int), []
     metrics: dict[str, list[float]] = {"auc": [], "accuracy": []}
     for number, (train, test) in enumerate(splits):
         inner = StratifiedKFold(_inner_folds(labels[train]), shuffle=True, random_state=number)
         classifier = LogisticRegressionCV(Cs=LOGISTIC_CS, l1_ratios=(0.0,), cv=inner, scoring="neg_log_loss", max_iter=5000,
                                           use_legacy_attributes=False)
         model = make_pipeline(StandardScaler(), classifier).fit(features[train], labels[train])
-        probability[test], fold_of[test] = model.predict_proba(features[test])[:, 1], number
-        strengths.append(float(model[-1].C_))
+        probability[np.ix_(test, model[-1].classes_)], fold_of[test] = model.predict_proba(features[test]), number
+        strengths.append(float(np.ravel(model[-1].C_)[0]))
         metrics["auc"].append(_auc(labels[test], probability[test]))
-        metrics["accuracy"].append(float(accuracy_score(labels[test], probability[test] >= 0.5)))
-    pooled = {"auc": _auc(labels, probability), "accuracy": float(accuracy_score(labels, probability >= 0.5))}
-    return ProbeResult("classification", len(labels), metrics, pooled, probability, fold_of, strengths)
+        metrics["accuracy"].append(float(accuracy_score(labels[test], probability[test].argmax(axis=1))))
+    pooled = {"auc": _auc(labels, probability), "accuracy": float(accuracy_score(labels, probability.argmax(axis=1)))}
+    predictions = probability[:, 1] if n_classes == 2 else probability.argmax(axis=1).astype(np.float64)
+    return ProbeResult("classification", len(labels), metrics, pooled, predictions, fold_of, strengths)
 
 
 def cox_probe(features: np.ndarray, time: np.ndarray, event: np.ndarray, splits: Splits) -> ProbeResult:
@@ -161,5 +167,12 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(pearsonr(a, b).statistic)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+def _auc(labels: np.ndarray, probability: np.ndarray) -> float:
+    """ROC AUC of class probabilities (n, K): class 1's for K = 2, else one-vs-rest macro over the
+    classes present (NaN when fewer than two are)."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probability.shape[1] == 2:
+        return float(roc_auc_score(labels, probability[:, 1]))
+    return float(np.mean([roc_auc_score(labels == k, probability[:, k]) for k in present]))

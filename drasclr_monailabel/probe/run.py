@@ -18,7 +18,11 @@ import numpy as np
 import drasclr_monailabel
 from drasclr_monailabel.embed.store import load_embeddings
 from drasclr_monailabel.errors import ConfigError, InputError
-from drasclr_monailabel.probe.phenotypes import read_phenotypes
+from drasclr_monailabel.probe.phenotypes import (
+    as_numbers,
+    is_numeric,
+    read_phenotype_text,
+)
 from drasclr_monailabel.probe.plots import (
     classification_plot,
     regression_plot,
@@ -38,9 +42,22 @@ TASKS = ("regression", "classification", "survival")
 
 
 def infer_task(values: np.ndarray) -> str:
-    """``classification`` for values that are all 0 or 1, else ``regression`` (survival is never guessed)."""
+    """``classification`` for numbers that are all 0 or 1, else ``regression`` (survival is never
+    guessed; a column with text is always classification, see :func:`class_names`)."""
     finite = values[np.isfinite(values)]
     return "classification" if finite.size and np.isin(finite, (0.0, 1.0)).all() else "regression"
+
+
+def class_names(cells: np.ndarray) -> list[str]:
+    """The distinct non-empty values of a class column, numbers in numeric order (so 0 / 1 stays 0 / 1), else sorted."""
+    names = sorted({cell for cell in cells if cell})
+    return sorted(names, key=float) if is_numeric(np.array(names, dtype=object)) else names
+
+
+def encode_classes(cells: np.ndarray, names: list[str]) -> np.ndarray:
+    """float64 (N,) class index of each cell in ``names``, NaN where empty."""
+    index = {name: k for k, name in enumerate(names)}
+    return np.array([index[cell] if cell else np.nan for cell in cells], dtype=np.float64)
 
 
 def probe_target(features: np.ndarray, target: np.ndarray, task: str, folds: int, seed: int, name: str,
@@ -53,9 +70,8 @@ def probe_target(features: np.ndarray, target: np.ndarray, task: str, folds: int
     keep = np.isfinite(target) & (np.isfinite(time) if time is not None else True)
     rows = np.flatnonzero(keep)
     x, y = features[rows], target[rows]
-    if task in ("classification", "survival") and not np.isin(y, (0.0, 1.0)).all():
-        what = "class labels" if task == "classification" else "event indicators"
-        raise ConfigError(f"--target {name}", f"{task} needs {what} 0 / 1, found values such as {sorted(set(y.tolist()) - {0.0, 1.0})[:3]}")
+    if task == "survival" and not np.isin(y, (0.0, 1.0)).all():
+        raise ConfigError(f"--target {name}", f"survival needs event indicators 0 / 1, found values such as {sorted(set(y.tolist()) - {0.0, 1.0})[:3]}")
     _check_counts(name, task, y, folds)
     splits = make_splits(len(y), folds, seed, strata=y.astype(int) if task != "regression" else None)
     if task == "regression":
@@ -71,9 +87,10 @@ def _check_counts(name: str, task: str, y: np.ndarray, folds: int) -> None:
     """Every outer fold needs two subjects (regression), one of each class, or one event."""
     if task == "regression" and len(y) < 2 * folds:
         raise ConfigError(f"--target {name}", f"has {len(y)} subjects with a value; --folds {folds} needs at least {2 * folds}")
-    if task == "classification" and min(int(np.sum(y == 0)), int(np.sum(y == 1))) < folds:
-        raise ConfigError(f"--target {name}", f"has {int(np.sum(y == 0))} subjects of class 0 and {int(np.sum(y == 1))} of class 1; "
-                                f"--folds {folds} needs at least {folds} of each")
+    counts = np.bincount(y.astype(int)) if task == "classification" else np.zeros(0)
+    if task == "classification" and (len(counts) < 2 or counts.min() < folds):
+        shown = ", ".join(f"{int(c)} of class {k}" for k, c in enumerate(counts))
+        raise ConfigError(f"--target {name}", f"has {shown}; --folds {folds} needs at least two classes and {folds} of each")
     if task == "survival" and int(y.sum()) < folds:
         raise ConfigError(f"--target {name}", f"has {int(y.sum())} events; --folds {folds} needs at least {folds}")
 
@@ -92,7 +109,10 @@ def run_probe(embeddings: str | Path, phenotypes: str | Path, targets: list[str]
     if not np.isfinite(features).all():
         raise InputError(embeddings, "holds NaN or infinite patient embeddings")
     columns = list(dict.fromkeys(targets + ([time_column] if task == "survival" else [])))
-    table = read_phenotypes(phenotypes, ids, columns, id_column)
+    text = read_phenotype_text(phenotypes, ids, columns, id_column)
+    classes = {name: class_names(text[name]) for name in targets if task == "classification" or not is_numeric(text[name])}
+    table = {name: encode_classes(cells, classes[name]) if name in classes else as_numbers(phenotypes, name, ids, cells)
+             for name, cells in text.items()}
     out_dir = Path(out_dir)
     report: dict[str, Any] = {
         "format": PROBE_FORMAT, "embeddings": str(Path(embeddings).resolve()), "phenotypes": str(Path(phenotypes).resolve()),
@@ -106,7 +126,7 @@ def run_probe(embeddings: str | Path, phenotypes: str | Path, targets: list[str]
     writer = csv.writer(predictions, lineterminator="\n")
     writer.writerow(["id", "target", "task", "fold", "true", "predicted"])
     for name in targets:
-        target_task = task or infer_task(table[name])
+        target_task = "classification" if name in classes else task or infer_task(table[name])
         time = table[time_column] if target_task == "survival" else None
         result, rows = probe_target(features, table[name], target_task, folds, seed, name, time)
         truth = table[name][rows]
@@ -114,10 +134,11 @@ def run_probe(embeddings: str | Path, phenotypes: str | Path, targets: list[str]
         if target_task == "regression":
             regression_plot(plot, name, truth, result)
         elif target_task == "classification":
-            classification_plot(plot, name, truth, result)
+            classification_plot(plot, name, truth, result, classes.get(name))
         else:
             survival_plot(plot, name, time[rows], truth, result)
-        report["targets"][name] = {**result.summary(), "plot": plot.name, **({"time_column": time_column} if time is not None else {})}
+        report["targets"][name] = {**result.summary(), "plot": plot.name, **({"time_column": time_column} if time is not None else {}),
+                                   **({"classes": classes[name]} if name in classes else {})}
         for row, fold, value, predicted in zip(rows, result.fold_of, truth, result.predictions):
             writer.writerow([ids[row], name, target_task, int(fold), f"{value:g}", f"{predicted:.6g}"])
     write_text(out_dir / "predictions.csv", predictions.getvalue())

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from drasclr_monailabel.cli.main import main
-from drasclr_monailabel.probe.probes import cox_probe, logistic_probe, make_splits, ridge_probe
+from drasclr_monailabel.probe.probes import (
+    cox_probe,
+    logistic_probe,
+    make_splits,
+    ridge_probe,
+)
 from drasclr_monailabel.probe.survival import (
     cox_fit,
     cox_negative_log_likelihood,
@@ -117,10 +122,11 @@ def probe_inputs(tmp_path: Path) -> tuple[Path, Path]:
     np.savez(tmp_path / "emb.npz", ids=ids, embeddings=x)
     with open(tmp_path / "phenotypes.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "severity", "copd", "survival_time", "event", "note"])
+        writer.writerow(["id", "severity", "copd", "grade", "survival_time", "event", "note"])
         for k in range(40):
-            writer.writerow([ids[k], f"{severity[k]:.3f}", int(severity[k] > 10), f"{time[k]:.3f}", event[k], "x"])
-        writer.writerow(["not_embedded", "1.0", "0", "1.0", "1", "extra rows are ignored"])
+            grade = "mild" if severity[k] < 7 else "moderate" if severity[k] < 13 else "severe"
+            writer.writerow([ids[k], f"{severity[k]:.3f}", int(severity[k] > 10), grade, f"{time[k]:.3f}", event[k], "x"])
+        writer.writerow(["not_embedded", "1.0", "0", "mild", "1.0", "1", "extra rows are ignored"])
     return tmp_path / "emb.npz", tmp_path / "phenotypes.csv"
 
 
@@ -155,7 +161,7 @@ def test_same_seed_same_folds_and_result(probe_inputs, tmp_path):
     (["--target", "fev1"], "has no column 'fev1'"),
     (["--target", "severity", "--id-column", "note"], "has no row for 40 of the 40 embedded ids"),
     (["--target", "severity", "--task", "survival"], "event indicators 0 / 1"),
-    (["--target", "copd", "--folds", "30"], "needs at least 30 of each"),
+    (["--target", "copd", "--folds", "30"], "and 30 of each"),
 ])
 def test_bad_phenotypes_give_one_line_and_exit_2(arguments, expected, probe_inputs, tmp_path, capsys):
     embeddings, phenotypes = probe_inputs
@@ -173,3 +179,15 @@ def test_ids_that_do_not_match_are_refused(probe_inputs, tmp_path, capsys):
                  "--out", str(tmp_path / "p")]) == 2
     error = capsys.readouterr().err
     assert str(phenotypes) in error and "case00" in error
+
+
+def test_a_text_column_is_a_categorical_target(probe_inputs, tmp_path):
+    embeddings, phenotypes = probe_inputs
+    assert main(["probe", "--embeddings", str(embeddings), "--phenotypes", str(phenotypes), "--target", "grade",
+                 "--folds", "3", "--out", str(tmp_path / "p")]) == 0
+    block = json.loads((tmp_path / "p" / "probe.json").read_text())["targets"]["grade"]
+    assert block["task"] == "classification" and block["classes"] == ["mild", "moderate", "severe"]
+    assert block["pooled"]["auc"] > 0.8 and block["pooled"]["accuracy"] > 0.6  # chance: AUC 0.5, accuracy about 1/3
+    with open(tmp_path / "p" / "predictions.csv", newline="") as fh:
+        predicted = {row["predicted"] for row in csv.DictReader(fh)}
+    assert predicted <= {"0", "1", "2"} and (tmp_path / "p" / "grade.png").stat().st_size > 0

@@ -61,8 +61,11 @@ def encode_classes(cells: np.ndarray, names: list[str]) -> np.ndarray:
 
 
 def probe_target(features: np.ndarray, target: np.ndarray, task: str, folds: int, seed: int, name: str,
-                 time: np.ndarray | None = None) -> tuple[ProbeResult, np.ndarray]:
+                 time: np.ndarray | None = None, classes: list[str] | None = None) -> tuple[ProbeResult, np.ndarray]:
     """Run one probe on the subjects with a value; returns the result and their row numbers.
+
+    ``target`` is float (N,) with NaN where missing (classification: class indices; survival: the
+    event 0 / 1, with ``time``); ``classes`` names the class indices in error messages.
 
     Raises:
         ConfigError: too few subjects, classes or events for ``folds``.
@@ -72,7 +75,7 @@ def probe_target(features: np.ndarray, target: np.ndarray, task: str, folds: int
     x, y = features[rows], target[rows]
     if task == "survival" and not np.isin(y, (0.0, 1.0)).all():
         raise ConfigError(f"--target {name}", f"survival needs event indicators 0 / 1, found values such as {sorted(set(y.tolist()) - {0.0, 1.0})[:3]}")
-    _check_counts(name, task, y, folds)
+    _check_counts(name, task, y, folds, classes)
     splits = make_splits(len(y), folds, seed, strata=y.astype(int) if task != "regression" else None)
     if task == "regression":
         return ridge_probe(x, y, splits), rows
@@ -83,13 +86,13 @@ def probe_target(features: np.ndarray, target: np.ndarray, task: str, folds: int
     return cox_probe(x, time[rows], y, splits), rows
 
 
-def _check_counts(name: str, task: str, y: np.ndarray, folds: int) -> None:
+def _check_counts(name: str, task: str, y: np.ndarray, folds: int, classes: list[str] | None = None) -> None:
     """Every outer fold needs two subjects (regression), one of each class, or one event."""
     if task == "regression" and len(y) < 2 * folds:
         raise ConfigError(f"--target {name}", f"has {len(y)} subjects with a value; --folds {folds} needs at least {2 * folds}")
     counts = np.bincount(y.astype(int)) if task == "classification" else np.zeros(0)
     if task == "classification" and (len(counts) < 2 or counts.min() < folds):
-        shown = ", ".join(f"{int(c)} of class {k}" for k, c in enumerate(counts))
+        shown = ", ".join(f"{int(c)} of class {classes[k] if classes else k}" for k, c in enumerate(counts))
         raise ConfigError(f"--target {name}", f"has {shown}; --folds {folds} needs at least two classes and {folds} of each")
     if task == "survival" and int(y.sum()) < folds:
         raise ConfigError(f"--target {name}", f"has {int(y.sum())} events; --folds {folds} needs at least {folds}")
@@ -128,7 +131,7 @@ def run_probe(embeddings: str | Path, phenotypes: str | Path, targets: list[str]
     for name in targets:
         target_task = "classification" if name in classes else task or infer_task(table[name])
         time = table[time_column] if target_task == "survival" else None
-        result, rows = probe_target(features, table[name], target_task, folds, seed, name, time)
+        result, rows = probe_target(features, table[name], target_task, folds, seed, name, time, classes.get(name))
         truth = table[name][rows]
         plot = out_dir / f"{name}.png"
         if target_task == "regression":

@@ -158,3 +158,21 @@ def test_random_init_baseline_has_the_architecture_and_seeded_weights(grid_encod
     second = embed_cohort(grid_encoder, cache_inputs(synthetic_cache), tmp_path / "a",
                           EmbedSettings(atlas_dir=synthetic_atlas, random_init=7, progress=False))
     assert (second.done, second.skipped) == (0, 6)
+
+
+def test_joint2d3d_encoder_writes_slices_volumes_and_the_same_patient_format(tiny_recipe, phantom_volume_dir, tmp_path, capsys):
+    from drasclr_monailabel.ssl.joint2d3d.embed import embed_volume
+    from drasclr_monailabel.ssl.trainer import run_pretraining
+
+    assert run_pretraining(tiny_recipe(), phantom_volume_dir, tmp_path / "run").completed
+    arguments = ["embed", "--encoder", str(tmp_path / "run"), str(phantom_volume_dir), "--device", "cpu", "--no-progress"]
+    assert main([*arguments, "--out", str(tmp_path / "emb")]) == 0
+    ids, patient, metadata = load_embeddings(tmp_path / "emb")
+    assert ids.tolist() == ["phantom0", "phantom1", "phantom2"] and patient.shape == (3, 32)
+    assert metadata["method"] == "joint2d3d" and metadata["max_landmarks"] is None
+    record = read_scan(tmp_path / "emb" / "scans" / "phantom1.npz")
+    slices, volume = embed_volume(tmp_path / "run", phantom_volume_dir / "phantom1.nii.gz")
+    np.testing.assert_allclose(record.arrays["slices"], slices, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(patient[1], volume, rtol=1e-5, atol=1e-6)
+    assert main([*arguments, "--out", str(tmp_path / "att"), "--pooling", "attention"]) == 2
+    assert "--pooling" in capsys.readouterr().err

@@ -5,6 +5,10 @@ was pretrained at) with atlas-coordinate channels, windows are run with MONAI's 
 inferer (Gaussian blending), probabilities outside the lung are set to background, and the
 probabilities are resampled (linear) onto the input's own grid before the arg-max, so the label
 map has exactly the input's geometry.
+
+Only windows that contain lung run the network (:class:`LungWindowPredictor`): the others could
+only change voxels outside the lung, which become background anyway, so skipping them is exact
+and saves the corners of the lung's bounding box (a fifth of the windows on a real chest CT).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def predict_volume(
     mc_dropout: bool = False,
     window: int = 64,
     overlap: float = 0.25,
-    batch_size: int = 2,
+    batch_size: int = 4,
     case: PreparedCase | None = None,
 ) -> Prediction:
     """Segment emphysema in one CT.
@@ -60,7 +64,8 @@ def predict_volume(
         mc_dropout: keep the decoder's dropout active (one stochastic sample, for uncertainty).
         window: cubic window edge in voxels (1 mm); a multiple of the encoder's stride (32).
         overlap: fraction of overlap between neighbouring windows.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (at least 2 on a CPU: PyTorch runs small 3D
+            convolutions of a batch of one with its slow reference kernel instead of oneDNN).
         case: an already prepared case (skips lung mask and registration).
 
     Raises:
@@ -94,11 +99,12 @@ def window_probabilities(
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout3d):
                 module.train()
-    inputs = torch.from_numpy(network_input(case))[None].to(device)
+    lungs = (case.lungs > 0).astype(np.float32)[None]
+    inputs = torch.from_numpy(np.concatenate([network_input(case), lungs]))[None].to(device)
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = sliding_window_inference(
-                inputs, roi_size=(window,) * 3, sw_batch_size=batch_size, predictor=model,
+                inputs, roi_size=(window,) * 3, sw_batch_size=batch_size, predictor=LungWindowPredictor(model),
                 overlap=overlap, mode="gaussian", padding_mode="replicate",
             )
     finally:
@@ -108,6 +114,30 @@ def window_probabilities(
     probabilities[:, outside] = 0.0
     probabilities[0, outside] = 1.0
     return probabilities
+
+
+class LungWindowPredictor:
+    """Sliding-window predictor that runs ``model`` only on windows with lung in them.
+
+    Windows are ``(B, 5, D, H, W)``: the network input (CT + atlas coordinates) and, last, the lung
+    mask (0/1), carried as a channel so that MONAI's padding and cropping apply to it as well.
+    Windows without lung get zero logits; they cover no lung voxel, so blending never mixes them
+    into a voxel whose class is kept.
+    """
+
+    def __init__(self, model: EmphysemaUNet) -> None:
+        self.model = model
+        self.windows = 0
+        self.skipped = 0
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        has_lung = windows[:, -1].flatten(1).amax(dim=1) > 0
+        self.windows += len(windows)
+        self.skipped += int((~has_lung).sum())
+        logits = windows.new_zeros((len(windows), self.model.num_classes, *windows.shape[2:]))
+        if has_lung.any():
+            logits[has_lung] = self.model(windows[has_lung, :-1]).to(logits.dtype)
+        return logits
 
 
 def probabilities_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:

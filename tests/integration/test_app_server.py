@@ -10,10 +10,6 @@ round): the published model must stay intact. After a restart, the label (with i
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +19,7 @@ import requests
 import SimpleITK as sitk
 
 from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
-from tests.fixtures.app import APP_DIR, FAST_CONF, free_port, server_env
+from tests.fixtures.app import FAST_CONF, AppServer
 from tests.integration.test_app_inprocess import label_bytes, read_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,67 +28,14 @@ START_TIMEOUT_S = 240
 TRAIN_TIMEOUT_S = 420
 
 
-class Server:
-    """One ``monailabel start_server`` process on a free loopback port (its own process group)."""
-
-    def __init__(self, studies: Path, conf: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        executable = Path(sys.executable).with_name("monailabel")
-        command = [str(executable)] if executable.exists() else [sys.executable, "-m", "monailabel.main"]
-        command += ["start_server", "--app", str(APP_DIR), "--studies", str(studies), "--host", "127.0.0.1",
-                    "--port", str(self.port)]
-        for key, value in conf.items():
-            command += ["--conf", key, value]
-        self.log = log
-        self._log_file = open(log, "ab")  # noqa: SIM115 (closed in stop(), after the process ends)
-        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=server_env(),
-                                        cwd=studies.parent, start_new_session=True)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{self.tail()}")
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.url + path, timeout=120, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(self.url + path, timeout=600, **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        return requests.put(self.url + path, timeout=120, **kwargs)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        self._log_file.close()
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture
 def start_server(tmp_path):
-    servers: list[Server] = []
+    servers: list[AppServer] = []
 
-    def start(studies: Path, conf: dict[str, str]) -> Server:
-        server = Server(studies, conf, tmp_path / f"server{len(servers)}.log")
+    def start(studies: Path, conf: dict[str, str]) -> AppServer:
+        server = AppServer(studies, conf, studies.parent)
         servers.append(server)
-        server.wait_ready()
+        assert server.wait_ready(START_TIMEOUT_S), f"server exited with {server.process.returncode}:\n{server.tail()}"
         return server
 
     yield start
@@ -100,7 +43,7 @@ def start_server(tmp_path):
         server.stop()
 
 
-def wait_for_training(server: Server) -> dict:
+def wait_for_training(server: AppServer) -> dict:
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         task = server.get("/train/").json()
@@ -110,7 +53,7 @@ def wait_for_training(server: Server) -> dict:
     pytest.fail(f"training did not finish in {TRAIN_TIMEOUT_S} s:\n{server.tail()}")
 
 
-def wait_for_log(server: Server, text: str) -> None:
+def wait_for_log(server: AppServer, text: str) -> None:
     """Wait until the running training task's output shows ``text``."""
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while time.monotonic() < deadline:

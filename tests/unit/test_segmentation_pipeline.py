@@ -116,3 +116,29 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
     (tmp_path / "broken.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(InputError, match="cannot be loaded"):
         load_checkpoint(tmp_path / "broken.pt")
+
+
+@pytest.mark.slow
+def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepared_phantom) -> None:
+    from monai.inferers import sliding_window_inference
+
+    from drasclr_monailabel.models.encoder import EncoderArchitecture
+    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, window_probabilities
+    from drasclr_monailabel.segmentation.network import EmphysemaUNet
+
+    torch.manual_seed(0)
+    narrow = EncoderArchitecture(stem_channels=4, block_channels=[8, 8, 16], top_channels=16, embedding_dim=16, num_experts=2)
+    model = EmphysemaUNet(DrasclrEncoder(narrow), num_classes=2, dropout=0.0).eval()
+    case = prepared_phantom
+    counter = LungWindowPredictor(model)
+    inputs = np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)])
+    with torch.inference_mode():
+        sliding_window_inference(torch.from_numpy(inputs)[None], (32,) * 3, 4, counter, overlap=0.25, mode="gaussian")
+        every_window = sliding_window_inference(torch.from_numpy(network_input(case))[None], (32,) * 3, 4, model,
+                                                overlap=0.25, mode="gaussian")
+    assert 0 < counter.skipped < counter.windows  # the phantom's lung box has empty corners
+    ours = window_probabilities(model, case, "cpu", mc_dropout=False, window=32, overlap=0.25, batch_size=4)
+    reference = torch.softmax(every_window[0], dim=0).numpy()
+    lung = case.lungs > 0
+    np.testing.assert_allclose(ours[:, lung], reference[:, lung], atol=1e-5)
+    assert np.all(ours[0, ~lung] == 1.0)

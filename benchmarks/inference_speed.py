@@ -1,0 +1,138 @@
+"""Whole-CT emphysema inference: seconds per stage and peak memory, with a same-run baseline.
+
+Cases (each in a fresh process, so its peak resident memory is that scan's):
+- ``real``: the real sample chest CT lung2 (pyradiomics, 512 x 512 x 61, 0.63 x 0.63 x 5 mm);
+- ``large``: a full-chest phantom at 512 x 512 x 400, 0.7 x 0.7 x 0.8 mm (benchmarks/preprocess.py).
+
+Ours is :func:`~drasclr_monailabel.segmentation.inference.predict_volume` as the app runs it:
+prepare (lung mask, registration, atlas coordinates), 64^3 windows with 25% overlap on the 1 mm
+lung grid, only windows that contain lung, four windows per forward pass, back to the input grid,
+quantification. The baseline, timed on the same prepared case, is MONAI's sliding-window
+inference over every window of the lung's bounding box with two windows per pass (the first
+version of this code). The JSON reports the ratio baseline/ours of the window stage and checks that
+both give the same probabilities inside the lung. The goal is 30 s per full chest CT on 2 CPU
+cores. The network has random weights: speed does not depend on them.
+
+    python benchmarks/inference_speed.py --out benchmarks/results/inference_speed_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess import make_large_scan, peak_resident_mb  # noqa: E402
+
+GOAL_SECONDS = 30.0
+
+
+def measure_case(path: str, device: str) -> dict[str, Any]:
+    """Time one scan through inference and the baseline window stage (called in a fresh process)."""
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from drasclr_monailabel.io.readers import read_ct
+    from drasclr_monailabel.segmentation.case import network_input, prepare_case
+    from drasclr_monailabel.segmentation.checkpoint import build_model
+    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, predict_volume, window_probabilities
+
+    torch.manual_seed(0)
+    model, _ = build_model(device=device)
+    model.eval()
+    volume = read_ct(path)
+    clock = time.perf_counter()
+    case = prepare_case(volume)
+    prepare_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    prediction = predict_volume(model, volume, device, case=case)
+    predict_s = time.perf_counter() - clock
+    peak_mb = peak_resident_mb()
+
+    clock = time.perf_counter()
+    ours = window_probabilities(model, case, device, mc_dropout=False, window=64, overlap=0.25, batch_size=4)
+    ours_windows_s = time.perf_counter() - clock
+    counter = LungWindowPredictor(model)
+    with torch.inference_mode():
+        inputs = torch.from_numpy(np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)]))[None]
+        sliding_window_inference(inputs.to(device), (64,) * 3, 4, counter, overlap=0.25, mode="gaussian", padding_mode="replicate")
+        clock = time.perf_counter()
+        logits = sliding_window_inference(torch.from_numpy(network_input(case))[None].to(device), (64,) * 3, 2, model,
+                                          overlap=0.25, mode="gaussian", padding_mode="replicate")
+        baseline_windows_s = time.perf_counter() - clock
+    baseline = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+    lung = case.lungs > 0
+    return {
+        "source": path,
+        "size_xyz": list(volume.shape_xyz),
+        "spacing_mm": [round(s, 3) for s in volume.spacing],
+        "lung_grid_zyx": list(case.lungs.shape),
+        "windows": {"total": counter.windows, "with_lung": counter.windows - counter.skipped},
+        "seconds": {"prepare": round(prepare_s, 2), "predict_after_prepare": round(predict_s, 2),
+                    "total": round(prepare_s + predict_s, 2)},
+        "window_stage": {"ours_seconds": round(ours_windows_s, 2), "baseline_seconds": round(baseline_windows_s, 2),
+                         "ratio_baseline_over_ours": round(baseline_windows_s / ours_windows_s, 2),
+                         "max_abs_probability_difference_in_lung": float(np.abs(ours[:, lung] - baseline[:, lung]).max())},
+        "emphysema_voxels": int((prediction.labels > 0).sum()),
+        "peak_rss_mb": round(peak_mb, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--cases", nargs="+", choices=["real", "large"], default=["real", "large"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    args = parser.parse_args()
+
+    from drasclr_monailabel.data.sample_data import sample_path
+
+    results: dict[str, Any] = {}
+    load_before = os.getloadavg()
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = {}
+        if "real" in args.cases:
+            inputs["real"] = str(sample_path("lung2_image"))
+        if "large" in args.cases:
+            inputs["large"] = str(Path(tmp) / "large.nii.gz")
+            make_large_scan(Path(inputs["large"]))
+        for name, path in inputs.items():
+            with context.Pool(1) as pool:
+                results[name] = pool.apply(measure_case, (path, args.device))
+            print(f"{name}: {json.dumps(results[name]['seconds'])}, windows {results[name]['windows']}, "
+                  f"window stage x{results[name]['window_stage']['ratio_baseline_over_ours']}, "
+                  f"peak {results[name]['peak_rss_mb']} MB", file=sys.stderr)
+    import torch
+
+    report = {
+        "benchmark": "inference_speed",
+        "command": f"python benchmarks/inference_speed.py --out {args.out} --device {args.device}",
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "goal_seconds_per_full_ct": GOAL_SECONDS,
+        "cases": results,
+    }
+    if "large" in results:
+        report["large_meets_goal"] = results["large"]["seconds"]["total"] <= GOAL_SECONDS
+    from drasclr_monailabel.utils.atomic import write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
     command[0] = str(executable) if executable.exists() else (shutil.which("monailabel") or "monailabel")
     print(slicer_instructions(args.host, args.port), flush=True)
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
+    # The monailabel script runs "python" from PATH: make that this interpreter (the venv's), also
+    # when the venv is not activated (scripts/demo.sh runs .venv/bin/drasclr directly).
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.execv(command[0], command)
     return 0

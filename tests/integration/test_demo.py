@@ -57,7 +57,8 @@ def test_demo_prepares_everything_and_serves_the_app(tmp_path: Path, sample_lung
         assert "emphysema" in info["trainers"]
         assert "Connect 3D Slicer" in output and f"127.0.0.1:{port}" in output
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
         log.close()
     assert (workdir / "encoder" / "encoder.pt").is_file() and (workdir / "encoder" / "encoder.json").is_file()

@@ -110,7 +110,7 @@ def test_masked_prediction_learns_without_collapsing(tmp_path: Path, tiny_recipe
 
 def test_bad_inputs_fail_with_one_line(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no volume"):
+    with pytest.raises(InputError, match="holds no CT scans"):
         run_pretraining(tiny_recipe(), tmp_path / "empty", tmp_path / "run")
     with pytest.raises(InputError, match="does not exist"):
         run_pretraining(tiny_recipe(f"data.images=[{tmp_path / 'missing.png'}]"), phantom_volume_dir, tmp_path / "run")

@@ -31,20 +31,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from drasclr_monailabel.cli.arguments import whole_number
+
 NAME = "embed"
 HELP = "per-scan patch embeddings and patient-level vectors from an exported encoder"
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'")
-    return int(text)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
-    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", choices=["mean", "attention"], default="mean",
                         help="patient vector from landmark embeddings: mean (default) or attention (DrasCLR only)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: a GPU when there is one)")
-    parser.add_argument("--max-landmarks", type=_count, default=0,
+    parser.add_argument("--max-landmarks", type=whole_number(0), default=0,
                         help="DrasCLR: encode at most N valid landmarks per scan, evenly spread, the same for every scan "
                              "(default 0 = all; a CPU speed-up)")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="patches or slices per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=whole_number(1), default=32, help="patches or slices per forward pass (default 32)")
     parser.add_argument("--atlas", type=Path, help="atlas folder the cache / encoder uses (default: the package atlas)")
-    parser.add_argument("--random-init", type=_count, metavar="SEED",
+    parser.add_argument("--random-init", type=whole_number(0), metavar="SEED",
                         help="baseline: embed with the --encoder's architecture but random weights of this seed "
                              "(saved in OUT/random_init_encoder/)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")

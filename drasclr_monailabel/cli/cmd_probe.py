@@ -25,14 +25,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from drasclr_monailabel.cli.arguments import whole_number
+
 NAME = "probe"
 HELP = "cross-validated ridge / logistic / Cox probes of embeddings against phenotypes"
-
-
-def _folds(text: str) -> int:
-    if not text.isdigit() or int(text) < 2:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 2, got '{text}'")
-    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task for every target (default: classification for 0/1 columns, else regression)")
     parser.add_argument("--time", default="survival_time", help="survival: follow-up time column (default survival_time)")
     parser.add_argument("--id-column", default="id", help="id column of --phenotypes (default id)")
-    parser.add_argument("--folds", type=_folds, default=5, help="outer cross-validation folds (default 5)")
+    parser.add_argument("--folds", type=whole_number(2), default=5, help="outer cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 

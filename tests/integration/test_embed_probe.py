@@ -6,7 +6,7 @@ encoder predict severity clearly better than those of the same architecture with
 on the same folds. It can fail, and does with too few landmarks: on this 20-scan cohort the
 pretrained encoder's pooled R^2 was -0.30 at 64 landmarks per scan (random init -0.32) and +0.54
 at 128 (random init -0.21); the patches of few landmarks cover too little lung
-(docs/embeddings.md). About 5 minutes on 2 shared cores, most of it in ``drasclr synth`` and
+(docs/embeddings.md). About 6 minutes on 2 shared cores, most of it in ``drasclr synth`` and
 ``drasclr preprocess`` (registration).
 """
 

@@ -93,6 +93,9 @@ class EmphysemaApp(MONAILabelApp):
 
     def info(self):
         info = super().info()
+        # Names ordered by label value: OHIF's MONAI Label panel reads a list (a dict breaks it);
+        # 3D Slicer takes either, and each model's own labels stay {name: value}.
+        info["labels"] = list(self.resolved.labels)
         info["drasclr"] = {
             "pretrained": str(self.resolved.pretrained) if self.resolved.pretrained else None,
             "device": self.resolved.device,

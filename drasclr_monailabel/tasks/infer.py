@@ -27,7 +27,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.tasks.embedding_cache import file_fingerprint
-from drasclr_monailabel.tasks.http import NOT_FOUND, as_http_errors, refuse
+from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, as_http_errors, refuse
 from drasclr_monailabel.tasks.labels import Grid, write_label
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.tasks.scoring import mc_dropout_score
@@ -98,6 +98,7 @@ class VolumeInferTask(InferTask):
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
         self.check_ready()
+        suffix = result_suffix(request)
         image = request.get("image")
         if not isinstance(image, str) or not os.path.isfile(image):
             raise refuse(NOT_FOUND, "no readable image file for this request")
@@ -106,8 +107,9 @@ class VolumeInferTask(InferTask):
             read_s = time.perf_counter() - start
             segmentation = self.segment(volume, request)
         infer_s = time.perf_counter() - start - read_s
-        result = _temporary_result_file()
-        write_label(result, segmentation.labels, Grid(volume.shape_xyz, volume.spacing, volume.origin, volume.direction))
+        result = _temporary_result_file(suffix)
+        write_label(result, segmentation.labels, Grid(volume.shape_xyz, volume.spacing, volume.origin, volume.direction),
+                    compress=str(request.get("result_compress", True)).lower() != "false")
         total_s = time.perf_counter() - start
         result_json = {
             "label_names": dict(self.labels),
@@ -279,8 +281,21 @@ def _stable_seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def _temporary_result_file() -> Path:
+RESULT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
+"""Label file formats a client may ask for with ``result_extension`` (3D Slicer: .nii.gz or
+.nrrd; OHIF: .nrrd, uncompressed, which its reader needs)."""
+
+
+def result_suffix(request: dict[str, Any]) -> str:
+    """The requested ``result_extension`` (default ``.nii.gz``); an unknown one is a 400."""
+    suffix = request.get("result_extension") or ".nii.gz"
+    if suffix not in RESULT_SUFFIXES:
+        raise refuse(BAD_REQUEST, f"result_extension {suffix!r} is not one of {', '.join(RESULT_SUFFIXES)}")
+    return suffix
+
+
+def _temporary_result_file(suffix: str) -> Path:
     """A fresh file in the system temporary folder; MONAI Label deletes it after answering."""
-    fd, name = tempfile.mkstemp(prefix="drasclr-infer-", suffix=".nii.gz")
+    fd, name = tempfile.mkstemp(prefix="drasclr-infer-", suffix=suffix)
     os.close(fd)
     return Path(name)

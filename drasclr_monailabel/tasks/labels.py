@@ -82,13 +82,13 @@ def conform_label(label_path: str | Path, image_grid: Grid, n_labels: int, label
     return _onto_grid(Path(label_path), array, grid, image_grid)
 
 
-def write_label(dest: str | Path, labels: np.ndarray, grid: Grid) -> None:
-    """Write a uint8 (Z, Y, X) label map with ``grid``'s geometry (format from the suffix, compressed)."""
+def write_label(dest: str | Path, labels: np.ndarray, grid: Grid, compress: bool = True) -> None:
+    """Write a uint8 (Z, Y, X) label map with ``grid``'s geometry (format from the suffix)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
     image.SetSpacing(grid.spacing)
     image.SetOrigin(grid.origin)
     image.SetDirection(grid.direction)
-    sitk.WriteImage(image, str(dest), useCompression=True)
+    sitk.WriteImage(image, str(dest), useCompression=compress)
 
 
 def _read_label(path: Path) -> sitk.Image:

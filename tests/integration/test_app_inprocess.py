@@ -152,6 +152,8 @@ def test_bad_requests_get_4xx_and_change_nothing(client, phantom_studies):
         (client.post("/infer/liver?image=case_a"), 404, "unknown model 'liver'"),
         (client.post("/infer/lung?image=/etc/passwd"), 404, "not in the datastore"),
         (client.post("/infer/lung?image=../studies/case_a"), 404, "not in the datastore"),
+        (client.post("/infer/lung?image=case_a", data={"params": json.dumps({"result_extension": ".png"})}), 400,
+         "result_extension '.png'"),
         (client.post("/activelearning/smartest", json={}), 404, "unknown strategy"),
         (client.post("/scoring/magic?run_sync=true"), 404, "unknown scoring method"),
         (client.post("/train/lung?run_sync=true", json={}), 404, "unknown model 'lung'"),
@@ -173,6 +175,22 @@ def test_bad_requests_get_4xx_and_change_nothing(client, phantom_studies):
     assert not (phantom_studies / "labels" / "outside").exists()
     assert not any(p.name.startswith(".tmp-") for p in (phantom_studies / "labels" / "final").iterdir())
     assert sorted(p.name for p in phantom_studies.glob("*.nii.gz")) == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz"]
+
+
+def test_label_comes_back_as_uncompressed_nrrd_when_ohif_asks(client, phantom_studies):
+    """OHIF's MONAI Label panel asks for ``.nrrd``, ``uint8``, uncompressed (its NRRD reader needs raw data)."""
+    params = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False, "restore_label_idx": False}
+    response = client.post("/infer/lung?image=case_a&output=image", data={"params": json.dumps(params)})
+    assert response.status_code == 200, response.text
+    header = response.content[: response.content.index(b"\n\n")].decode()
+    assert header.startswith("NRRD") and "encoding: raw" in header and "type: unsigned char" in header
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "label.nrrd"
+        path.write_bytes(response.content)
+        label = sitk.ReadImage(str(path))
+    image = sitk.ReadImage(str(phantom_studies / "case_a.nii.gz"))
+    assert label.GetSize() == image.GetSize() and np.allclose(label.GetOrigin(), image.GetOrigin())
+    assert set(np.unique(sitk.GetArrayFromImage(label))) == {0, 1, 2}
 
 
 def test_concurrent_label_saves_keep_every_version(client, phantom_studies):

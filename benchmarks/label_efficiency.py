@@ -12,6 +12,7 @@ scans' 1 mm lung grid. The plain HU < -950 threshold on the same voxels is the b
 
 Usage:
   python benchmarks/label_efficiency.py --size full --out benchmarks/results/label_efficiency.json
+  python benchmarks/label_efficiency.py --size medium --out benchmarks/results/label_efficiency_medium.json
   python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
 
 Writes the JSON (``{"pretrained": {"1": {"mean", "std", "runs"}, ...}, "scratch": {...},
@@ -62,6 +63,8 @@ class Size:
 SIZES = {
     "small": Size("phantom", train_scans=1, test_scans=1, unlabelled_scans=2, counts=(1,), seeds=(0,),
                   finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2),
+    "medium": Size("real", train_scans=4, test_scans=2, unlabelled_scans=8, counts=(1, 2, 4), seeds=(0, 1),
+                   finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200),
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
                  finetune_epochs=8, steps_per_epoch=25, pretrain_steps=600),
 }

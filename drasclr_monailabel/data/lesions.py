@@ -47,6 +47,7 @@ LOBULE_WOBBLE_MM = 1.5
 MAX_BATCH = 512
 # Give up on a subtype after this many lesions per targeted voxel (e.g. lungs made only of vessels).
 MAX_LESIONS_PER_VOXEL = 2.0
+STALLED_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -227,15 +228,20 @@ def _paint_in_batches(target: int, paint_batch: Callable[[int], int], first_batc
     """Call ``paint_batch(k)`` (paint k more lesions, return newly labelled voxels) until ``target``.
 
     The batch size follows the voxels gained per lesion so far, shrinking to single lesions near
-    the target, so the result overshoots by at most about one lesion.
+    the target, so the result overshoots by at most about one lesion. When the places a subtype
+    can take are nearly used up (e.g. the subpleural band of a small lung), new lesions land on
+    painted voxels; painting stops after :data:`STALLED_BATCHES` full batches in a row that each
+    gained under 1 % of the remaining target, below the target rather than looping for minutes.
     """
-    painted, drawn = 0, 0
-    while painted < target and drawn < MAX_LESIONS_PER_VOXEL * target + first_batch:
+    painted, drawn, stalled = 0, 0, 0
+    while painted < target and drawn < MAX_LESIONS_PER_VOXEL * target + first_batch and stalled < STALLED_BATCHES:
         if painted == 0:  # nothing labelled yet: double the batch until lesions stick
             size = min(max(first_batch, drawn), MAX_BATCH)
         else:
             size = int(np.clip(0.7 * (target - painted) * drawn / painted, 1, MAX_BATCH))
-        painted += paint_batch(size)
+        gained = paint_batch(size)
+        stalled = stalled + 1 if size == MAX_BATCH and gained < 0.01 * (target - painted) else 0
+        painted += gained
         drawn += size
 
 

@@ -54,6 +54,9 @@ class AppConf:
         max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs: one
             fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
             whose defaults apply when unset).
+        infer_overlap: overlap of neighbouring 64^3 windows in whole-scan inference (0 to 0.5): 0.25
+            blends window seams away; 0 runs about 2.5 times fewer windows (the CPU speed option,
+            docs/benchmarks.md).
         amp: mixed precision in training; ``auto`` turns it on only on a GPU, never on a CPU.
         seed: random seed of training and patch sampling.
         skip_training: serve infer only (no trainer is offered to clients).
@@ -84,6 +87,7 @@ class AppConf:
     patch_size: int | None = None
     lr: float | None = None
     freeze_encoder_epochs: int | None = None
+    infer_overlap: float = 0.25
     amp: str = "auto"
     seed: int = 0
     skip_training: bool = False
@@ -211,6 +215,8 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'device' must be auto, cpu, cuda or cuda:N, got {conf.device!r}")
     if conf.amp not in ("auto", "true", "false"):
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
+    if not 0.0 <= conf.infer_overlap <= 0.5:
+        raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
     minimum = {"epistemic_samples": 2, "epistemic_windows": 1, "epistemic_max_images": 0, "embedding_landmarks": 0, "reserve_seconds": 0}
     for key, low in minimum.items():
         if getattr(conf, key) < low:

@@ -159,12 +159,13 @@ class EmphysemaInferTask(VolumeInferTask):
     """
 
     def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache,
-                 epistemic_windows: int = 8) -> None:
+                 epistemic_windows: int = 8, overlap: float = 0.25) -> None:
         labels = {name: value for value, name in enumerate(label_names, start=1)}
         super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
         self.store = store
         self.device = device
         self.windows = epistemic_windows
+        self.overlap = overlap
         self._model: Any = None
         self._meta: dict[str, Any] = {}
         self._version: str | None = None
@@ -198,7 +199,7 @@ class EmphysemaInferTask(VolumeInferTask):
         from drasclr_monailabel.segmentation.inference import predict_volume
 
         model, meta, version = self.model()
-        prediction = predict_volume(model, volume, self.device)
+        prediction = predict_volume(model, volume, self.device, overlap=self.overlap)
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
                              "pretrained": meta.get("pretrained")}}
         return Segmentation(prediction.labels, prediction.report, details)

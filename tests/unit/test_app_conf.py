@@ -42,6 +42,7 @@ def test_defaults_serve_every_model():
     ({"epistemic_samples": "1"}, "epistemic_samples"),
     ({"amp": "sometimes"}, "amp"),
     ({"backend": "monai"}, "backend"),
+    ({"infer_overlap": "0.9"}, "infer_overlap"),
     ({"backend": "nnunet"}, "nnunet_model"),
     ({"nnunet_model": "/tmp"}, "nnunet_model"),
     ({"backend": "nnunet", "nnunet_model": "/nonexistent/model"}, "nnunet_model"),

@@ -7,9 +7,9 @@ Cases (each in a fresh process, so its peak resident memory is that scan's):
 Ours is :func:`~drasclr_monailabel.segmentation.inference.predict_volume` as the app runs it:
 prepare (lung mask, registration, atlas coordinates), 64^3 windows with 25% overlap on the 1 mm
 lung grid, only windows that contain lung, four windows per forward pass, back to the input grid,
-quantification. The baseline, timed on the same prepared case, is MONAI's sliding-window
-inference over every window of the lung's bounding box with two windows per pass (the first
-version of this code). The JSON reports the ratio baseline/ours of the window stage and checks that
+quantification; and the same with overlap 0 (the app's ``infer_overlap`` CPU option). The
+baseline, timed on the same prepared case, is MONAI's sliding-window inference over every window
+of the lung's bounding box with two windows per pass (the first version of this code). The JSON reports the ratio baseline/ours of the window stage and checks that
 both give the same probabilities inside the lung. The goal is 30 s per full chest CT on 2 CPU
 cores. The network has random weights: speed does not depend on them.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import make_large_scan, peak_resident_mb  # noqa: E402
+from preprocess import case_inputs, in_fresh_process, peak_resident_mb  # noqa: E402
 
 GOAL_SECONDS = 30.0
 
@@ -60,6 +59,10 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     peak_mb = peak_resident_mb()
 
     clock = time.perf_counter()
+    predict_volume(model, volume, device, overlap=0.0, case=case)
+    predict_overlap0_s = time.perf_counter() - clock
+
+    clock = time.perf_counter()
     ours = window_probabilities(model, case, device, mc_dropout=False, window=64, overlap=0.25, batch_size=4)
     ours_windows_s = time.perf_counter() - clock
     counter = LungWindowPredictor(model)
@@ -80,6 +83,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
         "windows": {"total": counter.windows, "with_lung": counter.windows - counter.skipped},
         "seconds": {"prepare": round(prepare_s, 2), "predict_after_prepare": round(predict_s, 2),
                     "total": round(prepare_s + predict_s, 2)},
+        "overlap_0": {"predict_after_prepare": round(predict_overlap0_s, 2), "total": round(prepare_s + predict_overlap0_s, 2)},
         "window_stage": {"ours_seconds": round(ours_windows_s, 2), "baseline_seconds": round(baseline_windows_s, 2),
                          "ratio_baseline_over_ours": round(baseline_windows_s / ours_windows_s, 2),
                          "max_abs_probability_difference_in_lung": float(np.abs(ours[:, lung] - baseline[:, lung]).max())},
@@ -96,21 +100,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
 
-    from drasclr_monailabel.data.sample_data import sample_path
-
     results: dict[str, Any] = {}
     load_before = os.getloadavg()
-    context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = {}
-        if "real" in args.cases:
-            inputs["real"] = str(sample_path("lung2_image"))
-        if "large" in args.cases:
-            inputs["large"] = str(Path(tmp) / "large.nii.gz")
-            make_large_scan(Path(inputs["large"]))
-        for name, path in inputs.items():
-            with context.Pool(1) as pool:
-                results[name] = pool.apply(measure_case, (path, args.device))
+        for name, path in case_inputs(args.cases, Path(tmp)).items():
+            results[name] = in_fresh_process(measure_case, path, args.device)
             print(f"{name}: {json.dumps(results[name]['seconds'])}, windows {results[name]['windows']}, "
                   f"window stage x{results[name]['window_stage']['ratio_baseline_over_ours']}, "
                   f"peak {results[name]['peak_rss_mb']} MB", file=sys.stderr)

@@ -58,6 +58,25 @@ def make_large_scan(path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def case_inputs(cases: list[str], folder: Path) -> dict[str, str]:
+    """Paths of the benchmark scans by case name: ``real`` (sample CT lung2), ``large`` (written into ``folder``)."""
+    from drasclr_monailabel.data.sample_data import sample_path
+
+    inputs = {}
+    if "real" in cases:
+        inputs["real"] = str(sample_path("lung2_image"))
+    if "large" in cases:
+        inputs["large"] = str(folder / "large.nii.gz")
+        make_large_scan(Path(inputs["large"]))
+    return inputs
+
+
+def in_fresh_process(function: Any, *arguments: Any) -> Any:
+    """``function(*arguments)`` in a new (spawned) process, so its peak memory is its own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, arguments)
+
+
 def peak_resident_mb() -> float:
     """Peak resident memory of this process (VmHWM). Unlike ru_maxrss it is not inherited from the
     parent that started the process, which built the large phantom."""
@@ -144,23 +163,11 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", choices=["real", "large"], default=["real", "large"])
     args = parser.parse_args()
 
-    from drasclr_monailabel.data.sample_data import sample_path
-
     results: dict[str, Any] = {}
     load_before = os.getloadavg()
-    context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = {}
-        if "real" in args.cases:
-            inputs["real"] = str(sample_path("lung2_image"))
-        if "large" in args.cases:
-            large = Path(tmp) / "large.nii.gz"
-            make_large_scan(large)
-            inputs["large"] = str(large)
-        for name, path in inputs.items():
-            out_dir = Path(tmp) / f"cache-{name}"
-            with context.Pool(1) as pool:
-                results[name] = pool.apply(measure_case, (path, str(out_dir)))
+        for name, path in case_inputs(args.cases, Path(tmp)).items():
+            results[name] = in_fresh_process(measure_case, path, str(Path(tmp) / f"cache-{name}"))
             print(f"{name}: {json.dumps(results[name]['seconds'])}, cpu {results[name]['cpu_seconds_total']} s, "
                   f"peak {results[name]['peak_rss_mb']} MB", file=sys.stderr)
     report = {

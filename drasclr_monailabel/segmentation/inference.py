@@ -52,7 +52,7 @@ def predict_volume(
     mc_dropout: bool = False,
     window: int = 64,
     overlap: float = 0.25,
-    batch_size: int = 4,
+    batch_size: int = 2,
     case: PreparedCase | None = None,
 ) -> Prediction:
     """Segment emphysema in one CT.
@@ -64,8 +64,10 @@ def predict_volume(
         mc_dropout: keep the decoder's dropout active (one stochastic sample, for uncertainty).
         window: cubic window edge in voxels (1 mm); a multiple of the encoder's stride (32).
         overlap: fraction of overlap between neighbouring windows.
-        batch_size: windows per forward pass (at least 2 on a CPU: PyTorch runs small 3D
-            convolutions of a batch of one with its slow reference kernel instead of oneDNN).
+        batch_size: windows per forward pass. 2 on a CPU: PyTorch runs small 3D convolutions
+            of a batch of one with its slow reference kernel instead of oneDNN, and windows at
+            different locations make the conditional convolutions grouped, which grows slower
+            per window with more groups (benchmarks/inference_speed.py).
         case: an already prepared case (skips lung mask and registration).
 
     Raises:

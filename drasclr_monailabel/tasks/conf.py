@@ -54,9 +54,9 @@ class AppConf:
         max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs: one
             fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
             whose defaults apply when unset).
-        infer_overlap: overlap of neighbouring 64^3 windows in whole-scan inference (0 to 0.5): 0.25
-            blends window seams away; 0 runs about 2.5 times fewer windows (the CPU speed option,
-            docs/benchmarks.md).
+        infer_overlap: overlap of neighbouring 64^3 windows in whole-scan inference (0 to 0.5);
+            unset: 0 on a CPU (about 2.5 times fewer windows: a chest CT in under 30 s on two
+            cores, docs/benchmarks.md), 0.25 on a GPU (blends window seams away).
         amp: mixed precision in training; ``auto`` turns it on only on a GPU, never on a CPU.
         seed: random seed of training and patch sampling.
         skip_training: serve infer only (no trainer is offered to clients).
@@ -87,7 +87,7 @@ class AppConf:
     patch_size: int | None = None
     lr: float | None = None
     freeze_encoder_epochs: int | None = None
-    infer_overlap: float = 0.25
+    infer_overlap: float | None = None
     amp: str = "auto"
     seed: int = 0
     skip_training: bool = False
@@ -113,6 +113,7 @@ class ResolvedConf:
         pretrained_reason: one line for the log saying where the encoder came from or why there is none.
         device: concrete torch device name (``cpu`` or ``cuda[:N]``).
         amp: mixed precision on (only ever on a GPU).
+        infer_overlap: window overlap of whole-scan inference.
         model_dir: folder of the published model.
         cache_dir: folder of per-scan caches.
         state_dir: app state folder holding the label history.
@@ -123,6 +124,7 @@ class ResolvedConf:
     pretrained_reason: str
     device: str
     amp: bool
+    infer_overlap: float
     model_dir: Path
     cache_dir: Path
     state_dir: Path
@@ -162,6 +164,7 @@ def resolve_app_conf(conf: AppConf, app_dir: str | Path, studies: str) -> Resolv
         pretrained_reason=reason,
         device=device,
         amp=amp,
+        infer_overlap=conf.infer_overlap if conf.infer_overlap is not None else (0.25 if device.startswith("cuda") else 0.0),
         model_dir=Path(conf.model_dir) if conf.model_dir else state_dir / "model",
         cache_dir=Path(conf.cache_dir) if conf.cache_dir else state_dir / "cache",
         state_dir=state_dir,
@@ -215,7 +218,7 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'device' must be auto, cpu, cuda or cuda:N, got {conf.device!r}")
     if conf.amp not in ("auto", "true", "false"):
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
-    if not 0.0 <= conf.infer_overlap <= 0.5:
+    if conf.infer_overlap is not None and not 0.0 <= conf.infer_overlap <= 0.5:
         raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
     minimum = {"epistemic_samples": 2, "epistemic_windows": 1, "epistemic_max_images": 0, "embedding_landmarks": 0, "reserve_seconds": 0}
     for key, low in minimum.items():

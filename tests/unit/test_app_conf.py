@@ -110,3 +110,9 @@ def test_gpu_that_is_not_there_is_refused(tmp_path):
         pytest.skip("a GPU is visible")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_app_conf(parse_app_conf({"device": "cuda", "pretrained": "none"}), tmp_path, str(tmp_path))
+
+
+def test_inference_overlap_defaults_to_the_cpu_speed_option_and_can_be_set(tmp_path: Path) -> None:
+    assert resolve_app_conf(parse_app_conf({"device": "cpu"}), tmp_path, str(tmp_path)).infer_overlap == 0.0
+    chosen = resolve_app_conf(parse_app_conf({"device": "cpu", "infer_overlap": "0.25"}), tmp_path, str(tmp_path))
+    assert chosen.infer_overlap == 0.25

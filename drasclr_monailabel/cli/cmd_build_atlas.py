@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 
+from drasclr_monailabel.cli.arguments import whole_number
+
 NAME = "build-atlas"
 HELP = "build a lung atlas with its landmark grid from a cohort (or from phantoms)"
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
-    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", help="CSV manifest, folder of scans, or folder with manifest.csv")
     parser.add_argument("--out", required=True, help="atlas folder to write (atlas.json is written last)")
     parser.add_argument("--phantom", action="store_true", help="build from synthetic thorax phantoms instead of INPUT")
-    parser.add_argument("--n", type=_positive_int, default=8, help="number of phantoms with --phantom (default 8)")
+    parser.add_argument("--n", type=whole_number(1), default=8, help="number of phantoms with --phantom (default 8)")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first phantom (default 0)")
     parser.add_argument("--name", help="atlas name, the start of its id (default phantom<N> or cohort)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")

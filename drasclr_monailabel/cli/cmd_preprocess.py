@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from drasclr_monailabel.cli.arguments import whole_number
+
 NAME = "preprocess"
 HELP = "lung mask, atlas registration and landmarks for many scans, into the pretraining cache"
 
@@ -42,16 +44,10 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="CSV manifest, folder of scans (or holding manifest.csv), or one scan")
     parser.add_argument("--out", required=True, help="cache folder (created; finished scans in it are skipped)")
-    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=whole_number(1), default=os.cpu_count() or 1,
                         help=f"local worker processes (default: number of cores, {os.cpu_count()} here)")
     parser.add_argument("--shard", type=_shard, help="process only shard i of N (0-based), e.g. 0/4")
     parser.add_argument("--atlas", help="atlas folder (default: the atlas shipped with the package)")

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 
+from drasclr_monailabel.cli.arguments import whole_number
+
 NAME = "synth"
 HELP = "generate a synthetic emphysema cohort (images, true labels, lung masks, manifest)"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got '{text}'")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=_positive_int, required=True, help="number of scans to generate")
+    parser.add_argument("--n", type=whole_number(1), required=True, help="number of scans to generate")
     parser.add_argument("--out", required=True, help="output folder (created; refused if it already holds a cohort)")
     parser.add_argument("--source", nargs="+", default=["real"], metavar="SOURCE",
                         help="'real' (the sample chest CTs, default), 'phantom', or CT files / DICOM folders")

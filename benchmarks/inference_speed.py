@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import case_inputs, in_fresh_process, peak_resident_mb  # noqa: E402
+from preprocess import case_inputs, in_fresh_process, machine_info, peak_resident_mb, write_report  # noqa: E402
 
 GOAL_SECONDS = 30.0
 
@@ -124,17 +123,11 @@ def main() -> int:
         "benchmark": "inference_speed",
         "command": f"python benchmarks/inference_speed.py --out {args.out} --device {args.device}",
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "machine": machine_info(load_before),
         "goal_seconds_per_full_ct": GOAL_SECONDS,
         "cases": results,
     }
-    if "large" in results:
-        report["large_meets_goal"] = results["large"]["seconds"]["total"] <= GOAL_SECONDS
-    from drasclr_monailabel.utils.atomic import write_json
-
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
+    write_report(args.out, report)
     return 0
 
 

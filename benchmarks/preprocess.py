@@ -77,6 +77,23 @@ def in_fresh_process(function: Any, *arguments: Any) -> Any:
         return pool.apply(function, arguments)
 
 
+def machine_info(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """CPU count, platform and the load average before/after: other jobs on a shared machine slow
+    every stage alike, so ratios stay meaningful while wall times do not."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Add ``large_meets_goal`` when the large case ran, then write the JSON atomically."""
+    from drasclr_monailabel.utils.atomic import write_json
+
+    if "large" in report["cases"]:
+        report["large_meets_goal"] = report["cases"]["large"]["seconds"]["total"] <= report["goal_seconds_per_full_ct"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
+
+
 def peak_resident_mb() -> float:
     """Peak resident memory of this process (VmHWM). Unlike ru_maxrss it is not inherited from the
     parent that started the process, which built the large phantom."""
@@ -173,16 +190,11 @@ def main() -> int:
     report = {
         "benchmark": "preprocess",
         "command": "python benchmarks/preprocess.py --out " + args.out,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    # Other jobs on a shared machine slow every stage alike; the ratios stay meaningful.
-                    "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "machine": machine_info(load_before),
         "goal_seconds_per_full_ct": GOAL_SECONDS,
         "cases": results,
     }
-    if "large" in results:
-        report["large_meets_goal"] = results["large"]["seconds"]["total"] <= GOAL_SECONDS
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return 0
 
 

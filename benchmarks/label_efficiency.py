@@ -218,7 +218,8 @@ def _is_done(run: Run, context: RunContext) -> bool:
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
-    return record.get("encoder") == str(context.encoder) and record.get("size") == asdict(context.size)
+    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size)))  # tuples come back as lists
+    return record.get("encoder") == str(context.encoder) and same_size
 
 
 def _load_cases(context: RunContext, threads: int) -> None:

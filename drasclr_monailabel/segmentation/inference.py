@@ -144,12 +144,19 @@ class LungWindowPredictor:
 
 def probabilities_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:
     """Linear resampling of class maps (C, Z, Y, X) from ``grid`` onto the volume's own grid;
-    voxels outside ``grid`` become background (probability 1 for class 0)."""
+    voxels outside ``grid`` become background (probability 1 for class 0).
+
+    Only the foreground classes are resampled; background is one minus their sum. That is exactly
+    what resampling it would give (the interpolation weights are the same for every channel and the
+    channels sum to one), at 1/C less of the slowest step after the windows on a large scan.
+    """
     reference = volume.to_sitk()
-    channels = []
-    for channel, default in zip(probabilities, [1.0] + [0.0] * (len(probabilities) - 1)):
-        image = sitk.GetImageFromArray(channel.astype(np.float32))
+    resampled = np.empty((len(probabilities), *volume.hu.shape), dtype=np.float32)
+    for index in range(1, len(probabilities)):
+        image = sitk.GetImageFromArray(probabilities[index].astype(np.float32))
         image.CopyInformation(grid)
-        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
-        channels.append(sitk.GetArrayFromImage(resampled))
-    return np.stack(channels).astype(np.float32)
+        channel = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        resampled[index] = sitk.GetArrayFromImage(channel)
+    np.subtract(1.0, resampled[1:].sum(axis=0), out=resampled[0])
+    np.clip(resampled[0], 0.0, 1.0, out=resampled[0])  # float rounding of the sum
+    return resampled

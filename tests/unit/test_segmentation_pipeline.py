@@ -142,3 +142,29 @@ def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepare
     lung = case.lungs > 0
     np.testing.assert_allclose(ours[:, lung], reference[:, lung], atol=1e-5)
     assert np.all(ours[0, ~lung] == 1.0)
+
+
+def test_probabilities_on_grid_equal_resampling_every_class_map() -> None:
+    import SimpleITK as sitk
+
+    from drasclr_monailabel.io.volume import CTVolume
+    from drasclr_monailabel.segmentation.inference import probabilities_on_grid
+
+    rng = np.random.default_rng(0)
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)) * 3), dim=0).numpy().astype(np.float32)
+    grid = sitk.Image(16, 14, 12, sitk.sitkFloat32)
+    grid.SetSpacing((1.0, 1.0, 1.0))
+    grid.SetOrigin((2.0, -1.0, 3.0))
+    # The scan's grid: finer in-plane, thicker slices, and reaching past the 1 mm grid on every side.
+    volume = CTVolume(hu=np.zeros((6, 40, 36), np.int16), spacing=(0.6, 0.5, 2.5), origin=(-1.0, -3.0, 1.0),
+                      direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    reference = []
+    for channel, default in zip(probabilities, (1.0, 0.0, 0.0)):
+        image = sitk.GetImageFromArray(channel)
+        image.CopyInformation(grid)
+        reference.append(sitk.GetArrayFromImage(sitk.Resample(image, volume.to_sitk(), sitk.Transform(), sitk.sitkLinear,
+                                                              default, sitk.sitkFloat32)))
+    ours = probabilities_on_grid(probabilities, grid, volume)
+    assert ours.shape == (3, 6, 40, 36) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, np.stack(reference), atol=1e-6)
+    assert np.any(ours[0] == 1.0) and np.any((ours[1] > 0.05) & (ours[1] < 0.95))  # both outside and inside the grid

@@ -11,7 +11,8 @@ scratch and one from the encoder, then both are evaluated by Dice of binary emph
 scans' 1 mm lung grid. The plain HU < -950 threshold on the same voxels is the baseline.
 
 Every finished run is kept as ``runs/<mode>_<count>_<seed>.json`` in the work folder, so a run that
-is stopped resumes where it was (same work folder, same encoder); ``--jobs N`` fine-tunes N runs at
+is stopped resumes where it was (same work folder, same encoder; scratch runs are also kept when
+only ``--encoder`` changes, since they never read it); ``--jobs N`` fine-tunes N runs at
 once in separate processes (worth it on a GPU, where one small-patch run leaves it mostly idle).
 
 Usage:
@@ -213,13 +214,15 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 
 def _is_done(run: Run, context: RunContext) -> bool:
-    """A run counts as done when its record exists and was made with the same encoder and size."""
+    """A run counts as done when its record exists and was made with the same size and, for a
+    pretrained run, the same encoder (scratch runs never read it, so they carry over to a rerun
+    with another encoder)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
     same_size = record.get("size") == json.loads(json.dumps(asdict(context.size)))  # tuples come back as lists
-    return record.get("encoder") == str(context.encoder) and same_size
+    return same_size and (run.mode == "scratch" or record.get("encoder") == str(context.encoder))
 
 
 def _load_cases(context: RunContext, threads: int) -> None:

@@ -20,6 +20,8 @@ Usage:
   python benchmarks/label_efficiency.py --size full --device cuda --jobs 4 --out benchmarks/results/label_efficiency.json
   python benchmarks/label_efficiency.py --size medium --out benchmarks/results/label_efficiency_medium.json
   python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
+  python benchmarks/label_efficiency.py --size full --workdir W --encoder-lr-scale 1 --freeze-encoder-epochs 0 \
+      --out benchmarks/results/label_efficiency_full_lr.json   # same runs, pretrained arm fine-tuned at full rate
 
 Writes the JSON (``{"pretrained": {"1": {"mean", "std", "runs"}, ...}, "scratch": {...},
 "threshold_950": ..., "command": ...}``) and a PNG plot beside it (same name, ``.png``).
@@ -88,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", type=Path, help="use this exported encoder instead of pretraining one")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at once, each in its own process (default 1)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=FinetuneConfig.encoder_lr_scale,
+                        help=f"pretrained runs: encoder learning rate / decoder's (default {FinetuneConfig.encoder_lr_scale})")
+    parser.add_argument("--freeze-encoder-epochs", type=int, default=FinetuneConfig.freeze_encoder_epochs,
+                        help=f"pretrained runs: first epochs with the encoder frozen (default {FinetuneConfig.freeze_encoder_epochs})")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.encoder_lr_scale <= 0 or args.freeze_encoder_epochs < 0:
+        parser.error("--encoder-lr-scale must be positive and --freeze-encoder-epochs at least 0")
+    recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs)
     size = SIZES[args.size]
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     started = time.perf_counter()
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     cohorts = make_cohorts(size, workdir)
     encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain")
     grid = [Run(mode, count, seed) for mode in ("scratch", "pretrained") for count in size.counts for seed in size.seeds]
-    run_grid(grid, RunContext(cohorts["train"], cohorts["test"], encoder, size, args.device, workdir / "runs"), args.jobs)
+    run_grid(grid, RunContext(cohorts["train"], cohorts["test"], encoder, size, args.device, workdir / "runs", recipe), args.jobs)
     result: dict = {"scratch": {}, "pretrained": {}}
     for mode in ("scratch", "pretrained"):
         for count in size.counts:
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     test_cases = _worker_cases.get("test") or prepare_cohort(cohorts["test"])  # already prepared when --jobs 1
     result["threshold_950"] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
     result["command"] = " ".join(["python", "benchmarks/label_efficiency.py", *(argv if argv is not None else sys.argv[1:])])
-    result["settings"] = {**asdict(size), "encoder": str(encoder), "device": args.device, "jobs": args.jobs,
+    result["settings"] = {**asdict(size), **asdict(recipe), "encoder": str(encoder), "device": args.device, "jobs": args.jobs,
                           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_json(args.out, result)
@@ -178,8 +187,17 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a pretrained encoder is fine-tuned (scratch runs train every layer at the full rate)."""
+
+    encoder_lr_scale: float = FinetuneConfig.encoder_lr_scale
+    freeze_encoder_epochs: int = FinetuneConfig.freeze_encoder_epochs
+
+
+@dataclass(frozen=True)
 class RunContext:
-    """What every run shares: cohorts, encoder, budget, device and the folder of finished runs."""
+    """What every run shares: cohorts, encoder, budget, device, the folder of finished runs and
+    the pretrained runs' fine-tuning recipe."""
 
     train: Path
     test: Path
@@ -187,6 +205,7 @@ class RunContext:
     size: Size
     device: str
     runs_dir: Path
+    recipe: Recipe = Recipe()
 
 
 _worker_cases: dict[str, list[PreparedCase]] = {}
@@ -215,14 +234,17 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 def _is_done(run: Run, context: RunContext) -> bool:
     """A run counts as done when its record exists and was made with the same size and, for a
-    pretrained run, the same encoder (scratch runs never read it, so they carry over to a rerun
-    with another encoder)."""
+    pretrained run, the same encoder and recipe (scratch runs use neither, so they carry over to a
+    rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
     same_size = record.get("size") == json.loads(json.dumps(asdict(context.size)))  # tuples come back as lists
-    return same_size and (run.mode == "scratch" or record.get("encoder") == str(context.encoder))
+    if run.mode == "scratch":
+        return same_size
+    same_recipe = record.get("recipe", asdict(Recipe())) == asdict(context.recipe)
+    return same_size and same_recipe and record.get("encoder") == str(context.encoder)
 
 
 def _load_cases(context: RunContext, threads: int) -> None:
@@ -239,10 +261,10 @@ def _score_run(run: Run, context: RunContext) -> dict:
     """Fine-tune and score one run; its record is written to ``runs_dir`` before returning."""
     started = time.perf_counter()
     scores = finetune_and_score(run.mode, context.encoder, _worker_cases["train"], _worker_cases["test"], run.count,
-                                run.seed, context.size, context.device)
+                                run.seed, context.size, context.device, context.recipe)
     record = {**asdict(run), "dice": float(np.mean(scores)), "dice_per_test_scan": scores,
               "seconds": round(time.perf_counter() - started, 1), "encoder": str(context.encoder),
-              "size": asdict(context.size), "device": context.device}
+              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device}
     write_json(context.runs_dir / run.file_name, record)
     return record
 
@@ -258,12 +280,13 @@ def read_run(runs_dir: Path, run: Run) -> dict:
 
 
 def finetune_and_score(mode: str, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
-                       count: int, seed: int, size: Size, device: str) -> list[float]:
+                       count: int, seed: int, size: Size, device: str, recipe: Recipe = Recipe()) -> list[float]:
     """Fine-tune on ``count`` seeded-random training scans; Dice of binary emphysema per test scan."""
     torch.manual_seed(seed)
     chosen = [train_cases[i] for i in np.random.default_rng(seed).permutation(len(train_cases))[:count]]
     model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=device)
-    config = FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed)
+    config = FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
+                            encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
     finetune(model, chosen, config, pretrained=mode == "pretrained")
     scores = []
     for case in test_cases:

@@ -21,18 +21,19 @@ def bench():
     del sys.modules[spec.name]
 
 
-def _context(bench, tmp_path: Path, encoder: str, size: str = "small"):
-    return bench.RunContext(tmp_path / "train", tmp_path / "test", Path(encoder), bench.SIZES[size], "cpu", tmp_path / "runs")
+def _context(bench, tmp_path: Path, encoder: str, size: str = "small", recipe=None):
+    return bench.RunContext(tmp_path / "train", tmp_path / "test", Path(encoder), bench.SIZES[size], "cpu", tmp_path / "runs",
+                            recipe or bench.Recipe())
 
 
 def _finish(bench, run, context, dice: float) -> None:
     """Write the record a finished run leaves, as _score_run does."""
     bench.write_json(context.runs_dir / run.file_name,
                      {**bench.asdict(run), "dice": dice, "encoder": str(context.encoder),
-                      "size": bench.asdict(context.size), "device": "cpu"})
+                      "size": bench.asdict(context.size), "recipe": bench.asdict(context.recipe), "device": "cpu"})
 
 
-def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encoder(bench, tmp_path: Path) -> None:
+def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encoder_or_recipe(bench, tmp_path: Path) -> None:
     scratch, pretrained = bench.Run("scratch", 1, 0), bench.Run("pretrained", 1, 0)
     first = _context(bench, tmp_path, "/encoders/a")
     assert not bench._is_done(scratch, first)
@@ -42,6 +43,8 @@ def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encode
     other_encoder = _context(bench, tmp_path, "/encoders/b")
     assert bench._is_done(scratch, other_encoder)  # scratch runs never read the encoder
     assert not bench._is_done(pretrained, other_encoder)
+    full_rate = _context(bench, tmp_path, "/encoders/a", recipe=bench.Recipe(encoder_lr_scale=1.0, freeze_encoder_epochs=0))
+    assert bench._is_done(scratch, full_rate) and not bench._is_done(pretrained, full_rate)
     other_size = _context(bench, tmp_path, "/encoders/a", size="medium")
     assert not bench._is_done(scratch, other_size) and not bench._is_done(pretrained, other_size)
     assert bench.read_run(first.runs_dir, pretrained)["dice"] == 0.6

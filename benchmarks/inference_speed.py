@@ -9,8 +9,10 @@ prepare (lung mask, registration, atlas coordinates), 64^3 windows with 25% over
 lung grid, only windows that contain lung, two windows per forward pass, back to the input grid,
 quantification; and the same with overlap 0 (the app's ``infer_overlap`` CPU option). The
 baseline, timed on the same prepared case, is MONAI's sliding-window inference over every window
-of the lung's bounding box with two windows per pass (the first version of this code). The JSON reports the ratio baseline/ours of the window stage and checks that
-both give the same probabilities inside the lung. The goal is 30 s per full chest CT on 2 CPU
+of the lung's bounding box with two windows per pass (the first version of this code); both sides
+of that window-stage comparison are the same bare MONAI call, after a warm-up. The JSON reports
+the ratio baseline/ours of the window stage and checks that both give the same probabilities
+inside the lung. The goal is 30 s per full chest CT on 2 CPU
 cores. The network has random weights: speed does not depend on them.
 
     python benchmarks/inference_speed.py --out benchmarks/results/inference_speed_cpu.json
@@ -42,7 +44,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     from drasclr_monailabel.io.readers import read_ct
     from drasclr_monailabel.segmentation.case import network_input, prepare_case
     from drasclr_monailabel.segmentation.checkpoint import build_model
-    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, predict_volume, window_probabilities
+    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, predict_volume
 
     torch.manual_seed(0)
     model, _ = build_model(device=device)
@@ -61,17 +63,20 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     predict_volume(model, volume, device, overlap=0.0, case=case)
     predict_overlap0_s = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    ours = window_probabilities(model, case, device, mc_dropout=False, window=64, overlap=0.25, batch_size=2)
-    ours_windows_s = time.perf_counter() - clock
+    # Window stage alone, the same MONAI call on both sides: lung windows only (ours) vs every window.
     counter = LungWindowPredictor(_NoNetwork(model.num_classes))
     with torch.inference_mode():
-        inputs = torch.from_numpy(np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)]))[None]
-        sliding_window_inference(inputs.to(device), (64,) * 3, 4, counter, overlap=0.25, mode="gaussian", padding_mode="replicate")
+        with_lung_channel = torch.from_numpy(np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)]))[None].to(device)
+        image_only = with_lung_channel[:, :-1].contiguous()
+        sliding_window_inference(with_lung_channel, (64,) * 3, 2, counter, overlap=0.25, mode="gaussian", padding_mode="replicate")
         clock = time.perf_counter()
-        logits = sliding_window_inference(torch.from_numpy(network_input(case))[None].to(device), (64,) * 3, 2, model,
-                                          overlap=0.25, mode="gaussian", padding_mode="replicate")
+        ours_logits = sliding_window_inference(with_lung_channel, (64,) * 3, 2, LungWindowPredictor(model), overlap=0.25,
+                                               mode="gaussian", padding_mode="replicate")
+        ours_windows_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        logits = sliding_window_inference(image_only, (64,) * 3, 2, model, overlap=0.25, mode="gaussian", padding_mode="replicate")
         baseline_windows_s = time.perf_counter() - clock
+    ours = torch.softmax(ours_logits[0].float(), dim=0).cpu().numpy()
     baseline = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
     lung = case.lungs > 0
     return {
@@ -127,6 +132,8 @@ def main() -> int:
         "goal_seconds_per_full_ct": GOAL_SECONDS,
         "cases": results,
     }
+    if "large" in results:  # overlap 0 is what the app runs on a CPU (infer_overlap's CPU default)
+        report["large_meets_goal_overlap_0"] = results["large"]["overlap_0"]["total"] <= GOAL_SECONDS
     write_report(args.out, report)
     return 0
 

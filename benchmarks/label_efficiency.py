@@ -11,17 +11,19 @@ scratch and one from the encoder, then both are evaluated by Dice of binary emph
 scans' 1 mm lung grid. The plain HU < -950 threshold on the same voxels is the baseline.
 
 Every finished run is kept as ``runs/<mode>_<count>_<seed>.json`` in the work folder, so a run that
-is stopped resumes where it was (same work folder, same encoder; scratch runs are also kept when
-only ``--encoder`` changes, since they never read it); ``--jobs N`` fine-tunes N runs at
-once in separate processes (worth it on a GPU, where one small-patch run leaves it mostly idle).
+is stopped resumes where it was (same work folder, same encoder and recipe; scratch runs are also
+kept when only ``--encoder`` or the pretrained arm's recipe changes, since they use neither; the
+pretrained runs' records are then replaced, so give a variant its own work folder to keep both);
+``--jobs N`` fine-tunes N runs at once in separate processes (worth it on a GPU, where one
+small-patch run leaves it mostly idle).
 
 Usage:
   python benchmarks/label_efficiency.py --size full --out benchmarks/results/label_efficiency.json
   python benchmarks/label_efficiency.py --size full --device cuda --jobs 4 --out benchmarks/results/label_efficiency.json
   python benchmarks/label_efficiency.py --size medium --out benchmarks/results/label_efficiency_medium.json
   python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
-  python benchmarks/label_efficiency.py --size full --workdir W --encoder-lr-scale 1 --freeze-encoder-epochs 0 \
-      --out benchmarks/results/label_efficiency_full_lr.json   # same runs, pretrained arm fine-tuned at full rate
+  python benchmarks/label_efficiency.py --size full --workdir W2 --encoder W/encoder --encoder-lr-scale 1 \
+      --freeze-encoder-epochs 0 --out benchmarks/results/label_efficiency_full_rate.json   # pretrained arm at full rate
 
 Writes the JSON (``{"pretrained": {"1": {"mean", "std", "runs"}, ...}, "scratch": {...},
 "threshold_950": ..., "command": ...}``) and a PNG plot beside it (same name, ``.png``).

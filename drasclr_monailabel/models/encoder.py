@@ -42,6 +42,9 @@ class EncoderArchitecture:
         embedding_dim: width of the last convolution = length of the embedding.
         num_experts: expert kernels per CondConv layer.
         location_dim: length of the location vector.
+        conditioned: route every convolution by the location (DrasCLR). False: the location is
+            ignored and every layer uses the kernel of one fixed location (the atlas centre), i.e.
+            plain convolutions of the same shapes and cost (the paper's "no anatomy" ablation).
     """
 
     in_channels: int = 1
@@ -52,10 +55,11 @@ class EncoderArchitecture:
     embedding_dim: int = 128
     num_experts: int = 8
     location_dim: int = 3
+    conditioned: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
-        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "block_channels"}
+        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("block_channels", "conditioned")}
         bad = [name for name, value in positive.items() if value < 1] + (["block_channels"] if any(c < 1 for c in self.block_channels) else [])
         if bad:
             raise ValueError(f"{bad[0]} must be positive")
@@ -90,7 +94,7 @@ class DrasclrEncoder(nn.Module):
     ``forward(x, location)`` gives the embedding ``h`` (N, embedding_dim);
     ``forward_features(x, location)`` gives the feature pyramid a U-Net decoder needs.
     ``location`` is (3,) for a batch sharing one landmark, or (G, 3) for G equal groups of
-    consecutive samples (see :class:`CondConv3d`).
+    consecutive samples (see :class:`CondConv3d`); an unconditioned encoder ignores it.
     """
 
     def __init__(self, architecture: EncoderArchitecture | None = None) -> None:
@@ -132,6 +136,8 @@ class DrasclrEncoder(nn.Module):
         Map ``i`` is the last activation at stride ``2**i`` (the input of that level's stride-2
         convolution; the last map is the encoder output), i.e. the skip connections of a U-Net.
         """
+        if not self.architecture.conditioned:
+            location = x.new_zeros(self.architecture.location_dim)
         features = []
         for convs, down in zip(self.levels, self.downs):
             for conv in convs:

@@ -59,23 +59,38 @@ def teardown(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def all_gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+def gather_counts(rows: int, context: DistContext) -> list[int]:
+    """Every rank's ``rows`` (an int), in rank order."""
+    if not context.distributed:
+        return [rows]
+    size = torch.tensor([rows], device=context.device)
+    sizes = [torch.zeros_like(size) for _ in range(context.world_size)]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def all_gather_rows(tensor: torch.Tensor, context: DistContext, counts: list[int] | None = None) -> torch.Tensor:
     """Concatenate ``tensor`` (n_r, ...) of every rank along dim 0, in rank order.
 
-    Ranks may hold different ``n_r`` (the last batches of a landmark can be one smaller): sizes
-    are exchanged first and rows padded to the largest.
+    Ranks may hold different ``n_r`` (a global batch splits into shares that differ by one): the
+    sizes are exchanged first (or taken from ``counts``, every rank's ``n_r``) and rows padded to
+    the largest.
     """
     if not context.distributed:
         return tensor
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(context.world_size)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
+    counts = counts if counts is not None else gather_counts(tensor.shape[0], context)
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in range(context.world_size)]
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[:n] for g, n in zip(gathered, counts)])
+
+
+def broadcast_from_main(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (in place; same shape and type everywhere)."""
+    if context.distributed:
+        dist.broadcast(tensor, src=0)
+    return tensor
 
 
 def all_gather_objects(obj: Any, context: DistContext) -> list[Any]:

@@ -1,26 +1,31 @@
 """DrasCLR pretraining (Yu et al., 2023) as a :class:`PretrainMethod`: MoCo v2 with anatomy.
 
-Every batch holds one landmark ``j`` for many subjects (see :mod:`.sampler`). Per step:
+Every step holds one landmark ``j`` for many subjects, across all processes (see :mod:`.sampler`).
+Per step:
 
 * three kinds of view are augmented on the device: two views of each subject's patch at ``j``
   (query and key) and one view of the patch at each of ``j``'s k neighbour landmarks;
 * the query network (conditional encoder + projection head, L2-normalised) embeds the query view
   with location ``j`` and each neighbour view with its own location; the momentum key network
-  embeds the key view;
-* local InfoNCE: anchor = query, positive = key, negatives = queue ``j``;
+  embeds the key views, shuffled for BatchNorm (below);
+* negatives of a query: the written slots of queue ``j`` and the keys of the whole (global)
+  batch, except every key of the query's own subject (its positive, and older keys of the same
+  subject still in the queue, which would be false negatives);
+* local InfoNCE: anchor = query, positive = its key;
 * neighbour InfoNCE: anchor = sum of the k neighbour embeddings (unit vectors, not re-normalised),
   positive and negatives as above; a subject for which any neighbour landmark is invalid (outside
   its scan or lung) is left out of this term, which averages over the remaining subjects (0 if
   none remain);
-* loss = local + beta x neighbour; after the optimiser step the keys of all ranks are gathered and
-  enqueued into queue ``j`` of their landmark.
+* loss = local + beta x neighbour; after the optimiser step the global batch's keys and their
+  subject ids (gathered from every rank once) are enqueued into queue ``j``.
 
-BatchNorm sees one landmark per call (the query, each neighbour and the key views are separate
-encoder calls), i.e. the statistics of a landmark across subjects, as in the reference. Because
-query and positive key come from the same batch, BatchNorm statistics could leak which subjects
-are in the batch (MoCo's "cheating" via BN); ``moco.key_bn_splits`` > 1 embeds the keys in that
-many random sub-batches so their statistics differ from the query's (MoCo's shuffle-BN, single
-process).
+BatchNorm sees one landmark per encoder call, as in the reference. Query and positive key come
+from the same subjects, so BatchNorm statistics could tell the positive apart from queued keys
+(MoCo's "cheating" via BN); keys are therefore embedded with other batch-mates than their query
+(shuffle-BN): across processes under DDP (gathered, permuted by rank 0, embedded in shares,
+gathered back and un-permuted, as MoCo does), and in ``moco.key_bn_splits`` random sub-batches in
+one process. Before export, the BatchNorm statistics are recomputed over batches that mix
+landmarks (``precise_bn``), so embeddings and fine-tuning use statistics of every landmark.
 """
 
 from __future__ import annotations
@@ -48,15 +53,27 @@ from drasclr_monailabel.ssl.cache import (
     read_atlas_landmarks,
 )
 from drasclr_monailabel.ssl.config import OptimConfig, TrainConfig
-from drasclr_monailabel.ssl.distributed import DistContext, all_gather_rows
+from drasclr_monailabel.ssl.distributed import (
+    DistContext,
+    all_gather_rows,
+    broadcast_from_main,
+    gather_counts,
+)
 from drasclr_monailabel.ssl.method import (
     ExportSpec,
     PretrainMethod,
     StepOutput,
     register_method,
 )
-from drasclr_monailabel.ssl.moco import LandmarkQueues, info_nce, momentum_update
-from drasclr_monailabel.ssl.patches import LandmarkCropDataset
+from drasclr_monailabel.ssl.moco import (
+    LandmarkQueues,
+    info_nce,
+    momentum_update,
+    same_subject,
+)
+from drasclr_monailabel.ssl.patches import LandmarkCropDataset, read_crop
+from drasclr_monailabel.ssl.precise_bn import recalibrate_batchnorm
+from drasclr_monailabel.ssl.queue_plan import plan_queue_fill
 from drasclr_monailabel.ssl.sampler import LandmarkBatchSampler
 
 
@@ -90,13 +107,15 @@ class MocoConfig:
     """Contrastive learning.
 
     Attributes:
-        queue_size: negatives per landmark (K).
+        queue_size: queue length per landmark (K); only slots written with a key of another
+            subject count as negatives (``drasclr pretrain`` says how full the planned run gets them).
         queue_dtype: queue storage; float16 halves L x K x D x 4 bytes.
         momentum: key network update ``k = m k + (1 - m) q``.
         temperature: InfoNCE temperature.
         neighbour_weight: beta, weight of the neighbour InfoNCE (0 turns it and the reading of
             neighbour patches off).
-        key_bn_splits: embed the keys in this many random sub-batches (shuffle-BN); 1 = one call.
+        key_bn_splits: in one process, embed the keys in this many random sub-batches of at least
+            two (shuffle-BN); 1 = one call. Under DDP keys are shuffled across processes instead.
     """
 
     queue_size: int = 4096
@@ -114,6 +133,24 @@ class MocoConfig:
 
 
 @dataclass
+class PreciseBnConfig:
+    """BatchNorm statistics recomputed before export (see :mod:`.precise_bn`).
+
+    Attributes:
+        samples: (subject, landmark) patches drawn at random from the valid pairs (all of them
+            when fewer); 0 keeps the running averages of training.
+        batch_size: patches per batch, mixing landmarks.
+    """
+
+    samples: int = 4096
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.samples < 0 or self.batch_size < 2:
+            raise ValueError("samples must be 0 or more and batch_size at least 2")
+
+
+@dataclass
 class DrasclrConfig:
     """The whole DrasCLR recipe (configs/drasclr.yaml)."""
 
@@ -124,6 +161,7 @@ class DrasclrConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precise_bn: PreciseBnConfig = field(default_factory=PreciseBnConfig)
 
 
 class DrasclrNetwork(nn.Module):
@@ -166,13 +204,14 @@ class DrasclrMethod(PretrainMethod):
         device = context.device
         self._network = DrasclrNetwork(config.model.encoder, config.model.projection_dim).to(device)
         self.key_network = copy.deepcopy(self._network).requires_grad_(False)
-        queue_generator = torch.Generator().manual_seed(config.train.seed)
         dtype = torch.float16 if config.moco.queue_dtype == "float16" else torch.float32
-        self.queues = LandmarkQueues(self.atlas.n_landmarks, config.moco.queue_size, config.model.projection_dim, dtype, queue_generator).to(device)
+        self.queues = LandmarkQueues(self.atlas.n_landmarks, config.moco.queue_size, config.model.projection_dim, dtype).to(device)
         self.locations = torch.from_numpy(self.atlas.coordinates).to(device)
         self.use_neighbours = config.moco.neighbour_weight > 0 and self.atlas.neighbours.shape[1] > 0
         self.augmenter = PatchAugmenter(config.augment, patch, LUNG_WINDOW)
-        self._pending: tuple[torch.Tensor, int] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._sampler: LandmarkBatchSampler | None = None
+        self.batchnorm_record: dict[str, Any] = {"statistics": "running average of one-landmark training batches"}
 
     @property
     def network(self) -> nn.Module:
@@ -186,7 +225,15 @@ class DrasclrMethod(PretrainMethod):
                                            rank=self.context.rank, world_size=self.context.world_size, min_batch=self.config.data.min_batch)
         except ValueError as exc:
             raise InputError(self.index.root, f"cannot form training batches: {exc} ({self.index.n_subjects} scans)") from None
+        self._sampler = sampler
         return dataset, sampler
+
+    def plan(self, total_steps: int) -> dict[str, Any]:
+        """Expected queue fill for ``total_steps`` (call after :meth:`build_data`)."""
+        assert self._sampler is not None, "build_data first"
+        plan = plan_queue_fill(self._sampler.keys_per_landmark_epoch, self.config.moco.queue_size, total_steps,
+                               self._sampler.batches_per_epoch)
+        return {"queue_fill": plan.summary(), "warnings": plan.warnings()}
 
     def prepare_batch(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """Augment all views in one call: query and key of the centre crop, one view per neighbour."""
@@ -197,52 +244,92 @@ class DrasclrMethod(PretrainMethod):
         return {**batch, "query": views[0], "key": views[1], "neighbour_views": list(views[2 : 2 + k])}
 
     def training_step(self, network: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
-        landmark, neighbours = batch["landmark"], batch["neighbours"]
+        landmark, neighbours, subjects = batch["landmark"], batch["neighbours"], batch["subjects"]
         views = [batch["query"], *batch["neighbour_views"]]
         locations = [self.locations[landmark], *(self.locations[n] for n in neighbours)]
         embeddings = network(views, locations)
         query = embeddings[0]
         with torch.no_grad():
             momentum_update(self.key_network.parameters(), self._network.parameters(), self.config.moco.momentum)
-            key = self._embed_keys(batch["key"], self.locations[landmark], generator)
-        negatives = self.queues.negatives(landmark)
+            keys, key_subjects, own = self._embed_keys(batch["key"], subjects, self.locations[landmark], generator)
+        negatives, excluded = contrast_set(*self.queues.negatives(landmark), keys, key_subjects, subjects)
+        positive = keys[own]
         temperature = self.config.moco.temperature
-        local = info_nce(query, key, negatives, temperature)
-        loss_local = local.mean()
-        metrics = {"loss_local": loss_local.detach(), "acc_local": _top1(query, key, negatives)}
+        loss_local = info_nce(query, positive, negatives, temperature, excluded).mean()
+        metrics = {"loss_local": loss_local.detach(), "acc_local": _top1(query, positive, negatives, excluded),
+                   "negatives": (~excluded).sum(dim=1).float().mean(), "queue_fill": self.queues.fill()[landmark]}
         loss = loss_local
         if self.use_neighbours:
             anchor = torch.stack(embeddings[1:]).sum(dim=0)
             usable = batch["neighbour_valid"].all(dim=1).float()
-            per_subject = info_nce(anchor, key, negatives, temperature)
+            per_subject = info_nce(anchor, positive, negatives, temperature, excluded)
             loss_neighbour = (per_subject * usable).sum() / usable.sum().clamp(min=1)
             loss = loss + self.config.moco.neighbour_weight * loss_neighbour
             metrics.update(loss_neighbour=loss_neighbour.detach(), neighbour_fraction=usable.mean())
-        self._pending = (key, landmark)
+        self._pending = (keys, key_subjects, landmark)
         return StepOutput(loss=loss, samples=query.shape[0], metrics=metrics)
 
-    def _embed_keys(self, views: torch.Tensor, location: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Key embeddings, in ``key_bn_splits`` random sub-batches of at least two samples."""
-        splits = min(self.config.moco.key_bn_splits, views.shape[0] // 2)
-        if splits <= 1:
-            return self.key_network.embed(views, location)
-        order = torch.randperm(views.shape[0], generator=generator, device=views.device)
-        keys = torch.cat([self.key_network.embed(chunk, location) for chunk in views[order].tensor_split(splits)])
-        return keys[torch.argsort(order)]
+    def _embed_keys(self, views: torch.Tensor, subjects: torch.Tensor, location: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """Key embeddings of the global batch with shuffle-BN.
+
+        Returns every rank's keys (M, D) and subject ids (M,) in rank order, and the rows of this
+        rank's own samples. Under DDP the key views are gathered, permuted (rank 0's permutation,
+        broadcast), embedded in one share per rank, gathered back and un-permuted, so each key's
+        BatchNorm statistics come from other samples than its query's. In one process the keys
+        are embedded in ``key_bn_splits`` random sub-batches of at least two.
+        """
+        context = self.context
+        if not context.distributed:
+            splits = min(self.config.moco.key_bn_splits, views.shape[0] // 2)
+            if splits <= 1:
+                return self.key_network.embed(views, location), subjects, slice(0, views.shape[0])
+            order = torch.randperm(views.shape[0], generator=generator, device=views.device)
+            keys = torch.cat([self.key_network.embed(chunk, location) for chunk in views[order].tensor_split(splits)])
+            return keys[torch.argsort(order)], subjects, slice(0, views.shape[0])
+        counts = gather_counts(views.shape[0], context)
+        everything = all_gather_rows(views.contiguous(), context, counts)
+        all_subjects = all_gather_rows(subjects.to(views.device), context, counts)
+        order = broadcast_from_main(torch.randperm(everything.shape[0], generator=generator, device=views.device), context)
+        share = everything[order].tensor_split(context.world_size)[context.rank]
+        shares = gather_counts(share.shape[0], context)
+        shuffled = all_gather_rows(self.key_network.embed(share, location).float().contiguous(), context, shares)
+        keys = shuffled[torch.argsort(order)]
+        first = sum(counts[: context.rank])
+        return keys, all_subjects, slice(first, first + counts[context.rank])
 
     def after_step(self, step: int) -> None:
-        """Enqueue this step's keys of every rank (gathered in rank order) into their landmarks' queues."""
+        """Enqueue this step's keys of every rank (gathered once, in rank order) into the landmark's queue."""
         if self._pending is None:
             return
-        keys, landmark = self._pending
+        keys, subjects, landmark = self._pending
         self._pending = None
-        if self.context.distributed:
-            landmarks = torch.full((keys.shape[0],), landmark, dtype=torch.int64, device=keys.device)
-            keys = all_gather_rows(keys.float().contiguous(), self.context)
-            landmark_rows = all_gather_rows(landmarks, self.context).tolist()
-        else:
-            landmark_rows = [landmark] * keys.shape[0]
-        self.queues.enqueue(keys, landmark_rows)
+        self.queues.enqueue(keys, [landmark] * keys.shape[0], subjects)
+
+    def before_export(self) -> None:
+        """Recompute BatchNorm statistics over un-augmented patches of mixed landmarks (precise BN).
+
+        Every rank draws the same patches (seeded), so all ranks end with the same statistics.
+        """
+        settings = self.config.precise_bn
+        if settings.samples == 0:
+            return
+        subjects, landmarks = np.nonzero(self.index.valid)
+        chosen = np.random.default_rng([self.config.train.seed, 1]).permutation(len(subjects))[: settings.samples]
+        groups = [rows for rows in np.array_split(chosen, max(1, len(chosen) // settings.batch_size)) if len(rows) >= 2]
+        patch = self.atlas.patch_size
+
+        def batches():
+            for rows in groups:
+                crops = np.stack([read_crop(np.load(self.index.image_paths[subjects[r]], mmap_mode="r"),
+                                            self.index.centres[subjects[r], landmarks[r]], patch) for r in rows])
+                yield LUNG_WINDOW(torch.from_numpy(crops)).unsqueeze(1).to(self.context.device), self.locations[torch.from_numpy(landmarks[rows])]
+
+        used = recalibrate_batchnorm(self._network, batches(), lambda batch: self._network.embed(*batch))
+        rows = np.concatenate(groups[:used]) if used else np.zeros(0, dtype=np.int64)
+        self.batchnorm_record = {"statistics": "precise: average over batches mixing landmarks (un-augmented patches)",
+                                 "batches": used, "samples": int(len(rows)), "landmarks": int(len(np.unique(landmarks[rows]))),
+                                 "subjects": int(len(np.unique(subjects[rows])))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"key_network": self.key_network.state_dict(), "queues": self.queues.state_dict()}
@@ -257,17 +344,35 @@ class DrasclrMethod(PretrainMethod):
             metadata={"method": self.name, "architecture": arch.to_dict(), "atlas": self.atlas.metadata(),
                       "intensity": LUNG_WINDOW.to_dict(), "patch_size": self.atlas.patch_size,
                       "embedding_dim": arch.embedding_dim, "n_landmarks": self.atlas.n_landmarks,
+                      "batchnorm": self.batchnorm_record,
                       "location": "normalised atlas coordinate (cx, cy, cz) of the landmark, landmarks.csv"},
             state_dict_prefix="encoder.",
         )
 
 
-def _top1(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Fraction of queries whose positive key scores above every negative."""
+def contrast_set(queued: torch.Tensor, queued_subjects: torch.Tensor, keys: torch.Tensor, key_subjects: torch.Tensor,
+                 query_subjects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate negatives of a step and which of them each query must ignore.
+
+    Args:
+        queued, queued_subjects: the written queue slots of the landmark, (Q, D) and (Q,).
+        keys, key_subjects: the keys of the global batch, (M, D) and (M,).
+        query_subjects: (N,) subject of each query.
+
+    Returns:
+        negatives (Q + M, D) and ``excluded`` bool (N, Q + M): true where the key came from the
+        query's own subject (its positive, or an older key of it in the queue).
+    """
+    negatives = torch.cat([queued.to(keys.dtype), keys])
+    return negatives, same_subject(query_subjects, torch.cat([queued_subjects.to(key_subjects.device), key_subjects]))
+
+
+def _top1(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """Fraction of queries whose positive key scores above every negative that counts for them."""
     with torch.no_grad():
-        positive = (query * key).sum(dim=1)
-        hardest = (query @ negatives.to(query.dtype).t()).max(dim=1).values
-        return (positive > hardest).float().mean()
+        scores = (query @ negatives.to(query.dtype).t()).masked_fill(excluded, float("-inf"))
+        hardest = scores.max(dim=1).values if scores.shape[1] else torch.full_like(query[:, 0], float("-inf"))
+        return ((query * positive).sum(dim=1) > hardest).float().mean()
 
 
 register_method("drasclr", DrasclrConfig, DrasclrMethod)

@@ -72,8 +72,8 @@ class PretrainMethod(abc.ABC):
     """One self-supervised method, as the trainer drives it.
 
     Call order: ``__init__`` (build networks on ``context.device``, read the data index),
-    ``build_data``, then every step ``prepare_batch`` -> ``training_step`` (under autocast) ->
-    backward and optimiser step -> ``after_step``. ``state_dict``/``load_state_dict`` hold the
+    ``build_data``, ``plan``, then every step ``prepare_batch`` -> ``training_step`` (under
+    autocast) -> backward and optimiser step -> ``after_step``; at the end ``before_export``. ``state_dict``/``load_state_dict`` hold the
     state outside the trainable network and the optimiser (e.g. key encoder, queues).
     """
 
@@ -106,6 +106,15 @@ class PretrainMethod(abc.ABC):
 
     def after_step(self, step: int) -> None:
         """Called after every optimiser step (``step`` counts completed steps)."""
+
+    def plan(self, total_steps: int) -> dict[str, Any]:
+        """What the run of ``total_steps`` will do, for ``plan.json`` and the log (after
+        :meth:`build_data`); a ``warnings`` list holds what the user should change."""
+        return {"warnings": []}
+
+    def before_export(self) -> None:
+        """Called on every rank once the run is complete, before the final checkpoint and the
+        export (e.g. to recompute BatchNorm statistics)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Method state outside :attr:`network` (tensors and plain containers only)."""

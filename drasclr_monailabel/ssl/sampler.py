@@ -1,4 +1,4 @@
-"""Batches of one landmark across many subjects, shuffled every epoch and sharded across ranks.
+"""Batches of one landmark across many subjects, shuffled every epoch and split across ranks.
 
 The sampler yields :class:`LandmarkBatch` keys (landmark, subjects); the dataset reads the whole
 batch from such a key, so the landmark travels with every batch and any number of data-loader
@@ -7,11 +7,14 @@ main process, so workers kept serving a stale one). Use it as ``DataLoader(datas
 sampler=sampler, batch_size=None)``.
 
 Per epoch (seeded by ``seed`` and the epoch number, so every rank derives the same order):
-the valid subjects of each landmark are shuffled and split into batches of ``batch_size``
-(sizes differ by at most one; a landmark with fewer than ``min_batch`` valid subjects is
-left out, every other (landmark, subject) pair comes exactly once), then all batches are shuffled together. Ranks take every
-``world_size``-th batch; the list is first padded by repeating its head so that every rank runs
-the same number of steps (as torch's DistributedSampler does).
+the valid subjects of each landmark are shuffled and split into global batches of about
+``batch_size x world_size`` (sizes differ by at most one; a landmark with fewer than
+``min_batch x world_size`` valid subjects is left out, every other (landmark, subject) pair
+comes exactly once), then all global batches are shuffled together. At every step all ranks
+work on the same global batch, each on its own near-equal share of the subjects. So every step
+is one landmark across all processes, as in the reference (4 GPUs, one landmark per step):
+keys can be shuffled across ranks for BatchNorm (MoCo's shuffle-BN) without mixing landmarks,
+every rank's keys go to one queue, and no rank needs padding batches.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ class LandmarkBatchSampler(Sampler[LandmarkBatch]):
 
     Args:
         valid: bool (S, L): subject s may be sampled at landmark l.
-        batch_size: subjects per batch (per rank).
+        batch_size: subjects per batch and rank (global batch: ``batch_size x world_size``).
         seed: base seed of the shuffles.
         rank: this process's rank.
         world_size: number of processes.
-        min_batch: smaller batches are dropped (BatchNorm needs at least two samples).
+        min_batch: no rank gets fewer subjects in a batch (BatchNorm needs at least two).
     """
 
     def __init__(self, valid: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, min_batch: int = 2) -> None:
@@ -57,11 +60,11 @@ class LandmarkBatchSampler(Sampler[LandmarkBatch]):
         self.rank = rank
         self.world_size = world_size
         self.min_batch = min_batch
-        self._parts = [_count_parts(int(n), batch_size, min_batch) for n in self.valid.sum(axis=0)]
-        total = sum(self._parts)
-        if total == 0:
-            raise ValueError(f"no landmark has {min_batch} or more valid subjects to form a batch")
-        self.batches_per_epoch = math.ceil(total / world_size)
+        self._parts = [_count_parts(int(n), batch_size * world_size, min_batch * world_size) for n in self.valid.sum(axis=0)]
+        self.batches_per_epoch = sum(self._parts)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"no landmark has {min_batch * world_size} or more valid subjects to form a batch "
+                             f"({min_batch} for each of {world_size} process(es))")
         self.epoch = 0
         self.start = 0
 
@@ -72,8 +75,13 @@ class LandmarkBatchSampler(Sampler[LandmarkBatch]):
         self.epoch = epoch
         self.start = start
 
+    @property
+    def keys_per_landmark_epoch(self) -> np.ndarray:
+        """int64 (L,): subjects drawn at each landmark per epoch (0 where no batch forms)."""
+        return np.where(np.asarray(self._parts) > 0, self.valid.sum(axis=0), 0)
+
     def epoch_batches(self, epoch: int) -> list[LandmarkBatch]:
-        """All batches of ``epoch`` for all ranks, in order (before sharding and padding)."""
+        """The global batches of ``epoch`` (every rank's subjects), in order."""
         rng = np.random.default_rng([self.seed, epoch])
         batches: list[LandmarkBatch] = []
         for landmark, parts in enumerate(self._parts):
@@ -85,17 +93,19 @@ class LandmarkBatchSampler(Sampler[LandmarkBatch]):
         return [batches[i] for i in order]
 
     def rank_batches(self, epoch: int) -> list[LandmarkBatch]:
-        """This rank's batches of ``epoch``."""
-        batches = self.epoch_batches(epoch)
-        padded_length = self.batches_per_epoch * self.world_size
-        padded = (batches * math.ceil(padded_length / len(batches)))[:padded_length]
-        return padded[self.rank :: self.world_size]
+        """This rank's share of each global batch of ``epoch``."""
+        return [rank_share(batch, self.rank, self.world_size) for batch in self.epoch_batches(epoch)]
 
     def __iter__(self) -> Iterator[LandmarkBatch]:
         yield from self.rank_batches(self.epoch)[self.start :]
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start
+
+
+def rank_share(batch: LandmarkBatch, rank: int, world_size: int) -> LandmarkBatch:
+    """Rank ``rank``'s near-equal part of a global batch (parts in rank order make up the batch)."""
+    return LandmarkBatch(batch.landmark, tuple(int(s) for s in np.array_split(np.asarray(batch.subjects), world_size)[rank]))
 
 
 def _count_parts(n: int, batch_size: int, min_batch: int) -> int:

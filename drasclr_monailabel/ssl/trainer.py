@@ -114,6 +114,7 @@ class Trainer:
             step = self._restore(optimizer, scaler, steps_per_epoch)
         else:
             self._start_run_dir()
+        self._report_plan(self.method.plan(total_steps))
         wrapped: nn.Module = network
         if self.context.distributed:
             wrapped = DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -149,6 +150,7 @@ class Trainer:
         completed = step >= total_steps
         export_dir = None
         if completed:
+            self.method.before_export()
             self._save(ckpt.FINAL_NAME, network, optimizer, scaler, step, steps_per_epoch)
             export_dir = self._export(network, step, steps_per_epoch) if self.context.is_main else None
         return FitResult(step=step, total_steps=total_steps, completed=completed, history=history, export_dir=export_dir)
@@ -221,6 +223,17 @@ class Trainer:
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_all,
             "export": {"metadata": spec.metadata, "state_dict_prefix": spec.state_dict_prefix},
         })
+
+    def _report_plan(self, plan: dict[str, Any]) -> None:
+        """Log the method's plan (warnings as warnings) and keep it as ``plan.json`` in the run folder."""
+        if not self.context.is_main:
+            return
+        for warning in plan.get("warnings", []):
+            log.warning("%s", warning)
+        for name, value in plan.items():
+            if name != "warnings":
+                log.info("plan: %s %s", name, value)
+        write_json(self.run_dir / "plan.json", plan)
 
     def _write_progress(self, step: int, total_steps: int) -> None:
         """``progress.json`` beside the checkpoints: the step of ``last.pt`` (for launchers and monitoring)."""

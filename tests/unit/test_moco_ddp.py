@@ -1,17 +1,28 @@
-"""Two-process (Gloo, CPU) DDP pretraining: every rank ends with the same queues and parameters,
-and the queues hold the keys of both ranks (gathered before enqueueing)."""
+"""DrasCLR pretraining across machines: two torchrun "nodes" on loopback (c10d rendezvous, Gloo).
+
+Every rank must end with the same parameters and queues, and every key of every rank must be in
+its landmark's queue exactly once (gathered once, enqueued once). The SLURM template in pretrain/
+is run with stand-ins for ``srun`` and ``scontrol`` so that its own torchrun command line starts
+two nodes the same way.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import stat
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-WORLD_SIZE = 2
+REPO = Path(__file__).resolve().parents[2]
+NODES = 2
 
 
 def _free_port() -> int:
@@ -20,55 +31,125 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, atlas: str, cache: str, out: str, overrides: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD_SIZE))
-    torch.set_num_threads(1)
-    from drasclr_monailabel.ssl.distributed import setup, teardown
-    from drasclr_monailabel.ssl.drasclr import DrasclrMethod
-    from drasclr_monailabel.ssl.recipe import load_recipe
-    from drasclr_monailabel.ssl.trainer import Trainer
+def _environment() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    return env
 
-    config = load_recipe(None, [*overrides, f"data.atlas={atlas}"])
-    context = setup("cpu")
-    torch.manual_seed(config.train.seed)
-    method = DrasclrMethod(config, context, Path(cache))
-    local_keys = []  # (keys, landmark) this rank computed at each step, before the gather
-    enqueue_step = method.after_step
 
-    def recording_after_step(step: int) -> None:
-        keys, landmark = method._pending
-        local_keys.append((keys.detach().float().clone(), landmark))
-        enqueue_step(step)
+def _torchrun() -> str:
+    return str(Path(sys.executable).with_name("torchrun"))
 
-    method.after_step = recording_after_step
-    Trainer(method, config, Path(out) / "run", context).fit()
-    torch.save({"queues": method.queues.keys.clone(), "pointers": list(method.queues.pointers),
-                "network": {k: v.clone() for k, v in method.network.state_dict().items()},
-                "key_network": {k: v.clone() for k, v in method.key_network.state_dict().items()},
-                "local_keys": local_keys}, Path(out) / f"rank{rank}.pt")
-    teardown(context)
+
+def _launch_nodes(command: list[str], cwd: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Start ``command`` once per node, concurrently, as two machines of a cluster would."""
+    processes = [subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(NODES)]
+    results = []
+    for process in processes:
+        output, _ = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
+    return results
+
+
+def _two_node_command(port: int, target: list[str]) -> list[str]:
+    return [_torchrun(), "--nnodes", str(NODES), "--nproc_per_node", "1", "--rdzv_id", "drasclr-test",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", *target]
 
 
 @pytest.mark.slow
-def test_two_rank_training_keeps_queues_and_weights_identical(easy_atlas: Path, easy_cache: Path, tmp_path: Path) -> None:
+def test_two_nodes_keep_parameters_identical_and_enqueue_every_key_exactly_once(easy_atlas: Path, easy_cache: Path,
+                                                                               tmp_path: Path) -> None:
     from tests.unit.test_pretrain import EASY
 
-    overrides = [*EASY, "train.max_steps=3", "moco.queue_size=32"]
-    mp.spawn(_rank_main, args=(_free_port(), str(easy_atlas), str(easy_cache), str(tmp_path), overrides), nprocs=WORLD_SIZE)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
-    assert torch.equal(ranks[0]["queues"], ranks[1]["queues"])
-    assert ranks[0]["pointers"] == ranks[1]["pointers"]
-    # Parameters agree exactly; BatchNorm running statistics are each rank's own between forwards
-    # (DDP broadcasts rank 0's at the start of each forward; checkpoints and exports are rank 0's).
-    for part in ("network", "key_network"):
-        for name, tensor in ranks[0][part].items():
-            if "running_" not in name and "num_batches" not in name:
-                assert torch.equal(tensor, ranks[1][part][name]), f"{part}.{name}"
-    queues = ranks[0]["queues"].float()
-    for rank in ranks:
-        assert len(rank["local_keys"]) == 3
-        for keys, landmark in rank["local_keys"]:
-            # each rank's keys of every step are in the queue of their landmark, on both ranks
-            similarity = keys @ queues[landmark].t()
-            assert torch.allclose(similarity.max(dim=1).values, torch.ones(keys.shape[0]), atol=1e-5)
+    steps = 4
+    overrides = [*EASY, f"train.max_steps={steps}", "moco.queue_size=64", "train.batch_size=3", "precise_bn.samples=16"]
+    command = _two_node_command(_free_port(), ["-m", "tests.unit.ddp_pretrain_worker", str(easy_atlas), str(easy_cache),
+                                               str(tmp_path), *overrides])
+    results = _launch_nodes(command, REPO)
+    for result in results:
+        assert result.returncode == 0, result.stdout[-3000:]
+    ranks = sorted((torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(NODES)), key=lambda s: s["rank"])
+    assert [state["world_size"] for state in ranks] == [NODES, NODES]
+    # Same parameters and (after precise BN) the same BatchNorm statistics on every rank; key
+    # networks agree except their running statistics, which each rank gathers over its own share.
+    for name, tensor in ranks[0]["network"].items():
+        assert torch.equal(tensor, ranks[1]["network"][name]), f"network.{name}"
+    for name, tensor in ranks[0]["key_network"].items():
+        if "running_" not in name and "num_batches" not in name:
+            assert torch.equal(tensor, ranks[1]["key_network"][name]), f"key_network.{name}"
+    for name in ("keys", "subjects"):
+        assert torch.equal(ranks[0]["queues"][name], ranks[1]["queues"][name])
+    queue_keys, queue_subjects = ranks[0]["queues"]["keys"].float(), ranks[0]["queues"]["subjects"]
+    expected: Counter = Counter()
+    for step in range(steps):
+        shares = [state["own_keys"][step] for state in ranks]
+        assert len({share["landmark"] for share in shares}) == 1  # one landmark per step on every rank
+        assert torch.equal(torch.cat([share["subjects"] for share in shares]), shares[0]["global_subjects"])
+        for share in shares:
+            landmark = share["landmark"]
+            expected.update((landmark, int(s)) for s in share["subjects"])
+            similarity = share["keys"] @ queue_keys[landmark].t()
+            matches = (similarity > 1 - 1e-5).sum(dim=1)
+            assert matches.tolist() == [1] * len(share["subjects"])  # every key of this rank, exactly once
+            slots = similarity.argmax(dim=1)
+            assert queue_subjects[landmark, slots].tolist() == share["subjects"].tolist()
+    written = Counter((landmark, int(s)) for landmark in range(queue_subjects.shape[0])
+                      for s in queue_subjects[landmark] if int(s) >= 0)
+    assert written == expected  # nothing enqueued twice, nothing missing, nothing else
+
+
+def _job_id_with_free_port() -> int:
+    """A job id whose rendezvous port (the template's 29500 + id % 1000) is free here."""
+    for job_id in range(7001, 8000):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", 29500 + job_id % 1000))
+            except OSError:
+                continue
+        return job_id
+    raise RuntimeError("no free port in 29500-30499")
+
+
+def _shim(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.mark.slow
+def test_the_slurm_template_runs_two_nodes_with_the_same_torchrun_command_line(easy_atlas: Path, easy_cache: Path,
+                                                                              tmp_path: Path) -> None:
+    from tests.unit.test_pretrain import EASY
+
+    template = (REPO / "pretrain" / "slurm_multinode.sbatch").read_text()
+    launch = re.search(r"srun [^\n]*torchrun \\\n(.*?)\n\s*status=", template, re.S)
+    assert launch, "no srun ... torchrun command in the SLURM template"
+    flags = re.findall(r"--[a-z_]+", launch.group(1))
+    tested = [a for a in _two_node_command(0, []) if a.startswith("--")]
+    assert flags[: len(tested)] == tested  # the flags this file's two-node test starts torchrun with
+    assert "-m drasclr_monailabel.cli.main pretrain" in " ".join(launch.group(1).split())
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    # srun: run the job step once per node, concurrently; scontrol: the node list and requeue.
+    _shim(shims, "srun", 'while [[ $1 == --* ]]; do shift; done\npids=()\n'
+                         'for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" & pids+=($!); done\n'
+                         'status=0; for p in "${pids[@]}"; do wait $p || status=$?; done; exit $status\n')
+    _shim(shims, "scontrol", 'if [[ $1 == show ]]; then echo 127.0.0.1; else echo "$@" >> "$SCONTROL_LOG"; fi\n')
+    shutil.copy(Path(sys.executable).with_name("torchrun"), shims / "torchrun")
+    job_id = str(_job_id_with_free_port())
+    env = {**_environment(), "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_NNODES": str(NODES),
+           "SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1",
+           "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
+    run_dir = tmp_path / "run"
+    overrides = [*EASY, "train.max_steps=3", "moco.queue_size=16", "precise_bn.samples=16", "train.device=cpu",
+                 f"data.atlas={easy_atlas}"]
+    result = subprocess.run(["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml", str(easy_cache),
+                             str(run_dir), *[a for o in overrides for a in ("--set", o)]],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert (run_dir / "encoder.json").is_file()
+    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
+    assert final["world_size"] == NODES and final["step"] == 3
+    assert not (tmp_path / "scontrol.log").exists()  # finished: no requeue

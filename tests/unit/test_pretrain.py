@@ -14,7 +14,7 @@ from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.ssl.distributed import setup
-from drasclr_monailabel.ssl.drasclr import DrasclrMethod
+from drasclr_monailabel.ssl.drasclr import DrasclrMethod, contrast_set
 from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.ssl.synthetic import (
     write_synthetic_atlas,
@@ -53,7 +53,7 @@ def test_short_pretraining_learns_and_exports(easy_atlas: Path, easy_cache: Path
     assert result.completed and result.step == 60
     losses = [record["loss"] for record in result.history]
     assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
-    # The first steps of each landmark meet random initial queues (artificially easy): skip them.
+    # The first steps of each landmark see almost empty queues (few negatives, an easier task): skip them.
     assert np.mean(losses[-19:]) < np.mean(losses[3:22]) - 0.2
     assert {"loss_local", "loss_neighbour", "acc_local", "lr", "samples_per_s"} <= set(result.history[-1])
     run = tmp_path / "run"
@@ -166,3 +166,38 @@ def test_a_cache_too_small_to_form_a_batch_is_refused(easy_atlas: Path, tmp_path
     method = DrasclrMethod(easy_config(easy_atlas), setup("cpu"), cache)
     with pytest.raises(InputError, match=r"cache: cannot form training batches: no landmark has 2 or more valid subjects"):
         method.build_data()
+
+
+def test_keys_of_the_querys_own_subject_are_never_negatives(easy_atlas: Path, easy_cache: Path) -> None:
+    config = easy_config(easy_atlas, *NO_AUGMENTATION, "moco.queue_size=16")
+    method = DrasclrMethod(config, setup("cpu"), easy_cache)
+    dataset, sampler = method.build_data()
+    generator = torch.Generator().manual_seed(0)
+    key = next(iter(sampler))
+    batch = method.prepare_batch(dataset[key], generator)
+    subjects = list(key.subjects)
+    # Older keys of two batch subjects and of two other subjects, then this step's keys.
+    queued_subjects = [subjects[0], 14 if 14 not in subjects else 15, subjects[1], 13 if 13 not in subjects else 12]
+    method.queues.enqueue(torch.nn.functional.normalize(torch.randn(4, 16), dim=1), [key.landmark] * 4, torch.tensor(queued_subjects))
+    with torch.no_grad():
+        keys, key_subjects, own = method._embed_keys(batch["key"], batch["subjects"], method.locations[key.landmark], generator)
+    negatives, excluded = contrast_set(*method.queues.negatives(key.landmark), keys, key_subjects, batch["subjects"])
+    assert negatives.shape[0] == 4 + len(subjects)
+    for row, subject in enumerate(subjects):
+        candidates = queued_subjects + subjects
+        assert excluded[row].tolist() == [c == subject for c in candidates]  # only its own subject's keys
+    assert torch.equal(keys[own], negatives[4:][own])  # each query's positive is among the excluded
+    step = method.training_step(method.network, batch, generator)
+    assert step.metrics["negatives"].item() == pytest.approx(4 + len(subjects) - 1 - 2 / len(subjects))
+
+
+def test_the_run_folder_holds_the_queue_plan_and_warns_when_queues_cannot_fill(easy_atlas: Path, easy_cache: Path,
+                                                                              tmp_path: Path, caplog) -> None:
+    with caplog.at_level("WARNING"):
+        run_pretraining(easy_config(easy_atlas, "train.max_steps=2", "moco.queue_size=4096"), easy_cache, tmp_path / "run")
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["queue_fill"]["queue_size"] == 4096 and plan["queue_fill"]["median_fill_at_end"] < 0.01
+    assert plan["warnings"] and "moco.queue_size to about 16" in plan["warnings"][0]
+    assert any("negative queues cannot fill" in r.getMessage() for r in caplog.records)
+    run_pretraining(easy_config(easy_atlas, "train.max_steps=8", "moco.queue_size=8"), easy_cache, tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "plan.json").read_text())["warnings"] == []

@@ -56,16 +56,25 @@ def test_small_batches_never_fall_below_min_batch() -> None:
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_share_an_epoch_without_overlap_and_run_equal_steps(world_size: int) -> None:
+def test_ranks_split_each_global_batch_of_one_landmark_without_overlap(world_size: int) -> None:
     valid = random_valid()
     samplers = [LandmarkBatchSampler(valid, batch_size=4, seed=2, rank=r, world_size=world_size) for r in range(world_size)]
     per_rank = [list(s) for s in samplers]
     assert len({len(batches) for batches in per_rank}) == 1
     assert all(len(batches) == s.batches_per_epoch for batches, s in zip(per_rank, samplers))
     everything = samplers[0].epoch_batches(0)
-    merged = [b for batches in per_rank for b in batches]
-    assert set(merged) == set(everything)
-    assert len(merged) - len(everything) < world_size  # padding only
+    assert len(everything) == samplers[0].batches_per_epoch  # no padding batches
+    for step, global_batch in enumerate(everything):
+        shares = [batches[step] for batches in per_rank]
+        assert {share.landmark for share in shares} == {global_batch.landmark}  # one landmark per step on every rank
+        assert sum((share.subjects for share in shares), ()) == global_batch.subjects  # rank order makes up the batch
+        assert all(len(share.subjects) >= 2 for share in shares)
+        assert len(global_batch.subjects) <= 4 * world_size
+    usable = valid.sum(axis=0) >= 2 * world_size
+    expected = {(int(l), int(s)) for s, l in zip(*np.nonzero(valid)) if usable[l]}
+    seen = pairs(everything)
+    assert set(seen) == expected and set(seen.values()) == {1}
+    assert samplers[0].keys_per_landmark_epoch.tolist() == np.where(usable, valid.sum(axis=0), 0).tolist()
 
 
 def test_set_epoch_with_start_resumes_mid_epoch() -> None:

@@ -8,7 +8,8 @@ Data (all made in this run, seeded):
 The encoder is pretrained here (``drasclr preprocess`` + ``drasclr pretrain``) unless ``--encoder``
 names an exported one. For every number of labelled scans and seed, one model is fine-tuned from
 scratch and one from the encoder, then both are evaluated by Dice of binary emphysema on the test
-scans' 1 mm lung grid. The plain HU < -950 threshold on the same voxels is the baseline.
+scans' 1 mm lung grid, inferred with windows of the fine-tuning patch size (overlap 0.25). The
+plain HU < -950 threshold on the same voxels is the baseline.
 
 Every finished run is kept as ``runs/<mode>_<count>_<seed>.json`` in the work folder, so a run that
 is stopped resumes where it was (same work folder, same encoder and recipe; scratch runs are also
@@ -55,6 +56,7 @@ from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
 from drasclr_monailabel.segmentation.checkpoint import build_model
 from drasclr_monailabel.segmentation.inference import window_probabilities
+from drasclr_monailabel.segmentation.network import WINDOW, EmphysemaUNet
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
@@ -235,14 +237,14 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 
 def _is_done(run: Run, context: RunContext) -> bool:
-    """A run counts as done when its record exists and was made with the same size and, for a
-    pretrained run, the same encoder and recipe (scratch runs use neither, so they carry over to a
-    rerun with another encoder or recipe)."""
+    """A run counts as done when its record exists and was made with the same size and window and,
+    for a pretrained run, the same encoder and recipe (scratch runs use neither, so they carry over
+    to a rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
-    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size)))  # tuples come back as lists
+    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("window") == WINDOW
     if run.mode == "scratch":
         return same_size
     same_recipe = record.get("recipe", asdict(Recipe())) == asdict(context.recipe)
@@ -266,7 +268,7 @@ def _score_run(run: Run, context: RunContext) -> dict:
                                 run.seed, context.size, context.device, context.recipe)
     record = {**asdict(run), "dice": float(np.mean(scores)), "dice_per_test_scan": scores,
               "seconds": round(time.perf_counter() - started, 1), "encoder": str(context.encoder),
-              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device}
+              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "window": WINDOW}
     write_json(context.runs_dir / run.file_name, record)
     return record
 
@@ -284,17 +286,31 @@ def read_run(runs_dir: Path, run: Run) -> dict:
 def finetune_and_score(mode: str, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
                        count: int, seed: int, size: Size, device: str, recipe: Recipe = Recipe()) -> list[float]:
     """Fine-tune on ``count`` seeded-random training scans; Dice of binary emphysema per test scan."""
-    torch.manual_seed(seed)
-    chosen = [train_cases[i] for i in np.random.default_rng(seed).permutation(len(train_cases))[:count]]
-    model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=device)
-    config = FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
-                            encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
+    model = fine_tuned_model(mode, encoder, train_cases, count, finetune_config(size, device, seed, recipe))
+    return [float(dice(predicted_emphysema(model, case, device, overlap=0.25), case.labels > 0)) for case in test_cases]
+
+
+def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe()) -> FinetuneConfig:
+    """The benchmark's fine-tuning budget and recipe (patches of the default size, batch 4)."""
+    return FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
+                          encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
+
+
+def fine_tuned_model(mode: str, encoder: Path, train_cases: list[PreparedCase], count: int, config: FinetuneConfig,
+                     routing_block: int | None = None) -> EmphysemaUNet:
+    """A model fine-tuned on ``count`` training scans picked by ``config.seed``, from scratch or from ``encoder``."""
+    torch.manual_seed(config.seed)
+    chosen = [train_cases[i] for i in np.random.default_rng(config.seed).permutation(len(train_cases))[:count]]
+    model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=config.device,
+                           routing_block=routing_block)
     finetune(model, chosen, config, pretrained=mode == "pretrained")
-    scores = []
-    for case in test_cases:
-        probabilities = window_probabilities(model, case, device, mc_dropout=False, window=64, overlap=0.25, batch_size=2)
-        scores.append(float(dice(np.argmax(probabilities, axis=0) > 0, case.labels > 0)))
-    return scores
+    return model
+
+
+def predicted_emphysema(model: EmphysemaUNet, case: PreparedCase, device: str, overlap: float) -> np.ndarray:
+    """Binary emphysema (Z, Y, X) on the case's 1 mm lung grid, windows of the model's own size."""
+    probabilities = window_probabilities(model, case, device, mc_dropout=False, window=None, overlap=overlap, batch_size=None)
+    return np.argmax(probabilities, axis=0) > 0
 
 
 def plot(result: dict, path: Path) -> None:

@@ -12,12 +12,18 @@ That makes the per-sample Python loop of the original implementation unnecessary
   run one ordinary ``conv3d``;
 * ``G`` equal groups of consecutive samples, each group sharing a location (``G == N``: every
   sample its own): mix ``G`` kernels and run one grouped convolution with the groups folded into
-  the channel axis.
+  the channel axis;
+* a grid of locations per sample, ``(N, 3, gz, gy, gx)``: the output map is split into
+  ``gz x gy x gx`` equal blocks and each block uses its own location's kernel. Each block's input
+  (with the kernel's halo, so receptive fields cross block borders exactly as in one convolution)
+  becomes a sample of a grouped convolution. A window of several 32^3 landmark cells thus routes
+  every cell by its own location, at every depth of the encoder.
 """
 
 from __future__ import annotations
 
 import math
+from itertools import product
 
 import torch
 import torch.nn.functional as F
@@ -89,23 +95,57 @@ class CondConv3d(nn.Module):
 
         Args:
             x: input batch, samples ordered group by group.
-            location: ``(3,)`` or ``(1, 3)`` for a batch sharing one location, or ``(G, 3)`` for
-                ``G`` equal groups of ``N / G`` consecutive samples (``G == N``: one per sample).
+            location: ``(3,)`` or ``(1, 3)`` for a batch sharing one location, ``(G, 3)`` for
+                ``G`` equal groups of ``N / G`` consecutive samples (``G == N``: one per sample),
+                or ``(N, 3, gz, gy, gx)``: one location per block of the output map (each output
+                edge a multiple of its block count).
 
         Returns:
             (N, out, D', H', W').
         """
-        location = _as_groups(location, x.shape[0])
+        if location.dim() == 5:
+            return self._forward_blocks(x, location)
+        return self._forward_groups(x, _as_groups(location, x.shape[0]), self.padding)
+
+    def _forward_groups(self, x: torch.Tensor, location: torch.Tensor, padding: int) -> torch.Tensor:
+        """``location`` (G, 3): G equal groups of consecutive samples, each with its own kernel."""
         kernels = self.mixed_kernels(location.to(self.routing.weight.dtype))
         groups = kernels.shape[0]
         if groups == 1:
-            return F.conv3d(x, kernels[0].to(x.dtype), _cast(self.bias, x), self.stride, self.padding)
+            return F.conv3d(x, kernels[0].to(x.dtype), _cast(self.bias, x), self.stride, padding)
         per_group = x.shape[0] // groups
         folded = _fold_groups(x, groups, per_group)
         weight = kernels.reshape(groups * self.out_channels, self.in_channels, *kernels.shape[-3:]).to(x.dtype)
         bias = None if self.bias is None else _cast(self.bias, x).repeat(groups)
-        out = F.conv3d(folded, weight, bias, self.stride, self.padding, groups=groups)
+        out = F.conv3d(folded, weight, bias, self.stride, padding, groups=groups)
         return _unfold_groups(out, groups, per_group)
+
+    def _forward_blocks(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """One location per output block: ``x`` (N, in, D, H, W), ``grid`` (N, 3, gz, gy, gx).
+
+        Block ``(i, j, k)`` of the output is computed from its own input span (block plus the
+        kernel's halo, cut from the zero-padded input), so every output voxel equals that of one
+        ordinary convolution with its block's kernel.
+        """
+        blocks = tuple(grid.shape[2:])
+        if grid.shape[:2] != (x.shape[0], self.location_dim):
+            raise ValueError(f"location grid must be (N={x.shape[0]}, {self.location_dim}, gz, gy, gx), got {tuple(grid.shape)}")
+        out_size = [(s + 2 * self.padding - self.kernel_size) // self.stride + 1 for s in x.shape[2:]]
+        if any(size % count for size, count in zip(out_size, blocks)):
+            raise ValueError(f"location grid {blocks} does not divide the output map {tuple(out_size)}")
+        tile = [size // count for size, count in zip(out_size, blocks)]
+        span = [(t - 1) * self.stride + self.kernel_size for t in tile]
+        padded = F.pad(x, (self.padding,) * 6)
+        pieces = [padded[:, :, i * tile[0] * self.stride: i * tile[0] * self.stride + span[0],
+                         j * tile[1] * self.stride: j * tile[1] * self.stride + span[1],
+                         k * tile[2] * self.stride: k * tile[2] * self.stride + span[2]]
+                  for i, j, k in product(*(range(count) for count in blocks))]
+        stacked = torch.stack(pieces, dim=1).flatten(0, 1)  # (N * B, in, span...), blocks in C order
+        locations = grid.flatten(2).transpose(1, 2).reshape(-1, self.location_dim)
+        out = self._forward_groups(stacked, locations, padding=0)  # (N * B, out, tile...)
+        n, channels = x.shape[0], out.shape[1]
+        out = out.view(n, *blocks, channels, *tile).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return out.reshape(n, channels, *out_size)
 
     def forward_per_sample(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
         """The original formulation: a Python loop with one mixed kernel and one conv per sample.

@@ -2,7 +2,9 @@
 
 A checkpoint is ``{"model": state_dict, "meta": {...}}`` with only tensors and plain containers,
 so ``torch.load(weights_only=True)`` (MONAI Label's loader) reads it; ``meta`` holds every
-argument needed to rebuild the network, the label names and the atlas the coordinates refer to.
+argument needed to rebuild the network, the label names, the atlas the coordinates refer to and
+the window edge the network was fine-tuned on (``window``: inference uses the same; absent in
+checkpoints written before it was recorded, which were fine-tuned on the 32^3 default).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from drasclr_monailabel.segmentation.network import EmphysemaUNet
 from drasclr_monailabel.utils.atomic import write_with
 
 CHECKPOINT_FORMAT = "drasclr-segmentation/1"
+LEGACY_WINDOW = 32
+"""Patch edge of checkpoints that do not record ``window`` (the fine-tuning default when they were made)."""
 logger = logging.getLogger(__name__)
 
 
@@ -32,8 +36,11 @@ def build_model(
     device: str | torch.device = "cpu",
     dropout: float = 0.1,
     deep_supervision: bool = False,
+    routing_block: int | None = None,
 ) -> tuple[EmphysemaUNet, dict[str, Any]]:
     """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is None).
+
+    ``routing_block``: see :class:`EmphysemaUNet` (None: one location per window).
 
     Returns:
         ``(model, info)``: ``info`` holds the checkpoint ``meta`` and a report of the encoder
@@ -52,12 +59,14 @@ def build_model(
     else:
         encoder, encoder_meta = load_encoder(pretrained, expected_atlas_id=atlas_id, expected_intensity=LUNG_WINDOW)
         logger.info("emphysema model: loaded %d encoder tensors from %s", len(encoder.state_dict()), pretrained)
-    model = EmphysemaUNet(encoder, label_set.num_classes, dropout=dropout, deep_supervision=deep_supervision)
+    model = EmphysemaUNet(encoder, label_set.num_classes, dropout=dropout, deep_supervision=deep_supervision,
+                          routing_block=routing_block)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "labels": list(label_set.names),
         "encoder_architecture": encoder.architecture.to_dict(),
         "dropout": dropout,
+        "routing_block": routing_block,
         "atlas_id": atlas_id,
         "intensity": LUNG_WINDOW.to_dict(),
         "pretrained": None if pretrained is None else str(pretrained),
@@ -68,9 +77,14 @@ def build_model(
 
 
 def save_checkpoint(model: EmphysemaUNet, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Atomically write ``{"model": state_dict, "meta": meta}``; a reader never sees a partial file."""
+    """Atomically write ``{"model": state_dict, "meta": meta}``; a reader never sees a partial file.
+
+    The network's ``window`` and ``routing_block`` are written from the model itself, so the
+    checkpoint cannot disagree with how it was trained.
+    """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    write_with(path, lambda tmp: torch.save({"model": state, "meta": dict(meta)}, tmp))
+    meta = {**meta, "window": model.window, "routing_block": model.routing_block}
+    write_with(path, lambda tmp: torch.save({"model": state, "meta": meta}, tmp))
     return Path(path)
 
 
@@ -92,7 +106,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise InputError(path, f"is not a {CHECKPOINT_FORMAT} checkpoint")
     arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
     encoder = DrasclrEncoder(EncoderArchitecture(**arguments))
-    model = EmphysemaUNet(encoder, LabelSet(tuple(meta["labels"])).num_classes, dropout=float(meta.get("dropout", 0.1)))
+    model = EmphysemaUNet(encoder, LabelSet(tuple(meta["labels"])).num_classes, dropout=float(meta.get("dropout", 0.1)),
+                          routing_block=meta.get("routing_block"), window=meta.get("window", LEGACY_WINDOW))
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

@@ -24,7 +24,7 @@ from monai.inferers import sliding_window_inference
 from drasclr_monailabel.emphysema import quantify
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.segmentation.case import PreparedCase, network_input, prepare_case
-from drasclr_monailabel.segmentation.network import EmphysemaUNet
+from drasclr_monailabel.segmentation.network import WINDOW, EmphysemaUNet
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def predict_volume(
     volume: CTVolume,
     device: str | torch.device = "cpu",
     mc_dropout: bool = False,
-    window: int = 64,
+    window: int | None = None,
     overlap: float = 0.25,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     case: PreparedCase | None = None,
 ) -> Prediction:
     """Segment emphysema in one CT.
@@ -62,12 +62,11 @@ def predict_volume(
         volume: the scan, any orientation and spacing.
         device: where the windows run.
         mc_dropout: keep the decoder's dropout active (one stochastic sample, for uncertainty).
-        window: cubic window edge in voxels (1 mm); a multiple of the encoder's stride (32).
+        window: cubic window edge in voxels (1 mm); default and only accepted value: the edge
+            the model was fine-tuned on (:attr:`EmphysemaUNet.window`; :data:`WINDOW` for a model
+            not fine-tuned yet).
         overlap: fraction of overlap between neighbouring windows.
-        batch_size: windows per forward pass. 2 on a CPU: PyTorch runs small 3D convolutions
-            of a batch of one with its slow reference kernel instead of oneDNN, and windows at
-            different locations make the conditional convolutions grouped, which grows slower
-            per window with more groups (benchmarks/inference_speed.py).
+        batch_size: windows per forward pass; default :func:`windows_per_pass`.
         case: an already prepared case (skips lung mask and registration).
 
     Raises:
@@ -88,13 +87,20 @@ def window_probabilities(
     case: PreparedCase,
     device: str | torch.device,
     mc_dropout: bool,
-    window: int,
+    window: int | None,
     overlap: float,
-    batch_size: int,
+    batch_size: int | None,
 ) -> np.ndarray:
-    """Softmax probabilities (C, Z, Y, X) on the case's 1 mm grid; background outside the lung."""
-    if window % model.divisor:
-        raise ValueError(f"window {window} must be a multiple of {model.divisor}")
+    """Softmax probabilities (C, Z, Y, X) on the case's 1 mm grid; background outside the lung.
+
+    ``window`` and ``batch_size`` as in :func:`predict_volume` (None: the model's window, and
+    :func:`windows_per_pass`).
+
+    Raises:
+        ValueError: a window other than the one the model was fine-tuned on.
+    """
+    window = inference_window(model, window)
+    batch_size = batch_size or windows_per_pass(window)
     was_training = model.training
     model.eval()
     if mc_dropout:
@@ -116,6 +122,29 @@ def window_probabilities(
     probabilities[:, outside] = 0.0
     probabilities[0, outside] = 1.0
     return probabilities
+
+
+def inference_window(model: EmphysemaUNet, window: int | None = None) -> int:
+    """The window edge to infer with: the one the model was fine-tuned on (:data:`WINDOW` before
+    fine-tuning); another requested edge is refused, since the network would then see other
+    context and, at 64^3 with one location per window, other routing than in training."""
+    trained = model.window or WINDOW
+    if window is not None and window != trained:
+        raise ValueError(f"the model was fine-tuned on {trained}^3 patches; inference with {window}^3 windows would differ "
+                         f"from training (use window {trained}, the size its checkpoint records)")
+    if trained % model.divisor:
+        raise ValueError(f"window {trained} must be a multiple of {model.divisor}")
+    return trained
+
+
+def windows_per_pass(window: int) -> int:
+    """Windows per forward pass: two 64^3 windows' worth of voxels (2 at 64^3, 16 at 32^3).
+
+    On a CPU a pass of one 64^3 window is slow (PyTorch runs small 3D convolutions of a batch of
+    one with its reference kernel instead of oneDNN); 32^3 windows took 26, 17, 15 and 14 s per
+    real CT at 2, 4, 8 and 16 per pass, 1 thread (benchmarks/window_condition.py, docs/segmentation.md).
+    """
+    return max(1, 2 * 64**3 // window**3)
 
 
 class LungWindowPredictor:

@@ -24,6 +24,9 @@ from drasclr_monailabel.models.encoder import DrasclrEncoder
 
 IMAGE_CHANNELS = 1
 COORDINATE_CHANNELS = 3
+WINDOW = 32
+"""Default cubic edge (1 mm voxels) of fine-tuning patches; a fine-tuned model records its own
+(:attr:`EmphysemaUNet.window`) and infers with windows of that edge."""
 
 
 class DecoderBlock(nn.Module):
@@ -56,6 +59,12 @@ class EmphysemaUNet(nn.Module):
             skip widths (so the finest block has the stem's width).
         dropout: spatial dropout probability in the decoder (MC-dropout uses it at test time).
         deep_supervision: return a list of logits (finest first) instead of one tensor.
+        routing_block: None routes each window by the location at its centre; an edge (a
+            multiple of the encoder's stride, 32) routes each block of that edge inside the window
+            by the location at the block's centre (see :func:`window_locations`).
+        window: edge of the cubic patches the network was fine-tuned on (None before any
+            fine-tuning); whole-scan inference runs windows of this edge, so both see the same
+            context and the same routing (recorded in the checkpoint).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class EmphysemaUNet(nn.Module):
         decoder_channels: list[int] | None = None,
         dropout: float = 0.1,
         deep_supervision: bool = False,
+        routing_block: int | None = None,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         if encoder.architecture.in_channels != IMAGE_CHANNELS:
@@ -72,6 +83,10 @@ class EmphysemaUNet(nn.Module):
         self.encoder = encoder
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
+        if routing_block is not None and (routing_block < 1 or routing_block % self.divisor_of(encoder)):
+            raise ValueError(f"routing_block must be a multiple of {self.divisor_of(encoder)}, got {routing_block}")
+        self.routing_block = routing_block
+        self.window = window
         skips = encoder.feature_channels[:-1][::-1]
         widths = decoder_channels or skips
         if len(widths) != len(skips):
@@ -85,13 +100,17 @@ class EmphysemaUNet(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Window edges must be multiples of this (the encoder's total stride)."""
-        return self.encoder.feature_strides[-1]
+        """Window edges must be multiples of this (the encoder's total stride, or the routing block)."""
+        return self.routing_block or self.divisor_of(self.encoder)
+
+    @staticmethod
+    def divisor_of(encoder: DrasclrEncoder) -> int:
+        return encoder.feature_strides[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(N, 4, D, H, W)`` -> logits ``(N, C, D, H, W)`` (or a list, finest first)."""
         image = x[:, :IMAGE_CHANNELS]
-        location = window_locations(x)
+        location = window_locations(x, self.routing_block)
         features = self.encoder.forward_features(image, location)
         y = features[-1]
         outputs = []
@@ -109,14 +128,22 @@ class EmphysemaUNet(nn.Module):
         return [*self.decoder.parameters(), *self.heads.parameters()]
 
 
-def window_locations(x: torch.Tensor) -> torch.Tensor:
-    """Atlas coordinate at each window's centre voxel: ``(N, 4, D, H, W) -> (N, 3)``.
+def window_locations(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """Atlas coordinate at each window's centre voxel: ``(N, 4, D, H, W) -> (N, 3)``; with
+    ``block``, at the centre of each ``block^3`` cell of the window: ``(N, 3, D/b, H/b, W/b)``
+    (a window of one block gives the window's location).
 
     When every window of the batch has the same location (to within float precision) a single
     ``(3,)`` location is returned, so the encoder takes its one-kernel fast path.
     """
     if x.shape[1] != IMAGE_CHANNELS + COORDINATE_CHANNELS:
         raise ValueError(f"input needs {IMAGE_CHANNELS + COORDINATE_CHANNELS} channels (image + atlas x, y, z), got {x.shape[1]}")
+    if block is not None and any(s % block for s in x.shape[2:]):
+        raise ValueError(f"window {tuple(x.shape[2:])} is not made of whole {block}^3 routing blocks")
+    if block is not None and any(s > block for s in x.shape[2:]):
+        centres = [torch.arange(block // 2, s, block, device=x.device) for s in x.shape[2:]]
+        grid = x[:, IMAGE_CHANNELS:].index_select(2, centres[0]).index_select(3, centres[1]).index_select(4, centres[2])
+        return grid.float()
     d, h, w = (s // 2 for s in x.shape[2:])
     location = x[:, IMAGE_CHANNELS:, d, h, w].float()
     if torch.allclose(location, location[:1].expand_as(location)):

@@ -216,10 +216,12 @@ class EmphysemaInferTask(VolumeInferTask):
         import torch
 
         from drasclr_monailabel.segmentation.case import network_input, prepare_case
+        from drasclr_monailabel.segmentation.inference import inference_window
 
         model, _, _ = self.model()
         case = prepare_case(volume)
-        inputs, lung = lung_windows(network_input(case), case.lungs, self.windows, model.divisor, seed=_stable_seed(volume.source))
+        inputs, lung = lung_windows(network_input(case), case.lungs, self.windows, model.divisor,
+                                    seed=_stable_seed(volume.source), edge=inference_window(model))
         batch = torch.from_numpy(inputs).to(self.device)
 
         def sample() -> np.ndarray:
@@ -230,7 +232,7 @@ class EmphysemaInferTask(VolumeInferTask):
 
 
 def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int, seed: int,
-                 edge: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                 edge: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` windows of the network input centred on random lung voxels, and their lung masks.
 
     Args:
@@ -239,6 +241,7 @@ def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int
         divisor: window edges are multiples of this (the encoder's stride); a grid axis shorter
             than ``edge`` gets the largest multiple that fits (at least ``divisor``, padded).
         seed: seeds the choice of centres.
+        edge: cubic window edge (the model's inference window).
 
     Returns:
         ``(windows (N, C, d, h, w), lung (N, d, h, w) bool)``.

@@ -75,3 +75,32 @@ def test_location_shape_that_does_not_divide_the_batch_is_refused(shape: tuple[i
     conv, x = make()
     with pytest.raises(ValueError, match="location"):
         conv(x, torch.zeros(shape, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_grid_gives_each_block_the_output_of_its_own_kernel(stride: int) -> None:
+    torch.manual_seed(1)
+    conv = CondConv3d(3, 5, 3, stride=stride, num_experts=4).double()
+    x = torch.randn(2, 3, 8, 8, 12, dtype=torch.float64, requires_grad=True)
+    grid = torch.randn(2, 3, 2, 1, 3, dtype=torch.float64)
+    out = conv(x, grid)
+    tile = [s // stride // c for s, c in zip(x.shape[2:], grid.shape[2:])]
+    for n in range(2):
+        for i in range(2):
+            for k in range(3):
+                whole = conv(x[n:n + 1], grid[n, :, i, 0, k])  # the whole map with this block's kernel
+                block = (slice(None), slice(i * tile[0], (i + 1) * tile[0]), slice(None), slice(k * tile[2], (k + 1) * tile[2]))
+                torch.testing.assert_close(out[n][block], whole[0][block], rtol=1e-10, atol=1e-10)
+    shared = grid[:, :, :1, :1, :1].expand_as(grid)
+    torch.testing.assert_close(conv(x, shared), conv(x, grid[:, :, 0, 0, 0]), rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(out)
+    grad_blocks = torch.autograd.grad(conv(x, shared), [x, conv.weight], upstream)
+    grad_groups = torch.autograd.grad(conv(x, grid[:, :, 0, 0, 0]), [x, conv.weight], upstream)
+    for a, b in zip(grad_blocks, grad_groups):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_block_grid_that_does_not_divide_the_map_is_refused() -> None:
+    conv, x = make()
+    with pytest.raises(ValueError, match="does not divide"):
+        conv(x, torch.zeros(x.shape[0], 3, 2, 2, 2, dtype=torch.float64))

@@ -6,18 +6,21 @@ the same command with torchrun (see pretrain/ and docs/pretraining.md).
 
 Writes into RUN_DIR: config.yaml, checkpoints/last.pt (every train.checkpoint_every steps and when
 stopped with Ctrl-C or SIGTERM, exit status 130), progress.json, checkpoints/final.pt,
-tensorboard/, and at the end the exported encoder (encoder.pt + encoder.json).
+tensorboard/, plan.json (what the run will do, e.g. how full the negative queues get), and at the
+end the exported encoder (encoder.pt + encoder.json). --plan prints that plan and trains nothing.
 
 Examples:
   drasclr pretrain --config configs/drasclr_demo.yaml --cache cache/ --out runs/demo
   drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --set optim.lr=0.02
   drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --resume
+  drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --plan
   torchrun --nproc_per_node 4 -m drasclr_monailabel.cli.main pretrain --config configs/drasclr.yaml ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 NAME = "pretrain"
@@ -33,16 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and the exported encoder")
     parser.add_argument("--atlas", type=Path, help="atlas folder the cache was registered to (default: data.atlas, else the package atlas)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    parser.add_argument("--plan", action="store_true", help="print what the run would do (steps, queue fill, warnings) "
+                        "as JSON and exit without training")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.02 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     from drasclr_monailabel.ssl.recipe import load_recipe
-    from drasclr_monailabel.ssl.trainer import run_pretraining
+    from drasclr_monailabel.ssl.trainer import plan_pretraining, run_pretraining
 
     overrides = list(args.overrides) + ([f"data.atlas={args.atlas}"] if args.atlas else [])
     config = load_recipe(args.config, overrides, method=args.method)
+    if args.plan:
+        print(json.dumps(plan_pretraining(config, args.cache), indent=2))
+        return 0
     result = run_pretraining(config, args.cache, args.out, resume=args.resume)
     if not result.completed:
         print(f"stopped at step {result.step} of {result.total_steps}; continue with --resume")

@@ -116,6 +116,10 @@ class MocoConfig:
             neighbour patches off).
         key_bn_splits: in one process, embed the keys in this many random sub-batches of at least
             two (shuffle-BN); 1 = one call. Under DDP keys are shuffled across processes instead.
+        other_landmark_negatives: also use up to this many keys drawn at random from the other
+            landmarks' queues as negatives (0: DrasCLR's own landmark only). They include other
+            patches of the query's own subject, which share its scanner noise, kernel and
+            inspiration, so they cannot be told apart by those alone.
     """
 
     queue_size: int = 4096
@@ -124,10 +128,13 @@ class MocoConfig:
     temperature: float = 0.2
     neighbour_weight: float = 1.0
     key_bn_splits: int = 1
+    other_landmark_negatives: int = 0
 
     def __post_init__(self) -> None:
         if self.queue_size < 1 or self.key_bn_splits < 1:
             raise ValueError("queue_size and key_bn_splits must be at least 1")
+        if self.other_landmark_negatives < 0:
+            raise ValueError("other_landmark_negatives must not be negative")
         if not 0 <= self.momentum < 1 or self.temperature <= 0 or self.neighbour_weight < 0:
             raise ValueError("momentum must be in [0, 1), temperature positive, neighbour_weight not negative")
 
@@ -253,6 +260,10 @@ class DrasclrMethod(PretrainMethod):
             momentum_update(self.key_network.parameters(), self._network.parameters(), self.config.moco.momentum)
             keys, key_subjects, own = self._embed_keys(batch["key"], subjects, self.locations[landmark], generator)
         negatives, excluded = contrast_set(*self.queues.negatives(landmark), keys, key_subjects, subjects)
+        if self.config.moco.other_landmark_negatives:
+            others = self.queues.sample_others(landmark, self.config.moco.other_landmark_negatives, generator).to(keys.dtype)
+            negatives = torch.cat([negatives, others])
+            excluded = torch.cat([excluded, excluded.new_zeros((excluded.shape[0], others.shape[0]))], dim=1)
         positive = keys[own]
         temperature = self.config.moco.temperature
         loss_local = info_nce(query, positive, negatives, temperature, excluded).mean()

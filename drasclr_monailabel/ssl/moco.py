@@ -51,6 +51,16 @@ class LandmarkQueues(nn.Module):
         written = self.subjects[landmark] != EMPTY_SLOT
         return self.keys[landmark][written].float(), self.subjects[landmark][written].clone()
 
+    def sample_others(self, landmark: int, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Up to ``count`` written keys of the other landmarks' queues, drawn without replacement:
+        (n, D) float32 (all of them when fewer are written)."""
+        written = self.subjects != EMPTY_SLOT
+        written[landmark] = False
+        slots = written.flatten().nonzero().squeeze(1)
+        if len(slots) > count:
+            slots = slots[torch.randperm(len(slots), generator=generator, device=generator.device)[:count].to(slots.device)]
+        return self.keys.flatten(0, 1)[slots].float()
+
     def fill(self) -> torch.Tensor:
         """Share of written slots per landmark, (L,) float in [0, 1]."""
         return (self.subjects != EMPTY_SLOT).float().mean(dim=1)

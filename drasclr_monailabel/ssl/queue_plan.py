@@ -53,6 +53,7 @@ class QueueFillPlan:
         return self.keys_per_epoch > 0
 
     def median_fill(self, step: int) -> float:
+        """Median over the landmarks that form batches (the others never get a key)."""
         return float(np.median(self.fill(step)[self.trained_landmarks]))
 
     def first_full_step(self) -> int | None:
@@ -72,7 +73,8 @@ class QueueFillPlan:
         return size
 
     def summary(self) -> dict:
-        """JSON-ready figures for logs, ``plan.json`` and the docs table."""
+        """JSON-ready figures for logs, ``plan.json`` and the docs table (``mean_fill_at_end``
+        averages over every landmark, those that never form a batch counting as empty)."""
         epoch_keys = self.keys_per_epoch[self.trained_landmarks]
         return {
             "queue_size": self.queue_size,
@@ -84,6 +86,7 @@ class QueueFillPlan:
             "keys_per_landmark_in_run_median": float(np.median(epoch_keys) * self.total_steps / self.steps_per_epoch),
             "median_fill_at_half": round(self.median_fill(self.total_steps // 2), 4),
             "median_fill_at_end": round(self.median_fill(self.total_steps), 4),
+            "mean_fill_at_end": round(float(self.fill(self.total_steps).mean()), 4),
             "share_of_landmarks_full_at_end": round(float(np.mean(self.fill(self.total_steps)[self.trained_landmarks] >= 1.0)), 4),
             "first_step_median_queue_full": self.first_full_step(),
             "recommended_queue_size": self.recommended_queue_size(),
@@ -94,10 +97,15 @@ class QueueFillPlan:
         end = self.median_fill(self.total_steps)
         if end >= LOW_FILL:
             return []
-        keys = float(np.median(self.keys_per_epoch[self.trained_landmarks])) * self.total_steps / self.steps_per_epoch
+        median_epoch = float(np.median(self.keys_per_epoch[self.trained_landmarks]))
+        keys = median_epoch * self.total_steps / self.steps_per_epoch
+        recommended = self.recommended_queue_size()
+        steps_to_fill = int(np.ceil(self.queue_size * self.steps_per_epoch / median_epoch))
+        remedy = (f"Set moco.queue_size to about {recommended}, train longer, or add scans." if recommended < self.queue_size
+                  else f"Train for at least {steps_to_fill} steps, or add scans.")
         return [f"negative queues cannot fill: in {self.total_steps} steps the median landmark receives about {keys:.0f} keys "
                 f"for a queue of {self.queue_size} (median fill {end:.0%} at the end); negatives come from the batch and those "
-                f"few keys. Set moco.queue_size to about {self.recommended_queue_size()}, train longer, or add scans."]
+                f"few keys. {remedy}"]
 
 
 def plan_queue_fill(keys_per_epoch: np.ndarray, queue_size: int, total_steps: int, steps_per_epoch: int) -> QueueFillPlan:

@@ -61,6 +61,11 @@ class FitResult:
     export_dir: Path | None = None
 
 
+def planned_steps(train: Any, steps_per_epoch: int) -> int:
+    """The schedule's length: ``train.max_steps``, else ``train.epochs`` epochs."""
+    return train.max_steps or train.epochs * steps_per_epoch
+
+
 def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int, schedule: str) -> float:
     """Rate for optimiser step ``step`` (0-based): linear warm-up, then cosine to 0 or constant."""
     if step < warmup_steps:
@@ -101,7 +106,7 @@ class Trainer:
         """
         dataset, sampler = self.method.build_data()
         steps_per_epoch = sampler.batches_per_epoch
-        total_steps = self.train.max_steps or self.train.epochs * steps_per_epoch
+        total_steps = planned_steps(self.train, steps_per_epoch)
         end_step = min(total_steps, stop_at_step) if stop_at_step is not None else total_steps
         network = self.method.network.to(self.device)
         global_batch = self.train.batch_size * self.context.world_size
@@ -294,13 +299,32 @@ def run_pretraining(config: Any, data_root: str | Path, run_dir: str | Path, res
         teardown(context)
 
 
+def plan_pretraining(config: Any, data_root: str | Path) -> dict[str, Any]:
+    """What a run of ``config`` on ``data_root`` would do (the method's plan, e.g. queue fill),
+    without training or writing anything."""
+    entry = get_method(config.method)
+    context = setup(config.train.device)
+    try:
+        method = entry.factory(config, context, Path(data_root))
+        _, sampler = method.build_data()
+        total_steps = planned_steps(config.train, sampler.batches_per_epoch)
+        return {"total_steps": total_steps, "steps_per_epoch": sampler.batches_per_epoch, **method.plan(total_steps)}
+    finally:
+        teardown(context)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Tensors to ``device``; other values (landmark indices as ints) stay on the host."""
     return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 class _Logger:
-    """TensorBoard scalars and the tqdm bar (main process only)."""
+    """TensorBoard scalars and the tqdm bar (main process only).
+
+    Loss and metrics are averaged over the steps since the last logging step (kept as device
+    tensors in between, so logging costs one synchronisation per interval), which makes the
+    curves readable when a single step's value is noisy (each step is one landmark).
+    """
 
     def __init__(self, trainer: Trainer, total_steps: int, start_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -314,15 +338,22 @@ class _Logger:
         self.samples = 0
         self.clock = time.perf_counter()
         self.last_step = start_step
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
 
     def update(self, step: int, lr: float, output: Any) -> dict[str, float] | None:
         self.samples += output.samples * self.world_size
+        for name, value in {"loss": output.loss, **output.metrics}.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
         if step % self.every and step != self.bar.total:
             return None
         now = time.perf_counter()
         rate = self.samples / max(now - self.clock, 1e-9)
-        record = {"step": float(step), "lr": lr, "loss": float(output.loss.detach()), "samples_per_s": rate,
-                  **{name: float(value) for name, value in output.metrics.items()}}
+        averages = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
+        record = {"step": float(step), "lr": lr, "samples_per_s": rate, **averages}
+        self.sums, self.counts = {}, {}
         for name, value in record.items():
             if name != "step":
                 self.writer.add_scalar(f"train/{name}", value, step)

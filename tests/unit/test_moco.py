@@ -79,6 +79,17 @@ def test_an_unwritten_slot_is_never_a_negative() -> None:
     assert (queues.subjects[0, 2:] == EMPTY_SLOT).all()
 
 
+def test_other_landmark_negatives_are_written_keys_of_other_landmarks_only() -> None:
+    queues = LandmarkQueues(n_landmarks=3, size=4, dim=1)
+    queues.enqueue(torch.tensor([[1.0], [2.0], [3.0]]), [0, 0, 1], torch.tensor([5, 6, 5]))
+    queues.enqueue(torch.tensor([[4.0], [5.0]]), [2, 2], torch.tensor([7, 8]))
+    generator = torch.Generator().manual_seed(0)
+    assert sorted(queues.sample_others(1, 10, generator)[:, 0].tolist()) == [1.0, 2.0, 4.0, 5.0]
+    drawn = queues.sample_others(1, 2, generator)[:, 0].tolist()
+    assert len(drawn) == 2 and len(set(drawn)) == 2 and set(drawn) <= {1.0, 2.0, 4.0, 5.0}
+    assert queues.sample_others(0, 10, generator)[:, 0].tolist() == [3.0, 4.0, 5.0]
+
+
 def test_queue_is_a_fifo_per_landmark_with_wrap_around() -> None:
     queues = LandmarkQueues(n_landmarks=3, size=4, dim=2)
     first = torch.arange(6, dtype=torch.float32).view(3, 2)

@@ -42,3 +42,9 @@ def test_recommended_queue_fills_early_and_never_exceeds_an_epoch_or_the_referen
 def test_a_plan_needs_a_landmark_that_trains() -> None:
     with pytest.raises(ValueError, match="no landmark forms a batch"):
         plan_queue_fill(np.zeros(3), 8, 10, 5)
+
+
+def test_a_queue_already_small_enough_gets_a_step_count_instead() -> None:
+    plan = plan_queue_fill(np.full(10, 16), queue_size=16, total_steps=10, steps_per_epoch=40)
+    (warning,) = plan.warnings()
+    assert "Train for at least 40 steps" in warning and "queue_size to about" not in warning

@@ -1,0 +1,345 @@
+"""Does DrasCLR pretraining learn anything? Patch-level probes of held-out subjects, every arm at
+equal compute.
+
+Data (made in this run, seeded): an unlabelled pretraining cohort and a held-out cohort, both
+synthetic emphysema inserted into real CT (``drasclr synth``; ``--size small`` uses phantoms),
+with disjoint seeds, so no held-out subject is seen in pretraining. Arms:
+
+* ``pretrained``: DrasCLR (location-conditioned encoder, local + neighbour InfoNCE);
+* ``unconditioned``: the same run with plain convolutions of the same shapes
+  (``model.encoder.conditioned=false``), the paper's "no anatomy" ablation;
+* ``random``: the encoder at its random initialisation.
+
+Pretrained and unconditioned train for the same steps and batch; every arm gets the same precise
+BatchNorm statistics recomputation before it is measured (``precise_bn``), so the random arm is
+not handicapped by untouched statistics. ``pretrained_training_bn`` is the pretrained encoder
+with the running statistics that training left behind (one landmark per batch), to choose the
+statistics by measurement.
+
+Measures, on the un-augmented 32^3 patches of every valid landmark of every held-out subject:
+
+* landmark retrieval: the share of patches whose nearest embedding (cosine) among the other
+  held-out subjects' patches lies at the same landmark or an adjacent one (one grid step, 26 mm,
+  on each axis); ``retrieval_exact`` counts the same landmark only. Chance is printed beside it.
+  A conditioned encoder is told each patch's landmark (its location input), so its retrieval
+  partly reads that input back; ``retrieval_image_only`` gives every patch the same location
+  (the atlas centre), which leaves only what the image carries;
+* linear probe: ridge regression of each patch's emphysema fraction (labelled emphysema voxels /
+  lung voxels in the patch) on the embedding, cross-validated by subject (out-of-fold R^2 pooled
+  over folds). ``hu_features`` (mean HU, %LAA-950, %LAA-910, HU spread in the patch's lung) is
+  the density baseline on the same folds.
+
+Usage:
+  python benchmarks/pretraining_signal.py --out benchmarks/results/pretraining_signal.json
+  python benchmarks/pretraining_signal.py --size small --out /tmp/signal.json   # CI-sized, phantoms
+
+Writes the JSON (``{"retrieval": {arm: ..}, "retrieval_exact": {..}, "probe_r2": {..},
+"queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from sklearn.model_selection import GroupKFold
+
+from drasclr_monailabel.anatomy.atlas import load_default_atlas
+from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, STEP
+from drasclr_monailabel.cli.main import main as drasclr
+from drasclr_monailabel.data.sample_data import fetch_sample_data
+from drasclr_monailabel.embed.patient import landmark_embeddings
+from drasclr_monailabel.io import read_ct
+from drasclr_monailabel.models.export import load_encoder, save_encoder
+from drasclr_monailabel.probe.probes import ridge_probe
+from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
+from drasclr_monailabel.ssl.distributed import setup
+from drasclr_monailabel.ssl.drasclr import DrasclrMethod
+from drasclr_monailabel.ssl.patches import read_crop
+from drasclr_monailabel.ssl.recipe import load_recipe
+from drasclr_monailabel.utils.atomic import write_json, write_with
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "drasclr_demo.yaml"
+ARMS = ("pretrained", "unconditioned", "random")
+
+
+@dataclass(frozen=True)
+class Size:
+    """Cohorts and the pretraining budget of one benchmark size."""
+
+    source: str
+    pretrain_scans: int
+    heldout_scans: int
+    steps: int
+    batch_size: int
+    queue_size: int
+    lr: float
+
+
+SIZES = {
+    "small": Size("phantom", pretrain_scans=6, heldout_scans=3, steps=60, batch_size=6, queue_size=16, lr=1.0),
+    "full": Size("real", pretrain_scans=16, heldout_scans=6, steps=700, batch_size=8, queue_size=16, lr=1.0),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON result file (a PNG plot is written beside it)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="benchmark size (default full)")
+    parser.add_argument("--workdir", type=Path, help="folder for cohorts, cache and runs (default: beside --out)")
+    parser.add_argument("--steps", type=int, help="pretraining steps per trained arm (default: the size's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra recipe override for both trained arms (repeatable), e.g. moco.key_bn_splits=2")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error(f"--steps must be at least 1, got {args.steps}")
+        size = Size(**{**asdict(size), "steps": args.steps})
+    workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    cohorts = make_cohorts(size, workdir)
+    clock = time.perf_counter()
+    run_step(["preprocess", str(cohorts["pretrain"] / "manifest.csv"), "--out", str(workdir / "cache"), "--no-progress"])
+    timings["preprocess"] = round(time.perf_counter() - clock, 1)
+    overrides = recipe_overrides(size, args.overrides)
+    encoders: dict[str, Path] = {}
+    for arm, extra in (("pretrained", []), ("unconditioned", ["model.encoder.conditioned=false"])):
+        clock = time.perf_counter()
+        encoders[arm] = pretrain(workdir / "cache", workdir / arm, [*overrides, *extra])
+        timings[f"pretrain_{arm}"] = round(time.perf_counter() - clock, 1)
+    encoders["random"] = random_encoder(workdir / "cache", workdir / "random", overrides)
+    encoders["pretrained_training_bn"] = export_checkpoint(workdir / "pretrained" / "checkpoints" / "last.pt",
+                                                           workdir / "pretrained_training_bn")
+
+    clock = time.perf_counter()
+    patches = heldout_patches(prepare_cohort(cohorts["heldout"]))
+    timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
+    result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {}}
+    splits = subject_splits(patches.subjects)
+    for arm, folder in encoders.items():
+        embeddings = embed(folder, patches)
+        result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
+        result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
+        result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits).pooled["r2"]
+        print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
+              f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f}", flush=True)
+    result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits).pooled["r2"]
+    result["retrieval_chance"] = chance_retrieval(patches)
+    result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in ("pretrained", "unconditioned")}
+    result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
+                         "emphysema_fraction_mean": float(patches.emphysema.mean())}
+    result["command"] = " ".join(["python", "benchmarks/pretraining_signal.py", *(argv if argv is not None else sys.argv[1:])])
+    result["settings"] = {**asdict(size), "overrides": overrides, "device": "cpu", "device_name": platform.processor(),
+                          "threads": torch.get_num_threads()}
+    result["seconds"] = {**timings, "total": round(time.perf_counter() - started, 1)}
+    write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
+    print(f"HU features probe R^2 {result['probe_r2']['hu_features']:.3f}; chance retrieval {result['retrieval_chance']:.3f}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
+    """The unlabelled pretraining cohort and the held-out cohort (disjoint seeds)."""
+    if size.source == "real":
+        samples = fetch_sample_data(["lung1_image", "lung2_image"])
+        sources = [str(samples["lung1_image"]), str(samples["lung2_image"])]
+    else:
+        sources = ["phantom"]
+    cohorts = {}
+    for name, n, seed in (("pretrain", size.pretrain_scans, 500), ("heldout", size.heldout_scans, 600)):
+        folder = workdir / name
+        if not (folder / "manifest.csv").is_file():
+            run_step(["synth", "--n", str(n), "--out", str(folder), "--seed", str(seed), "--overwrite", "--no-progress",
+                      "--severity", "2", "25", "--source", *sources])
+        cohorts[name] = folder
+    return cohorts
+
+
+def recipe_overrides(size: Size, extra: list[str]) -> list[str]:
+    """The demo recipe at this size's budget: steps, batch, queue and learning rate."""
+    return [f"train.max_steps={size.steps}", f"train.batch_size={size.batch_size}", f"moco.queue_size={size.queue_size}",
+            f"optim.lr={size.lr}", "train.progress=false", "train.log_every=20", "train.device=cpu", *extra]
+
+
+def pretrain(cache: Path, run: Path, overrides: list[str]) -> Path:
+    """Train one arm (resuming a stopped run); returns its run folder, which holds the export."""
+    if not (run / "encoder.json").is_file():
+        resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
+        run_step(["pretrain", "--config", str(RECIPE), "--cache", str(cache), "--out", str(run), *resume,
+                  *[a for o in overrides for a in ("--set", o)]])
+    return run
+
+
+def random_encoder(cache: Path, out: Path, overrides: list[str]) -> Path:
+    """The trained arms' encoder at its random initialisation (same seed), with precise BatchNorm
+    statistics on the same cache."""
+    if not (out / "encoder.json").is_file():
+        config = load_recipe(RECIPE, overrides)
+        torch.manual_seed(config.train.seed)
+        method = DrasclrMethod(config, setup("cpu"), cache)
+        method.before_export()
+        spec = method.export_spec()
+        state = {k[len(spec.state_dict_prefix):]: v for k, v in method.network.state_dict().items() if k.startswith(spec.state_dict_prefix)}
+        save_encoder(out, state, {**spec.metadata, "training": {"steps": 0}})
+    return out
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    if not (out / "encoder.json").is_file():
+        run_step(["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    return out
+
+
+def prepare_cohort(cohort: Path) -> list[PreparedCase]:
+    """Every held-out scan on its 1 mm lung grid, with its labels and landmarks."""
+    with open(cohort / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    cases = []
+    for row in rows:
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["label"])))
+        cases.append(prepare_case(read_ct(cohort / row["image"]), label_map=label, case_id=row["id"]))
+    return cases
+
+
+@dataclass(frozen=True)
+class HeldoutPatches:
+    """The valid landmark patches of the held-out subjects, one row each.
+
+    Attributes:
+        cases: the prepared scans; subjects: int (P,) index into them; landmarks: int (P,).
+        emphysema: float (P,) labelled emphysema voxels / lung voxels in the 32^3 patch.
+        hu_features: float (P, 4) mean HU, %LAA-950, %LAA-910 and HU standard deviation in the
+            patch's lung.
+    """
+
+    cases: list[PreparedCase]
+    subjects: np.ndarray
+    landmarks: np.ndarray
+    emphysema: np.ndarray
+    hu_features: np.ndarray
+
+
+def heldout_patches(cases: list[PreparedCase]) -> HeldoutPatches:
+    subjects, landmarks, emphysema, features = [], [], [], []
+    for number, case in enumerate(cases):
+        for landmark in np.flatnonzero(case.scan.valid):
+            centre = case.scan.landmarks[landmark]
+            lung = read_crop(case.lungs, centre, PATCH_SIZE, fill=0) > 0
+            if not lung.any():
+                continue
+            hu = read_crop(case.scan.image, centre, PATCH_SIZE)[lung].astype(np.float64)
+            label = read_crop(case.labels, centre, PATCH_SIZE, fill=0)[lung] > 0
+            subjects.append(number)
+            landmarks.append(landmark)
+            emphysema.append(label.mean())
+            features.append([hu.mean(), (hu < -950).mean() * 100, (hu < -910).mean() * 100, hu.std()])
+    return HeldoutPatches(cases, np.asarray(subjects), np.asarray(landmarks), np.asarray(emphysema), np.asarray(features))
+
+
+def embed(folder: Path, patches: HeldoutPatches, same_location: bool = False) -> np.ndarray:
+    """The encoder output h (P, D) of every held-out patch, with its landmark's location (or,
+    with ``same_location``, the atlas centre's for every patch)."""
+    encoder, _ = load_encoder(folder)
+    encoder.eval()
+    coordinates = load_default_atlas().landmarks.normalised.astype(np.float32)
+    if same_location:
+        coordinates = np.zeros_like(coordinates)
+    rows = []
+    for number, case in enumerate(patches.cases):
+        chosen = np.zeros(len(case.scan.valid), dtype=bool)
+        chosen[patches.landmarks[patches.subjects == number]] = True
+        rows.append(landmark_embeddings(case.scan.image, case.scan.landmarks, chosen, coordinates, encoder))
+    return np.concatenate(rows)
+
+
+def adjacency(landmarks: np.ndarray) -> np.ndarray:
+    """bool (L, L): the same landmark or one grid step (26 voxels) away on every axis."""
+    voxel = load_default_atlas().landmarks.voxel
+    return np.abs(voxel[:, None, :] - voxel[None, :, :]).max(axis=2) <= STEP
+
+
+def retrieval(embeddings: np.ndarray, patches: HeldoutPatches) -> tuple[float, float]:
+    """Share of patches whose nearest other-subject patch (cosine) is at an adjacent / the same landmark."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    similarity = unit @ unit.T
+    similarity[patches.subjects[:, None] == patches.subjects[None, :]] = -np.inf
+    nearest = patches.landmarks[similarity.argmax(axis=1)]
+    near = adjacency(patches.landmarks)
+    return float(near[patches.landmarks, nearest].mean()), float((nearest == patches.landmarks).mean())
+
+
+def chance_retrieval(patches: HeldoutPatches) -> float:
+    """Expected retrieval of a random pick among the other subjects' patches."""
+    near = adjacency(patches.landmarks)
+    rates = []
+    for subject in np.unique(patches.subjects):
+        others = patches.landmarks[patches.subjects != subject]
+        mine = patches.landmarks[patches.subjects == subject]
+        rates.append(near[np.ix_(mine, others)].mean(axis=1))
+    return float(np.concatenate(rates).mean())
+
+
+def subject_splits(subjects: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One fold per held-out subject (at most 5): no subject is in its own probe's training set."""
+    folds = min(5, len(np.unique(subjects)))
+    return list(GroupKFold(folds).split(np.zeros((len(subjects), 1)), groups=subjects))
+
+
+def queue_fill(run: Path) -> dict:
+    """Planned fill (plan.json) and the fill reached at the end (the final checkpoint's queues)."""
+    import json
+
+    plan = json.loads((run / "plan.json").read_text())["queue_fill"]
+    final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
+    reached = (final["method_state"]["queues"]["subjects"] >= 0).float().mean(dim=1)
+    return {"queue_size": plan["queue_size"], "planned_mean_at_end": plan["mean_fill_at_end"],
+            "reached_mean": float(reached.mean()), "planned_median_at_end": plan["median_fill_at_end"],
+            "reached_median_of_landmarks_with_a_key": float(reached[reached > 0].median())}
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two bar charts: landmark retrieval (with chance) and probe R^2 (with the HU baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(result["retrieval"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(arms, [result["retrieval"][a] for a in arms], color="tab:blue")
+    left.axhline(result["retrieval_chance"], color="grey", linestyle="--", label="chance")
+    left.set_ylabel("share of held-out patches")
+    left.set_title("Landmark retrieval (same or adjacent)")
+    left.legend()
+    names = [*arms, "hu_features"]
+    right.bar(names, [result["probe_r2"][a] for a in names], color=["tab:orange"] * len(arms) + ["tab:grey"])
+    right.set_ylabel("out-of-fold R^2")
+    right.set_title("Linear probe: patch emphysema fraction")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=30)
+        axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    write_with(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+
+
+def run_step(argv: list[str]) -> None:
+    code = drasclr(argv)
+    if code != 0:
+        raise SystemExit(f"pretraining_signal: 'drasclr {argv[0]}' failed with exit status {code}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

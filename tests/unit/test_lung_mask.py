@@ -147,3 +147,48 @@ def test_lungs_joined_at_the_anterior_junction_are_split(phantom):
     keep = ~bridge
     assert dice((labels == RIGHT_LUNG) & keep, (phantom.lungs == RIGHT_LUNG) & keep) > 0.95
     assert dice((labels == LEFT_LUNG) & keep, (phantom.lungs == LEFT_LUNG) & keep) > 0.95
+
+
+def laa950(hu: np.ndarray, mask: np.ndarray) -> float:
+    return 100.0 * float(np.mean(hu[mask] < -950))
+
+
+def test_full_chest_real_ct_matches_reference_lungs(lidc_case):
+    labels = segment_lungs(lidc_case.volume)
+    reference = lidc_case.lungs
+    assert dice(labels > 0, reference > 0) >= 0.97
+    assert dice(labels == RIGHT_LUNG, reference == RIGHT_LUNG) >= 0.96
+    assert dice(labels == LEFT_LUNG, reference == LEFT_LUNG) >= 0.96
+    hu = lidc_case.volume.hu
+    assert abs(laa950(hu, labels > 0) - laa950(hu, reference > 0)) <= 0.2
+
+
+def test_stomach_and_colon_gas_is_never_lung(lidc_case):
+    """The same scan with a gas cap in the stomach and gas mixed with stool in the colon (about 0.28 L)."""
+    from drasclr_monailabel.data.sections import add_bowel_gas
+
+    case = lidc_case
+    gassy = add_bowel_gas(case.volume, case.stomach, case.colon, seed=1)
+    gas = (gassy.hu < -950) & (case.stomach | case.colon)
+    assert gas.sum() * np.prod(case.volume.spacing) / 1e6 > 0.2  # litres of gas added
+    labels = segment_lungs(gassy)
+    assert np.mean(labels[gas] > 0) < 0.01
+    assert dice(labels > 0, case.lungs > 0) >= 0.97
+    assert abs(laa950(gassy.hu, labels > 0) - laa950(gassy.hu, case.lungs > 0)) <= 0.2
+
+
+@pytest.mark.parametrize("lung_mm", [45.0, 90.0])
+def test_upper_abdomen_with_lung_bases(lidc_case, lung_mm):
+    """Sections from the bottom of the scan (kidneys) up to ``lung_mm`` above the lung bases, bowel gas added."""
+    from drasclr_monailabel.data.sections import add_bowel_gas, cut_slab
+
+    case = lidc_case
+    gassy = add_bowel_gas(case.volume, case.stomach, case.colon, seed=2)
+    base, _ = case.lung_z_range()
+    z = case.slice_z()
+    section = cut_slab(gassy, float(z[0]), base + lung_mm, source="abdomen.nii.gz")
+    keep = (z >= z[0]) & (z <= base + lung_mm)
+    reference = case.lungs[keep]
+    labels = segment_lungs(section)
+    assert dice(labels > 0, reference > 0) >= 0.85
+    assert np.mean(labels[(section.hu < -950) & (case.stomach | case.colon)[keep]] > 0) < 0.01

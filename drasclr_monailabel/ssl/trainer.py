@@ -195,15 +195,19 @@ class Trainer:
 
     def _restore(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, steps_per_epoch: int) -> int:
         payload = ckpt.load_checkpoint(self.last_path)
-        ckpt.check_resumable(self.last_path, payload["config"], to_dict(self.config))
+        ckpt.check_resumable(self.last_path, payload["config"], to_dict(self.config), to_dict(type(self.config)()))
         if payload["world_size"] != self.context.world_size:
             raise InputError(self.last_path, f"was written by {payload['world_size']} processes, now {self.context.world_size}: "
                                              "resume with the same number (the data order depends on it)")
         if payload["steps_per_epoch"] != steps_per_epoch:
             raise InputError(self.last_path, f"run had {payload['steps_per_epoch']} steps per epoch, the data now gives "
                                              f"{steps_per_epoch}: the cache changed, start a new run")
-        self.method.network.load_state_dict(payload["network"])
-        self.method.load_state_dict(payload["method_state"])
+        try:
+            self.method.network.load_state_dict(payload["network"])
+            self.method.load_state_dict(payload["method_state"])
+        except (KeyError, RuntimeError) as exc:
+            raise InputError(self.last_path, f"holds state this version cannot continue ({str(exc).splitlines()[0][:200]}); "
+                                             "it was written by an earlier version: start a new run") from None
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         rng = payload["rng"][self.context.rank]

@@ -201,3 +201,15 @@ def test_the_run_folder_holds_the_queue_plan_and_warns_when_queues_cannot_fill(e
     assert any("negative queues cannot fill" in r.getMessage() for r in caplog.records)
     run_pretraining(easy_config(easy_atlas, "train.max_steps=8", "moco.queue_size=8"), easy_cache, tmp_path / "full")
     assert json.loads((tmp_path / "full" / "plan.json").read_text())["warnings"] == []
+
+
+def test_resume_accepts_a_key_added_later_at_its_default_only(easy_atlas: Path, easy_cache: Path, tmp_path: Path) -> None:
+    run_pretraining(easy_config(easy_atlas, "train.max_steps=4"), easy_cache, tmp_path / "run", stop_at_step=2)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    del payload["config"]["moco"]["other_landmark_negatives"]  # as written by a version without the key
+    torch.save(payload, last)
+    with pytest.raises(ConfigError, match="other_landmark_negatives"):
+        run_pretraining(easy_config(easy_atlas, "train.max_steps=4", "moco.other_landmark_negatives=8"), easy_cache,
+                        tmp_path / "run", resume=True)
+    assert run_pretraining(easy_config(easy_atlas, "train.max_steps=4"), easy_cache, tmp_path / "run", resume=True).completed

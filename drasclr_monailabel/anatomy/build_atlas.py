@@ -1,14 +1,20 @@
-"""Build a lung atlas group-wise from several subjects' lung masks.
+"""Build a lung atlas group-wise from several subjects' lung masks (and lobes, where given).
 
 1. Lung labels of every subject (the package's own lung mask, on its working grid).
-2. Reference: the subject whose lung volume is the median.
+2. Reference: among the subjects whose scan covers the whole lungs, the one whose lung volume
+   is the median.
 3. Register every subject affinely to the current template, warp its right and left lung
    indicators onto the template grid, average them, and threshold: lung where the mean lung
-   probability is at least 0.5, the more probable side wins.
+   probability is at least 0.5, the more probable side wins. A partial scan (its lungs reach
+   its first or last slice) counts only where it was scanned: the average at a voxel is over
+   the subjects that saw it.
 4. Remove the reference's size and pose from the average: resample it by the inverse of the
-   mean linear part of the subject transforms (about the lungs' centre).
+   mean linear part of the full-coverage subjects' transforms (about the lungs' centre).
 5. Repeat 3-4 once against the averaged template, then put the result on a 1 mm grid cropped to
    the lungs plus a margin and write it with its landmark grid (:func:`save_atlas`).
+6. Lobes: subjects with a lobe map (codes of :mod:`~drasclr_monailabel.anatomy.lobes`) are
+   averaged the same way in the last round; each atlas lung voxel takes the most probable lobe
+   of its side, and voxels no lobe map reached take the nearest lobe of their side.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from scipy import ndimage
+
 from drasclr_monailabel.anatomy.atlas import Atlas, save_atlas
 from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels
-from drasclr_monailabel.anatomy.registration import Registration, on_isotropic_grid, register_to_atlas
 from drasclr_monailabel.anatomy.inputs import ScanEntry
+from drasclr_monailabel.anatomy.lobes import LEFT_LOBES, LOBE_NAMES, RIGHT_LOBES, read_structure_lobes
+from drasclr_monailabel.anatomy.registration import Registration, on_isotropic_grid, register_to_atlas
 from drasclr_monailabel.errors import DrasclrError, InputError
 
 logger = logging.getLogger(__name__)
@@ -41,10 +50,20 @@ MIN_SUBJECTS = 1
 
 @dataclass(frozen=True)
 class Subject:
-    """One subject's lung labels (0 / 1 right / 2 left) on any grid, and where they came from."""
+    """One subject's lung labels (0 / 1 right / 2 left) on any grid, and where they came from.
+
+    ``lobes``: optional lobe codes (0-5) on any grid of the same scan.
+    """
 
     name: str
     labels: sitk.Image
+    lobes: sitk.Image | None = None
+
+    @property
+    def covers_lungs(self) -> bool:
+        """True when the lungs reach neither the first nor the last slice (the scan holds the whole lungs)."""
+        slices = sitk.GetArrayViewFromImage(self.labels).any(axis=(1, 2))
+        return not (slices[0] or slices[-1])
 
 
 def build_atlas(subjects: Sequence[Subject], out: str | Path, name: str, provenance: dict[str, Any] | None = None,
@@ -52,23 +71,30 @@ def build_atlas(subjects: Sequence[Subject], out: str | Path, name: str, provena
     """Average the subjects' lungs into an atlas folder ``out`` (see the module docstring).
 
     Raises:
-        InputError: fewer than one subject.
+        InputError: no subject, or no subject whose scan covers the whole lungs.
     """
     if len(subjects) < MIN_SUBJECTS:
         raise InputError(out, "no usable subjects to build an atlas from")
-    volumes = [float(np.count_nonzero(sitk.GetArrayViewFromImage(s.labels))) * float(np.prod(s.labels.GetSpacing())) for s in subjects]
-    reference = subjects[int(np.argsort(volumes)[len(volumes) // 2])]
+    full = [s for s in subjects if s.covers_lungs]
+    if not full:
+        raise InputError(out, "no subject's scan covers the whole lungs (all reach the first or last slice); "
+                              "an atlas needs at least one full chest CT")
+    volumes = [float(np.count_nonzero(sitk.GetArrayViewFromImage(s.labels))) * float(np.prod(s.labels.GetSpacing())) for s in full]
+    reference = full[int(np.argsort(volumes)[len(volumes) // 2])]
     template = _template_grid(reference.labels)
     dice: list[float] = []
+    lobes = None
     for round_index in range(ROUNDS):
         steps = tqdm(subjects, desc=f"atlas round {round_index + 1}/{ROUNDS}", unit="subject", disable=not progress)
         registrations = [register_to_atlas(s.labels, template) for s in steps]
-        template = _unbiased_average(subjects, registrations, template)
+        template, lobes = _unbiased_average(subjects, registrations, template, with_lobes=round_index == ROUNDS - 1)
         dice = [r.dice for r in registrations]
         logger.info("atlas round %d: Dice to template min %.3f, median %.3f", round_index + 1, min(dice), float(np.median(dice)))
-    lungs = _final_grid(template)
-    details = {"reference": reference.name, "subjects": [{"name": s.name, "dice_to_template": round(d, 4)} for s, d in zip(subjects, dice)]}
-    return save_atlas(out, lungs, name, {**(provenance or {}), **details})
+    lungs, lobe_map = _final_grid(template, lobes)
+    details = {"reference": reference.name,
+               "subjects": [{"name": s.name, "dice_to_template": round(d, 4), "whole_lungs": s.covers_lungs, "lobes": s.lobes is not None}
+                            for s, d in zip(subjects, dice)]}
+    return save_atlas(out, lungs, name, {**(provenance or {}), **details}, lobes=lobe_map)
 
 
 def phantom_subjects(n: int, first_seed: int = 0, spacing: tuple[float, float, float] = (2.0, 2.0, 2.5)) -> Iterable[Subject]:
@@ -81,8 +107,26 @@ def phantom_subjects(n: int, first_seed: int = 0, spacing: tuple[float, float, f
         yield Subject(name=f"phantom-seed-{seed}", labels=lung_labels_working_grid(case.volume))
 
 
+def sample_entries() -> list[ScanEntry]:
+    """The real sample CTs the default atlas is built from (already fetched by ``drasclr sample-data``).
+
+    LIDC-IDRI-0001 (full chest, with the lobes of its structure map) and the pyradiomics lung1
+    and lung2 (upper and mid chest: they count where they were scanned).
+    """
+    from drasclr_monailabel.data.sample_data import cached_sample_path
+
+    return [ScanEntry("lidc0001", cached_sample_path("lidc0001_image"), cached_sample_path("lidc0001_structures"),
+                      cached_sample_path("lidc0001_structures_csv")),
+            ScanEntry("lung1", cached_sample_path("lung1_image")),
+            ScanEntry("lung2", cached_sample_path("lung2_image"))]
+
+
 def cohort_subjects(entries: Iterable[ScanEntry]) -> Iterable[Subject]:
-    """Lung labels of each scan; a scan that cannot be read or has no lungs is logged and skipped."""
+    """Lung labels (and lobes, where the entry names them) of each scan.
+
+    A scan that cannot be read or has no lungs is logged and skipped; an unreadable lobe map is an
+    error (the user asked for lobes).
+    """
     from drasclr_monailabel.anatomy.lung_mask import lung_labels_working_grid
     from drasclr_monailabel.io.readers import read_ct
 
@@ -92,7 +136,23 @@ def cohort_subjects(entries: Iterable[ScanEntry]) -> Iterable[Subject]:
         except DrasclrError as exc:
             logger.warning("skipped %s: %s", entry.scan_id, exc)
             continue
-        yield Subject(name=entry.scan_id, labels=labels)
+        yield Subject(name=entry.scan_id, labels=labels, lobes=_entry_lobes(entry))
+
+
+def _entry_lobes(entry: ScanEntry) -> sitk.Image | None:
+    """The entry's lobe codes (0-5), read by names when a names CSV is given."""
+    if entry.lobes is None:
+        return None
+    if entry.lobe_names is not None:
+        return read_structure_lobes(entry.lobes, entry.lobe_names)
+    try:
+        lobes = sitk.Cast(sitk.ReadImage(str(entry.lobes)), sitk.sitkUInt8)
+    except RuntimeError as exc:
+        raise InputError(entry.lobes, f"cannot be read as a lobe map ({str(exc).strip().splitlines()[-1]})") from None
+    values = np.unique(sitk.GetArrayViewFromImage(lobes))
+    if values.max() > max(LOBE_NAMES):
+        raise InputError(entry.lobes, f"holds values up to {int(values.max())}; a lobe map holds 0-5 (or give lobe_names)")
+    return lobes
 
 
 def _template_grid(labels: sitk.Image) -> sitk.Image:
@@ -101,24 +161,82 @@ def _template_grid(labels: sitk.Image) -> sitk.Image:
     return _crop_around_lungs(iso, TEMPLATE_MARGIN_MM)
 
 
-def _unbiased_average(subjects: Sequence[Subject], registrations: Sequence[Registration], template: sitk.Image) -> sitk.Image:
-    """Mean lung probabilities of the warped subjects, moved to the subjects' mean size and pose."""
-    probabilities = np.zeros((2,) + template.GetSize()[::-1], dtype=np.float32)
+def _unbiased_average(subjects: Sequence[Subject], registrations: Sequence[Registration], template: sitk.Image,
+                      with_lobes: bool) -> tuple[sitk.Image, sitk.Image | None]:
+    """Mean lung probabilities of the warped subjects (and lobes), moved to the subjects' mean size and pose.
+
+    A partial scan is weighted by where it was scanned; the mean size and pose come from the
+    subjects that cover the whole lungs.
+    """
+    shape = template.GetSize()[::-1]
+    lungs = np.zeros((2,) + shape, dtype=np.float32)
+    weight = np.zeros(shape, dtype=np.float32)
+    lobe_sum = np.zeros((len(LOBE_NAMES),) + shape, dtype=np.float32) if with_lobes else None
     for subject, registration in zip(subjects, registrations):
+        coverage = 1.0 if subject.covers_lungs else _warp(_ones(subject.labels), template, registration)
+        weight += coverage
         for side in (1, 2):
-            indicator = sitk.Cast(subject.labels == side, sitk.sitkFloat32)
-            warped = sitk.Resample(indicator, template, registration.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            probabilities[side - 1] += sitk.GetArrayViewFromImage(warped)
-    probabilities /= len(subjects)
-    labels = np.where(probabilities.sum(axis=0) >= 0.5, np.argmax(probabilities, axis=0) + 1, 0).astype(np.uint8)
+            lungs[side - 1] += coverage * _warp(subject.labels == side, template, registration)
+        if lobe_sum is not None and subject.lobes is not None:
+            for code in LOBE_NAMES:
+                lobe_sum[code - 1] += coverage * _warp(subject.lobes == code, template, registration)
+    lungs /= np.maximum(weight, 1e-6)
+    labels = np.where(lungs.sum(axis=0) >= 0.5, np.argmax(lungs, axis=0) + 1, 0).astype(np.uint8)
     average = array_to_image(labels, template)
-    mean_linear = np.mean([np.array(r.transform.GetMatrix()).reshape(3, 3) for r in registrations], axis=0)
+    full = [r for s, r in zip(subjects, registrations) if s.covers_lungs]
+    mean_linear = np.mean([np.array(r.transform.GetMatrix()).reshape(3, 3) for r in full], axis=0)
     to_average = sitk.AffineTransform(3)  # output (mean-size) point -> template point
     to_average.SetCenter([float(v) for v in _lung_centre(average)])
     to_average.SetMatrix([float(v) for v in np.linalg.inv(mean_linear).ravel()])
     grid = _grown_grid(template, mean_linear)
-    moved = array_to_image(resample_labels(average, grid, 2, transform=to_average), grid)
-    return _crop_around_lungs(moved, TEMPLATE_MARGIN_MM)
+    moved = _crop_around_lungs(array_to_image(resample_labels(average, grid, 2, transform=to_average), grid), TEMPLATE_MARGIN_MM)
+    if lobe_sum is None or not lobe_sum.any():
+        return moved, None
+    lobes = array_to_image(_lobes_of(labels, lobe_sum), template)
+    codes = resample_labels(lobes, moved, len(LOBE_NAMES), transform=to_average)
+    return moved, array_to_image(_lobes_of(sitk.GetArrayFromImage(moved), None, codes), moved)
+
+
+def _warp(mask: sitk.Image, template: sitk.Image, registration: Registration) -> np.ndarray:
+    """float32 (Z, Y, X): a subject's 0/1 image linearly interpolated onto the template grid."""
+    indicator = sitk.Cast(mask, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(sitk.Resample(indicator, template, registration.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
+def _ones(image: sitk.Image) -> sitk.Image:
+    """1 on every voxel of ``image``'s grid (its scanned field of view)."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
+
+
+def _lobes_of(lungs: np.ndarray, probabilities: np.ndarray | None, codes: np.ndarray | None = None) -> np.ndarray:
+    """Lobe codes (uint8) for the lung voxels of ``lungs`` (0 / 1 right / 2 left).
+
+    From lobe ``probabilities`` (5, Z, Y, X): the most probable lobe of the voxel's side; or from
+    given ``codes``, kept where they agree with the side. Lung voxels left without a lobe take the
+    nearest lobe of their side.
+    """
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    for side, side_codes in ((1, RIGHT_LOBES), (2, LEFT_LOBES)):
+        inside = lungs == side
+        if not inside.any():
+            continue
+        if probabilities is not None:
+            picked = np.array(side_codes)[np.argmax(probabilities[[c - 1 for c in side_codes]], axis=0)]
+            known = probabilities[[c - 1 for c in side_codes]].max(axis=0) > 0
+        else:
+            picked = codes
+            known = np.isin(codes, side_codes)
+        seeds = inside & known
+        out[seeds] = picked[seeds]
+        missing = inside & ~known
+        if missing.any() and seeds.any():
+            box = ndimage.find_objects(inside.astype(np.uint8))[0]  # the side's lung: keeps the transform small
+            nearest = ndimage.distance_transform_edt(~seeds[box], return_distances=False, return_indices=True)
+            filled = out[box][tuple(nearest)]
+            out[box][missing[box]] = filled[missing[box]]
+    return out
 
 
 def _grown_grid(template: sitk.Image, linear: np.ndarray) -> sitk.Image:
@@ -147,11 +265,15 @@ def _crop_around_lungs(labels: sitk.Image, margin_mm: float) -> sitk.Image:
     return sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _final_grid(template: sitk.Image) -> sitk.Image:
-    """The template on a 1 mm grid with whole-millimetre origin, cropped to lungs + ATLAS_MARGIN_MM."""
+def _final_grid(template: sitk.Image, lobes: sitk.Image | None) -> tuple[sitk.Image, sitk.Image | None]:
+    """The template (and its lobes) on a 1 mm grid with whole-millimetre origin, cropped to lungs + ATLAS_MARGIN_MM."""
     array = sitk.GetArrayViewFromImage(template)
     index = np.array([np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != axis)))[[0, -1]] for axis in range(3)])[::-1]
     low = np.floor(np.array(template.TransformIndexToPhysicalPoint([int(v) for v in index[:, 0]])) - ATLAS_MARGIN_MM)
     high = np.ceil(np.array(template.TransformIndexToPhysicalPoint([int(v) for v in index[:, 1]])) + ATLAS_MARGIN_MM)
     grid = make_grid(low, (high - low).astype(int) + 1, (1.0, 1.0, 1.0))
-    return array_to_image(resample_labels(template, grid, 2, smoothing_mm=1.0), grid)
+    lungs = resample_labels(template, grid, 2, smoothing_mm=1.0)
+    if lobes is None:
+        return array_to_image(lungs, grid), None
+    codes = resample_labels(lobes, grid, len(LOBE_NAMES), smoothing_mm=1.0)
+    return array_to_image(lungs, grid), array_to_image(_lobes_of(lungs, None, codes), grid)

@@ -1,8 +1,10 @@
 """The list of scans a batch command works on: a CSV manifest, a folder of scans, or one scan.
 
 - CSV: a column ``image`` (file or DICOM series folder) and optionally ``id``; relative paths
-  resolve against the CSV's folder. Other columns are ignored, so the synthetic cohort's
-  ``manifest.csv`` works as it is.
+  resolve against the CSV's folder. ``drasclr build-atlas`` also reads optional ``lobes`` (a lobe
+  label map on the scan's grid) and ``lobe_names`` (a CSV naming the map's labels, when the map
+  uses another tool's numbering; see :mod:`~drasclr_monailabel.anatomy.lobes`). Other columns are
+  ignored, so the synthetic cohort's ``manifest.csv`` works as it is.
 - Folder: a ``manifest.csv`` inside it is used if present; otherwise every CT file (NIfTI,
   NRRD, MHA) and every sub-folder (a DICOM series) is a scan; if the folder itself holds DICOM
   files it is one series.
@@ -15,7 +17,7 @@ and must be unique.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drasclr_monailabel.errors import InputError
@@ -27,10 +29,16 @@ MANIFEST_NAME = "manifest.csv"
 
 @dataclass(frozen=True, order=True)
 class ScanEntry:
-    """One scan to process: its id (output folder name) and its file or series folder."""
+    """One scan to process: its id (output folder name) and its file or series folder.
+
+    ``lobes`` and ``lobe_names``: an optional lobe label map of the scan and the CSV naming its
+    labels (None: the map holds the atlas lobe codes 1-5 itself).
+    """
 
     scan_id: str
     path: Path
+    lobes: Path | None = field(default=None, compare=False)
+    lobe_names: Path | None = field(default=None, compare=False)
 
 
 def list_scans(source: str | Path) -> list[ScanEntry]:
@@ -72,8 +80,16 @@ def _from_csv(path: Path) -> list[ScanEntry]:
         scan_id = (row.get("id") or "").strip() or scan_id_from_path(image_path)
         if scan_id != scan_id_from_path(scan_id):
             raise InputError(path, f"row {number}: id {scan_id!r} must be usable as a folder name (letters, digits, '-', '_', '.')")
-        entries.append(ScanEntry(scan_id, image_path))
+        lobes, names = (_optional_path(row, column, path.parent) for column in ("lobes", "lobe_names"))
+        entries.append(ScanEntry(scan_id, image_path, lobes, names))
     return entries
+
+
+def _optional_path(row: dict[str, str], column: str, folder: Path) -> Path | None:
+    value = (row.get(column) or "").strip()
+    if not value:
+        return None
+    return Path(value) if Path(value).is_absolute() else folder / value
 
 
 def _from_folder(folder: Path) -> list[ScanEntry]:

@@ -96,6 +96,18 @@ def sample_path(name: str) -> Path:
     return fetch_sample_data([name])[name]
 
 
+def cached_sample_path(name: str) -> Path:
+    """Path of sample ``name`` if it is already cached (never downloads).
+
+    Raises:
+        SampleDataError: the sample is not cached yet (the message says how to fetch it).
+    """
+    item = sample_info(name)
+    if not _is_cached(item):
+        raise SampleDataError(f"sample '{name}' is not in {sample_data_dir()} yet; fetch it first with: drasclr sample-data --only {name}")
+    return _cached_path(item)
+
+
 def fetch_sample_data(names: Iterable[str] | None = None) -> dict[str, Path]:
     """Make sure the named samples (default: all) are cached and return their paths.
 

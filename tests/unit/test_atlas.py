@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from drasclr_monailabel.anatomy.atlas import ATLAS_FORMAT, load_atlas, save_atlas
 from drasclr_monailabel.anatomy.build_atlas import Subject, build_atlas
 from drasclr_monailabel.anatomy.landmarks import patch_fractions
+from drasclr_monailabel.anatomy.lobes import lungs_from_lobes
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.data.phantom import make_thorax_phantom
 from drasclr_monailabel.errors import InputError
@@ -28,13 +29,13 @@ def box_atlas_lungs() -> sitk.Image:
 def test_shipped_atlas_is_consistent(default_atlas):
     atlas = default_atlas
     assert atlas.meta["format"] == ATLAS_FORMAT
-    assert atlas.atlas_id.startswith("phantom8-")
-    assert 450 <= atlas.n_landmarks <= 620
+    assert atlas.atlas_id.startswith("realct3-")  # built from three real chest CTs (docs/anatomy.md)
+    assert 300 <= atlas.n_landmarks <= 620
     lungs = sitk.GetArrayFromImage(atlas.lungs)
     assert atlas.lungs.GetSpacing() == (1.0, 1.0, 1.0)
     assert set(np.unique(lungs).tolist()) == {0, 1, 2}
     litres = np.count_nonzero(lungs) / 1e6
-    assert 5.0 < litres < 7.5
+    assert 3.0 < litres < 7.5
     fractions = patch_fractions(lungs > 0, atlas.landmarks.voxel, 32)
     np.testing.assert_allclose(fractions, atlas.landmarks.lung_fraction, atol=1e-6)
     assert np.all(fractions > atlas.landmarks.min_lung_fraction)
@@ -46,6 +47,40 @@ def test_shipped_atlas_is_consistent(default_atlas):
     xs = np.nonzero(lungs)[2]
     labels = lungs[np.nonzero(lungs)]
     assert xs[labels == 1].mean() < xs[labels == 2].mean()
+
+
+def test_shipped_atlas_carries_lobes_that_agree_with_the_lungs(default_atlas):
+    lungs = sitk.GetArrayFromImage(default_atlas.lungs)
+    lobes = sitk.GetArrayFromImage(default_atlas.lobes)
+    assert default_atlas.lobes.GetSize() == default_atlas.lungs.GetSize()
+    np.testing.assert_array_equal(lungs_from_lobes(lobes), lungs)  # every lung voxel has a lobe of its side
+    assert set(np.unique(lobes).tolist()) == {0, 1, 2, 3, 4, 5}
+    # Anatomy: upper lobes above lower lobes, the middle lobe anterior (LPS: y grows posteriorly).
+    centre = {code: np.argwhere(lobes == code).mean(axis=0) for code in range(1, 6)}  # (z, y, x)
+    assert centre[1][0] > centre[3][0] and centre[4][0] > centre[5][0]
+    assert centre[2][1] < centre[3][1]
+
+
+@pytest.mark.slow
+def test_shipped_atlas_is_rebuilt_identically_from_the_sample_data(sample_files, tmp_path, default_atlas):
+    assert main(["build-atlas", "--sample-data", "--out", str(tmp_path / "atlas"), "--no-progress"]) == 0
+    assert load_atlas(tmp_path / "atlas").atlas_id == default_atlas.atlas_id
+
+
+def test_lobes_round_trip_and_count_in_the_id(tmp_path):
+    lungs = box_atlas_lungs()
+    array = sitk.GetArrayFromImage(lungs)
+    lobes_array = np.where(array == 1, 1, np.where(array == 2, 4, 0)).astype(np.uint8)
+    lobes_array[:60][array[:60] == 1] = 3
+    lobes = sitk.GetImageFromArray(lobes_array)
+    lobes.CopyInformation(lungs)
+    with_lobes = save_atlas(tmp_path / "a", lungs, "box", lobes=lobes)
+    without = save_atlas(tmp_path / "b", lungs, "box")
+    assert with_lobes.atlas_id != without.atlas_id
+    loaded = load_atlas(tmp_path / "a")
+    assert loaded.atlas_id == with_lobes.atlas_id
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(loaded.lobes), lobes_array)
+    assert load_atlas(tmp_path / "b").lobes is None
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -50,15 +50,15 @@ def depth_mm(mask: np.ndarray, centre: np.ndarray, reach: int = 12) -> float:
 
 
 @pytest.fixture(scope="module")
-def full_scan(default_atlas):
+def full_scan(phantom_atlas):
     """A full-chest phantom (not one of the atlas's subjects) through the pipeline."""
-    return preprocess_volume(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=21).volume, default_atlas)
+    return preprocess_volume(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=21).volume, phantom_atlas)
 
 
-def test_landmarks_land_in_the_subject_lung(full_scan, default_atlas):
+def test_landmarks_land_in_the_subject_lung(full_scan, phantom_atlas):
     scan = full_scan
-    atlas_lung = sitk.GetArrayFromImage(default_atlas.lungs) > 0
-    depth = np.array([depth_mm(atlas_lung, centre) for centre in default_atlas.landmarks.voxel])
+    atlas_lung = sitk.GetArrayFromImage(phantom_atlas.lungs) > 0
+    depth = np.array([depth_mm(atlas_lung, centre) for centre in phantom_atlas.landmarks.voxel])
     assert scan.registration.dice > 0.9
     assert scan.valid.mean() > 0.95
     in_subject_lung = scan.lungs[tuple(np.clip(scan.landmarks, 0, np.array(scan.lungs.shape) - 1).T)] > 0
@@ -67,16 +67,16 @@ def test_landmarks_land_in_the_subject_lung(full_scan, default_atlas):
     assert np.mean(in_subject_lung[scan.valid & (depth >= 5)]) > 0.95
     assert np.mean(in_subject_lung[scan.valid & (depth > 0)]) > 0.85
     # Sides are kept: landmarks of the atlas's right lung land in the subject's right lung.
-    atlas_side = sitk.GetArrayFromImage(default_atlas.lungs)[tuple(default_atlas.landmarks.voxel.T)]
+    atlas_side = sitk.GetArrayFromImage(phantom_atlas.lungs)[tuple(phantom_atlas.landmarks.voxel.T)]
     right = scan.valid & (atlas_side == 1) & (depth >= 5)
     assert np.mean(scan.lungs[tuple(scan.landmarks[right].T)] == 1) > 0.9
 
 
-def test_partial_coverage_marks_unscanned_landmarks_invalid(full_scan, default_atlas):
+def test_partial_coverage_marks_unscanned_landmarks_invalid(full_scan, phantom_atlas):
     full = full_scan
     upper_volume = make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=21, z_range_mm=(40.0, 180.0)).volume
-    upper = preprocess_volume(upper_volume, default_atlas)
-    atlas_z = default_atlas.landmarks.world[:, 2]
+    upper = preprocess_volume(upper_volume, phantom_atlas)
+    atlas_z = phantom_atlas.landmarks.world[:, 2]
     low_atlas = atlas_z < np.percentile(atlas_z, 25)
     assert not upper.valid[low_atlas].any()
     assert 0.2 < upper.valid.mean() < 0.8
@@ -91,18 +91,18 @@ def test_partial_coverage_marks_unscanned_landmarks_invalid(full_scan, default_a
 def test_real_ct_registers(sample_lung2, default_atlas):
     volume = read_ct(sample_lung2)
     result = register_to_atlas(lung_labels_working_grid(volume), default_atlas.lungs)
-    assert result.dice > 0.7
+    assert result.dice > 0.85  # lung2 is one of the atlas's three scans
     scale = np.abs(np.linalg.det(np.array(result.transform.GetMatrix()).reshape(3, 3))) ** (1 / 3)
-    assert 0.6 < scale < 1.2  # the sample patient's lungs are smaller than the phantom atlas's
+    assert 0.85 < scale < 1.2
 
 
-def test_oblique_scan(default_atlas):
+def test_oblique_scan(phantom_atlas):
     case = make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=22)
     angle = np.deg2rad(12.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
     oblique = CTVolume(hu=case.volume.hu, spacing=case.volume.spacing, origin=case.volume.origin,
                        direction=tuple(rotation.ravel()), source="oblique")
-    scan = preprocess_volume(oblique, default_atlas)
+    scan = preprocess_volume(oblique, phantom_atlas)
     assert scan.registration.dice > 0.9
     assert scan.valid.mean() > 0.9
     # The axis-aligned 1 mm grid's corners were not scanned: padded with -1024 HU.

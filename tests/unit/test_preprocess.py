@@ -25,10 +25,10 @@ ARRAYS = {"image": np.int16, "lung": np.uint8, "landmarks": np.int32, "valid": n
 
 
 @pytest.fixture(scope="module")
-def cache(phantom_scans, tmp_path_factory) -> Path:
-    """The two phantom scans preprocessed without interruption (the reference output)."""
+def cache(phantom_scans, phantom_atlas_dir, tmp_path_factory) -> Path:
+    """The two phantom scans preprocessed against the phantom atlas without interruption (the reference output)."""
     out = tmp_path_factory.mktemp("cache")
-    summary = run_preprocess(list_scans(phantom_scans), out, workers=1, progress=False)
+    summary = run_preprocess(list_scans(phantom_scans), out, atlas_dir=phantom_atlas_dir, workers=1, progress=False)
     assert summary["done"] == 2
     return out
 
@@ -37,23 +37,23 @@ def load(folder: Path, scan_id: str, name: str) -> np.ndarray:
     return np.load(folder / scan_id / f"{scan_id}_{name}.npy", mmap_mode="r")
 
 
-def test_output_format(cache, default_atlas):
+def test_output_format(cache, phantom_atlas):
     for scan_id in ("full", "upper"):
         qa = json.loads((cache / scan_id / f"{scan_id}_qa.json").read_text())
         assert qa["format"] == "drasclr-cache/1" and qa["id"] == scan_id
-        assert qa["atlas"]["id"] == default_atlas.atlas_id
+        assert qa["atlas"]["id"] == phantom_atlas.atlas_id
         arrays = {name: load(cache, scan_id, name) for name in ARRAYS}
         for name, dtype in ARRAYS.items():
             assert arrays[name].dtype == dtype, name
         assert arrays["image"].shape == arrays["lung"].shape == tuple(qa["grid"]["size"][::-1])
         assert qa["grid"]["spacing"] == [1.0, 1.0, 1.0]
-        assert arrays["landmarks"].shape == (default_atlas.n_landmarks, 3)
-        assert arrays["valid"].shape == (default_atlas.n_landmarks,)
+        assert arrays["landmarks"].shape == (phantom_atlas.n_landmarks, 3)
+        assert arrays["valid"].shape == (phantom_atlas.n_landmarks,)
         assert set(np.unique(arrays["lung"]).tolist()) == {0, 1, 2}
         assert qa["landmarks"]["n_valid"] == int(arrays["valid"].sum())
         # The transform maps atlas landmark centres onto the stored voxel indices.
         transform = sitk.ReadTransform(str(cache / scan_id / f"{scan_id}_affine.tfm"))
-        world = np.array([transform.TransformPoint(p) for p in default_atlas.landmarks.world])
+        world = np.array([transform.TransformPoint(p) for p in phantom_atlas.landmarks.world])
         index = np.rint((world - np.array(qa["grid"]["origin"])))[:, ::-1]
         np.testing.assert_array_equal(index, arrays["landmarks"])
         # Valid landmarks: centre inside the array, whole patch reachable with padding.
@@ -61,8 +61,8 @@ def test_output_format(cache, default_atlas):
         assert np.all((valid_centres >= 0) & (valid_centres < arrays["image"].shape))
         assert (cache / scan_id / f"{scan_id}_qa.png").stat().st_size > 10_000
     full, upper = (json.loads((cache / s / f"{s}_qa.json").read_text()) for s in ("full", "upper"))
-    assert full["landmarks"]["n_valid"] > 0.95 * default_atlas.n_landmarks
-    assert upper["landmarks"]["n_valid"] < 0.8 * default_atlas.n_landmarks
+    assert full["landmarks"]["n_valid"] > 0.95 * phantom_atlas.n_landmarks
+    assert upper["landmarks"]["n_valid"] < 0.8 * phantom_atlas.n_landmarks
     summary = json.loads((cache / "summary.json").read_text())
     assert (summary["done"], summary["skipped"], summary["failed"]) == (2, 0, 0)
 
@@ -171,10 +171,10 @@ def test_usage_errors_exit_with_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_an_uninterrupted_run(cache, phantom_scans, tmp_path):
+def test_resume_after_kill_matches_an_uninterrupted_run(cache, phantom_scans, phantom_atlas_dir, tmp_path):
     out = tmp_path / "cache"
     command = [sys.executable, "-m", "drasclr_monailabel.cli.main", "preprocess", str(phantom_scans), "--out", str(out),
-               "--workers", "1", "--no-progress"]
+               "--atlas", str(phantom_atlas_dir), "--workers", "1", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "full" / "full_qa.json"
     deadline = time.monotonic() + 300
@@ -190,7 +190,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(cache, phantom_scans, tm
     (partial / f"{TMP_PREFIX}abc.npy").write_bytes(b"partial")
     (partial / "upper_qa.json").unlink(missing_ok=True)
 
-    summary = run_preprocess(list_scans(phantom_scans), out, workers=1, progress=False)
+    summary = run_preprocess(list_scans(phantom_scans), out, atlas_dir=phantom_atlas_dir, workers=1, progress=False)
 
     assert (summary["done"], summary["skipped"], summary["failed"]) == (1, 1, 0)
     for scan_id in ("full", "upper"):

@@ -7,8 +7,9 @@ directly.
 The 1 mm grid is axis-aligned in LPS and spans the lungs plus a margin of 28 mm (half a patch,
 16 mm, plus the +-12 voxel translations of the DrasCLR augmentation), clipped to the scanned field
 of view. Landmarks are the atlas landmark centres mapped through the registration; landmark i is
-valid when its centre was scanned, at least half its patch was scanned, and its patch holds
-subject lung (at least half the atlas's lung-fraction threshold).
+valid when its whole patch was scanned and holds subject lung (at least half the atlas's
+lung-fraction threshold). A scan with less than 30 mm of lung from top to bottom is refused:
+too little of the lungs to place landmarks by.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from drasclr_monailabel.io.volume import CTVolume
 PAD_HU = -1024
 CACHE_SPACING_MM = 1.0
 MARGIN_MM = PATCH_SIZE // 2 + 12
+MIN_LUNG_EXTENT_MM = 30.0
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 
 
@@ -44,14 +46,15 @@ class PipelineSettings:
             (about 19 s on 2 cores; benchmarks/preprocess.py).
         warn_dice: registration lung Dice below which the scan is kept with a warning.
         refuse_dice: registration lung Dice below which the scan is refused.
-        min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned.
+        min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned
+            (default all of it: a patch padded with -1024 HU beyond the scan is not a sample).
         lung_model: optional TorchScript lung model used instead of the classical lung mask.
     """
 
     interpolation: Literal["linear", "bspline"] = "linear"
     warn_dice: float = 0.7
     refuse_dice: float = 0.5
-    min_valid_fov_fraction: float = 0.5
+    min_valid_fov_fraction: float = 1.0
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     lung_model: str | None = None
 
@@ -99,20 +102,24 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
 
     Raises:
         NoLungsError: no lungs in the scan.
-        InputError: the registration to the atlas is too poor to place landmarks (Dice below
-            ``settings.refuse_dice``).
+        InputError: less than 30 mm of lung from top to bottom, or a registration to the atlas too
+            poor to place landmarks (Dice below ``settings.refuse_dice``).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     ct = volume.canonical()
     labels = lung_labels_working_grid(ct, settings.lung_model)
     timings["lung_mask"] = time.perf_counter() - clock
+    source = volume.source or "<volume>"
+    extent = lung_extent_mm(labels)
+    if extent < MIN_LUNG_EXTENT_MM:
+        raise InputError(source, f"the scan holds only {extent:.0f} mm of lung from top to bottom; at least "
+                                 f"{MIN_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks")
 
     clock = time.perf_counter()
     atlas_image = atlas.cached(f"registration-{settings.registration.spacing_mm}", lambda: prepare_atlas(atlas.lungs, settings.registration))
     registration = register_to_atlas(labels, atlas_image, settings.registration)
     timings["registration"] = time.perf_counter() - clock
-    source = volume.source or "<volume>"
     if registration.dice < settings.refuse_dice:
         raise InputError(source, f"the lungs do not match the atlas after affine registration (lung Dice {registration.dice:.2f}, "
                                  f"at least {settings.refuse_dice} needed); is this a chest CT of usual anatomy?")
@@ -137,6 +144,12 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     return PreprocessedScan(image=image, lungs=lungs, origin=tuple(grid.GetOrigin()), spacing=tuple(grid.GetSpacing()),  # type: ignore[arg-type]
                             direction=tuple(grid.GetDirection()), registration=registration, landmarks=landmarks, valid=valid,
                             timings=timings, warnings=warnings)
+
+
+def lung_extent_mm(labels: sitk.Image) -> float:
+    """Cranio-caudal extent (mm) of the lungs on an LPS label grid: slices holding lung times the slice step."""
+    slices = np.flatnonzero(sitk.GetArrayViewFromImage(labels).any(axis=(1, 2)))
+    return float((slices[-1] - slices[0] + 1) * labels.GetSpacing()[2]) if slices.size else 0.0
 
 
 def cache_grid(labels: sitk.Image, margin_mm: float) -> sitk.Image:

@@ -115,3 +115,54 @@ def test_oblique_scan(phantom_atlas):
     truth_on_grid = sitk.GetArrayFromImage(sitk.Resample(truth, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     overlap = 2.0 * np.count_nonzero((scan.lungs > 0) & (truth_on_grid > 0)) / (np.count_nonzero(scan.lungs) + np.count_nonzero(truth_on_grid))
     assert overlap > 0.95
+
+
+@pytest.fixture(scope="module")
+def lidc_full(lidc_case, default_atlas):
+    """LIDC-IDRI-0001, the whole chest, through the pipeline with the shipped atlas."""
+    return preprocess_volume(lidc_case.volume, default_atlas)
+
+
+def landmark_world(scan) -> np.ndarray:
+    """World position (x, y, z mm) of every landmark centre of a preprocessed scan."""
+    return np.asarray(scan.origin) + scan.landmarks[:, ::-1] * np.asarray(scan.spacing)
+
+
+def test_full_chest_real_ct_registers_with_its_landmarks_in_lung(lidc_full):
+    from drasclr_monailabel.anatomy.landmarks import patch_fractions
+
+    scan = lidc_full
+    assert scan.registration.dice >= 0.85
+    assert scan.valid.mean() >= 0.95
+    assert np.mean(patch_fractions(scan.lungs > 0, scan.landmarks[scan.valid]) > 0.1) >= 0.95
+
+
+@pytest.mark.parametrize("part, lung_mm", [("apex", 60.0), ("apex", 100.0), ("base", 60.0), ("base", 100.0)])
+def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, default_atlas, part, lung_mm):
+    """Apex-only and base-only slabs cut from LIDC-IDRI-0001: only landmarks whose patch was scanned are
+    valid, and they lie within 10 mm of where the whole scan puts them."""
+    from drasclr_monailabel.data.sections import cut_slab
+
+    base, apex = lidc_case.lung_z_range()
+    low, high = (apex - lung_mm, apex + 30.0) if part == "apex" else (base - 30.0, base + lung_mm)
+    slab = preprocess_volume(cut_slab(lidc_case.volume, low, high, source=f"{part}.nii.gz"), default_atlas)
+    assert any("partial lung coverage" in w for w in slab.warnings)
+    world = landmark_world(slab)[slab.valid]
+    z = lidc_case.slice_z()
+    first, last = z[z >= low][0], z[z <= high][-1]
+    assert np.all((world[:, 2] - 16 >= first - 1.5) & (world[:, 2] + 16 <= last + 1.5))  # whole patch scanned
+    both = slab.valid & lidc_full.valid
+    assert both.sum() >= 0.9 * slab.valid.sum() >= 10
+    distance = np.linalg.norm(landmark_world(slab)[both] - landmark_world(lidc_full)[both], axis=1)
+    assert np.median(distance) <= 6.0
+    assert np.mean(distance <= 10.0) >= 0.9
+
+
+def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
+    from drasclr_monailabel.data.sections import cut_slab
+    from drasclr_monailabel.errors import InputError
+
+    middle = sum(lidc_case.lung_z_range()) / 2.0
+    thin = cut_slab(lidc_case.volume, middle - 12.0, middle + 12.0, source="thin.nii.gz")  # 10 slices of 2.5 mm
+    with pytest.raises(InputError, match=r"^thin\.nii\.gz: the scan holds only \d+ mm of lung .* at least 30 mm"):
+        preprocess_volume(thin, default_atlas)

@@ -89,7 +89,9 @@ def landmark_grid(lungs: sitk.Image, patch_size: int = PATCH_SIZE, step: int = S
 def patch_fractions(mask: np.ndarray, centres: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
     """Fraction of each cubic patch that lies in ``mask`` (voxels beyond the array count as outside).
 
-    Uses a summed-volume table, so thousands of patches cost one cumulative sum of the mask.
+    A few hundred patches (a scan's landmarks) are counted one by one; thousands (the grid laid
+    over an atlas) through a summed-volume table, whose cumulative sums cost more than counting
+    a few patches but less than counting many.
 
     Args:
         mask: bool (Z, Y, X).
@@ -97,6 +99,11 @@ def patch_fractions(mask: np.ndarray, centres: np.ndarray, patch_size: int = PAT
     """
     low = np.asarray(centres) - patch_size // 2
     high = low + patch_size
+    if len(low) * patch_size**3 < 2 * mask.size:
+        lo = np.clip(low, 0, mask.shape)
+        hi = np.clip(high, 0, mask.shape)
+        counts = [np.count_nonzero(mask[a[0]:b[0], a[1]:b[1], a[2]:b[2]]) for a, b in zip(lo, hi)]
+        return np.asarray(counts, dtype=np.float64) / float(patch_size**3)
     # Only the region the patches cover matters: crop to it so the table stays small.
     origin = np.clip(low.min(axis=0), 0, mask.shape)
     end = np.clip(high.max(axis=0), 0, mask.shape)

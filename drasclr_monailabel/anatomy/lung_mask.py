@@ -249,9 +249,10 @@ def _name_sides(lungs: np.ndarray, midline: float, spacing: tuple[float, ...]) -
         column_counts = component.sum(axis=(0, 1))
         right_fraction = column_counts[xs < midline].sum() / column_counts.sum()
         if min(right_fraction, 1.0 - right_fraction) >= MERGED_SIDE_FRACTION:
-            right, left = _split_joined(component, midline, spacing)
-            out[right] = RIGHT_LUNG
-            out[left] = LEFT_LUNG
+            box = ndimage.find_objects(component.astype(np.uint8))[0]  # the split's transforms run on the component's box
+            right, left = _split_joined(component[box], midline - box[2].start, spacing)
+            out[box][right] = RIGHT_LUNG
+            out[box][left] = LEFT_LUNG
         else:
             out[component] = RIGHT_LUNG if right_fraction >= 0.5 else LEFT_LUNG
     return out

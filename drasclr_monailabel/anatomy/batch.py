@@ -1,7 +1,9 @@
 """Preprocess many scans: local worker processes, resumable, shardable across machines.
 
 - Resume: a scan whose ``_qa.json`` names the same format, source and atlas is skipped; any other
-  scan folder (no ``_qa.json``, stale or half-written) is cleared and redone.
+  scan folder (no ``_qa.json``, stale or half-written) is cleared and redone. A scan registered to
+  another atlas (e.g. the default atlas changed with a new version) is redone with a warning that
+  names both atlases, so a cache never mixes atlases.
 - Shards: ``shard=(i, n)`` takes every n-th scan of the id-sorted list starting at i, so n jobs
   (a SLURM array, several machines) split a cohort without talking to each other.
 - Failures: a scan that raises is logged with its one-line reason and the run goes on.
@@ -24,7 +26,7 @@ from typing import Any, Iterator, Sequence
 from tqdm import tqdm
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_atlas
-from drasclr_monailabel.anatomy.cache import clear_scan, is_complete, write_scan
+from drasclr_monailabel.anatomy.cache import clear_scan, is_complete, recorded_atlas, write_scan
 from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, preprocess_volume
 from drasclr_monailabel.errors import DrasclrError
@@ -76,8 +78,11 @@ def run_preprocess(entries: Sequence[ScanEntry], out: str | Path, atlas_dir: str
     for entry in chosen:
         if is_complete(out, entry.scan_id, entry.path, atlas.atlas_id):
             results.append(ScanResult(entry.scan_id, str(entry.path), "skipped"))
-        else:
-            todo.append(entry)
+            continue
+        previous = recorded_atlas(out, entry.scan_id)
+        if previous is not None and previous != atlas.atlas_id:
+            logger.warning("%s was registered to atlas %s; redoing it with atlas %s", entry.scan_id, previous, atlas.atlas_id)
+        todo.append(entry)
     bar = tqdm(total=len(chosen), initial=len(results), unit="scan", desc="preprocess", disable=not progress)
     try:
         for result in _process_all(todo, out, atlas_dir, settings, workers):

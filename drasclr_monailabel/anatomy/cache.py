@@ -47,6 +47,16 @@ def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: s
             and all((folder / f"{scan_id}{suffix}").is_file() for suffix in FILE_SUFFIXES))
 
 
+def recorded_atlas(cache: str | Path, scan_id: str) -> str | None:
+    """The atlas id a scan's ``_qa.json`` names, or None when there is none (or it cannot be read)."""
+    try:
+        qa = json.loads(qa_path(cache, scan_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    atlas = qa.get("atlas") if isinstance(qa, dict) else None
+    return atlas.get("id") if isinstance(atlas, dict) else None
+
+
 def clear_scan(cache: str | Path, scan_id: str) -> None:
     """Remove what an interrupted run may have left of a scan (its _qa.json first, then the rest)."""
     folder = scan_folder(cache, scan_id)

@@ -200,3 +200,16 @@ def test_resume_after_kill_matches_an_uninterrupted_run(cache, phantom_scans, ph
         reference = sitk.ReadTransform(str(cache / scan_id / f"{scan_id}_affine.tfm")).GetParameters()
         np.testing.assert_allclose(ours, reference, atol=1e-6)
     assert not list(out.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_a_scan_registered_to_another_atlas_is_redone_with_a_warning(cache, phantom_scans, tmp_path, caplog):
+    """A cache made with one atlas, rerun with another (the default atlas changed): redone, never mixed."""
+    import shutil
+
+    out = tmp_path / "cache"
+    shutil.copytree(cache, out)
+    with caplog.at_level("WARNING"):
+        summary = run_preprocess(list_scans(phantom_scans), out, workers=1, progress=False)  # the shipped atlas
+    assert (summary["done"], summary["skipped"]) == (2, 0)
+    assert "full was registered to atlas phantom3-" in caplog.text and "redoing it with atlas realct3-" in caplog.text
+    assert {json.loads((out / s / f"{s}_qa.json").read_text())["atlas"]["id"] for s in ("full", "upper")} == {summary["atlas"]}

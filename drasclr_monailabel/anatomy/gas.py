@@ -5,8 +5,9 @@ splenic flexure of the colon often hold gas, and on a coarse grid partial volume
 gas to a lung base through the thin diaphragm. Three things separate them from lung:
 
 1. **Necks.** Air regions are split where they narrow: seeds are what survives an erosion by
-   NECK_MM, and every voxel joins its nearest seed within its region. Gas that leaked into a lung
-   through a thin bridge becomes a part of its own; a lung without necks stays whole.
+   NECK_MM, and every voxel joins its nearest seed within its region, except voxels farther than
+   ORPHAN_MM from every seed, which form parts of their own. Gas that leaked into a lung through a
+   thin bridge becomes a part of its own; a lung without necks stays whole.
 2. **Pure gas.** Lung, even with severe emphysema, keeps vessels and septa that lift its median
    above -975 HU; gas in a stomach or a detached trachea has a median near -1000 HU.
 3. **Below the diaphragm.** Lung is never under lung with something else in between: the columns
@@ -17,9 +18,10 @@ gas to a lung base through the thin diaphragm. Three things separate them from l
    -950 HU: mottled stool with gas does, normal lung does not). Parts are decided from the top
    down, so the lungs above are known when the parts beneath them are judged.
 
-Whole regions below MIN_LUNG_ML are not lung. Known limit: a large bulla that joins its lung only
-through a neck narrower than 2 NECK_MM is a part of pure gas and is left out. Arrays are (Z, Y, X) on the working grid, z increasing
-upwards (LPS), ``spacing`` in ITK order (x, y, z) mm.
+Whole regions below the caller's minimum lung volume are not lung. Known limit: a large bulla
+that joins its lung only through a neck narrower than 2 NECK_MM is a part of pure gas and is left
+out. Arrays are (Z, Y, X) on the working grid, z increasing upwards (LPS), ``spacing`` in ITK
+order (x, y, z) mm.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas, save_atlas
 from drasclr_monailabel.anatomy.grid import array_to_image, make_grid, resample_labels
 from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.anatomy.lobes import LEFT_LOBES, LOBE_NAMES, RIGHT_LOBES, read_structure_lobes
-from drasclr_monailabel.anatomy.registration import Registration, on_isotropic_grid, register_to_atlas
+from drasclr_monailabel.anatomy.registration import Registration, covers_part_of_lungs, on_isotropic_grid, register_to_atlas
 from drasclr_monailabel.errors import DrasclrError, InputError
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ class Subject:
     @property
     def covers_lungs(self) -> bool:
         """True when the lungs reach neither the first nor the last slice (the scan holds the whole lungs)."""
-        slices = sitk.GetArrayViewFromImage(self.labels).any(axis=(1, 2))
-        return not (slices[0] or slices[-1])
+        return not covers_part_of_lungs(self.labels)
 
 
 def build_atlas(subjects: Sequence[Subject], out: str | Path, name: str, provenance: dict[str, Any] | None = None,

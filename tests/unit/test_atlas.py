@@ -162,3 +162,11 @@ def test_a_full_chest_ct_held_out_of_the_atlas_registers(sample_files, tmp_path)
     assert scan.registration.dice >= 0.84
     assert scan.valid.mean() >= 0.9
     assert np.mean(patch_fractions(scan.lungs > 0, scan.landmarks[scan.valid]) > 0.1) >= 0.93
+
+
+def test_build_from_sample_data_never_downloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DRASCLR_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["build-atlas", "--sample-data", "--out", str(tmp_path / "atlas")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "drasclr sample-data --only lidc0001_image" in err
+    assert not (tmp_path / "empty-cache").exists()

@@ -154,8 +154,8 @@ def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, defa
     both = slab.valid & lidc_full.valid
     assert both.sum() >= 0.9 * slab.valid.sum() >= 10
     distance = np.linalg.norm(landmark_world(slab)[both] - landmark_world(lidc_full)[both], axis=1)
-    assert np.median(distance) <= 6.0
-    assert np.mean(distance <= 10.0) >= 0.9
+    assert np.median(distance) <= 8.0
+    assert np.mean(distance <= 10.0) >= 0.9  # issue 15: within 10 mm (measured 93-100 %, docs/anatomy.md)
 
 
 def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):

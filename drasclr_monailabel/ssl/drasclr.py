@@ -144,17 +144,22 @@ class PreciseBnConfig:
     """BatchNorm statistics recomputed before export (see :mod:`.precise_bn`).
 
     Attributes:
-        samples: (subject, landmark) patches drawn at random from the valid pairs (all of them
-            when fewer); 0 keeps the running averages of training.
-        batch_size: patches per batch, mixing landmarks.
+        samples: patches used (un-augmented, random valid (subject, landmark) pairs); 0 keeps the
+            running averages of training.
+        batch_size: patches per batch.
+        subjects_per_landmark: a batch holds ``batch_size / subjects_per_landmark`` random
+            landmarks with this many random subjects each, so it mixes landmarks yet runs as one
+            grouped convolution with few groups (a group of one sample runs PyTorch's slow
+            reference convolution on a CPU).
     """
 
     samples: int = 4096
     batch_size: int = 64
+    subjects_per_landmark: int = 4
 
     def __post_init__(self) -> None:
-        if self.samples < 0 or self.batch_size < 2:
-            raise ValueError("samples must be 0 or more and batch_size at least 2")
+        if self.samples < 0 or self.batch_size < 2 or self.subjects_per_landmark < 1:
+            raise ValueError("samples must be 0 or more, batch_size at least 2 and subjects_per_landmark at least 1")
 
 
 @dataclass
@@ -325,22 +330,25 @@ class DrasclrMethod(PretrainMethod):
         settings = self.config.precise_bn
         if settings.samples == 0:
             return
-        subjects, landmarks = np.nonzero(self.index.valid)
-        chosen = np.random.default_rng([self.config.train.seed, 1]).permutation(len(subjects))[: settings.samples]
-        groups = [rows for rows in np.array_split(chosen, max(1, len(chosen) // settings.batch_size)) if len(rows) >= 2]
+        batches = mixed_landmark_batches(self.index.valid, settings.samples, settings.batch_size,
+                                         settings.subjects_per_landmark, seed=self.config.train.seed)
         patch = self.atlas.patch_size
 
-        def batches():
-            for rows in groups:
-                crops = np.stack([read_crop(np.load(self.index.image_paths[subjects[r]], mmap_mode="r"),
-                                            self.index.centres[subjects[r], landmarks[r]], patch) for r in rows])
-                yield LUNG_WINDOW(torch.from_numpy(crops)).unsqueeze(1).to(self.context.device), self.locations[torch.from_numpy(landmarks[rows])]
+        def inputs():
+            for subjects, landmarks in batches:
+                per_landmark = len(subjects) // len(landmarks)
+                crops = np.stack([read_crop(np.load(self.index.image_paths[subject], mmap_mode="r"),
+                                            self.index.centres[subject, landmarks[row // per_landmark]], patch)
+                                  for row, subject in enumerate(subjects)])
+                views = LUNG_WINDOW(torch.from_numpy(crops)).unsqueeze(1).to(self.context.device)
+                yield views, self.locations[torch.from_numpy(landmarks)]
 
-        used = recalibrate_batchnorm(self._network, batches(), lambda batch: self._network.embed(*batch))
-        rows = np.concatenate(groups[:used]) if used else np.zeros(0, dtype=np.int64)
+        used = recalibrate_batchnorm(self._network, inputs(), lambda batch: self._network.embed(*batch))
+        done = batches[:used]
         self.batchnorm_record = {"statistics": "precise: average over batches mixing landmarks (un-augmented patches)",
-                                 "batches": used, "samples": int(len(rows)), "landmarks": int(len(np.unique(landmarks[rows]))),
-                                 "subjects": int(len(np.unique(subjects[rows])))}
+                                 "batches": used, "samples": int(sum(len(subjects) for subjects, _ in done)),
+                                 "landmarks": int(len({int(l) for _, landmarks in done for l in landmarks})),
+                                 "subjects": int(len({int(s) for subjects, _ in done for s in subjects}))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"key_network": self.key_network.state_dict(), "queues": self.queues.state_dict()}
@@ -359,6 +367,43 @@ class DrasclrMethod(PretrainMethod):
                       "location": "normalised atlas coordinate (cx, cy, cz) of the landmark, landmarks.csv"},
             state_dict_prefix="encoder.",
         )
+
+
+def mixed_landmark_batches(valid: np.ndarray, samples: int, batch_size: int, per_landmark: int,
+                           seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches for precise BN: ``(subjects (n,), landmarks (G,))`` with ``n = G x p`` subjects, the
+    ``p`` of landmark ``g`` at rows ``g p .. g p + p - 1`` (the grouped-convolution layout).
+
+    ``p`` is ``per_landmark`` (fewer when no landmark has that many valid subjects) and ``G`` is
+    ``batch_size // p`` (at least 2 when p = 1). Landmarks come in a shuffled order and each
+    landmark's subjects in a shuffled order, both restarting when used up, so ``samples`` patches
+    (at most the number of valid pairs) spread over landmarks and subjects as evenly as they can.
+    """
+    counts = valid.sum(axis=0)
+    per = int(min(per_landmark, counts.max(initial=0)))
+    eligible = np.flatnonzero(counts >= per) if per > 0 else np.zeros(0, dtype=np.int64)
+    samples = min(samples, int(counts[eligible].sum()))
+    groups = min(max(batch_size // max(per, 1), 2 if per == 1 else 1), len(eligible))
+    if samples == 0 or groups * per < 2:
+        return []
+    rng = np.random.default_rng([seed, 1])
+    landmark_order: list[int] = []
+    subject_orders: dict[int, list[int]] = {}
+    batches = []
+    for _ in range(-(-samples // (groups * per))):
+        landmarks: list[int] = []
+        while len(landmarks) < groups:
+            if not landmark_order:
+                landmark_order = [int(l) for l in rng.permutation(eligible) if l not in landmarks]
+            landmarks.append(landmark_order.pop())
+        subjects = []
+        for landmark in landmarks:
+            order = subject_orders.setdefault(landmark, [])
+            if len(order) < per:
+                order[:0] = [int(v) for v in rng.permutation(np.flatnonzero(valid[:, landmark])) if v not in order]
+            subjects.extend(order.pop() for _ in range(per))
+        batches.append((np.asarray(subjects, dtype=np.int64), np.asarray(landmarks, dtype=np.int64)))
+    return batches
 
 
 def contrast_set(queued: torch.Tensor, queued_subjects: torch.Tensor, keys: torch.Tensor, key_subjects: torch.Tensor,

@@ -4,9 +4,10 @@ DrasCLR trains on batches of one landmark, so every BatchNorm layer normalises a
 own batch statistics, and the running averages it keeps follow the last few landmarks trained.
 Downstream use (embeddings, the segmentation encoder in eval mode) normalises with the running
 statistics, so they should describe every landmark. Here the frozen network is run in training
-mode over batches that mix landmarks, drawn like inference data (un-augmented patches), and each
-layer's running mean and variance become the plain average of the per-batch values
-(``momentum=None``, PyTorch's cumulative average).
+mode over batches drawn like inference data (un-augmented patches of many landmarks), and each
+layer's running mean and variance become the mean and variance of its input over all samples
+of all batches (pooled sums, so small batches do not bias the variance low as an average of
+per-batch variances would).
 """
 
 from __future__ import annotations
@@ -20,21 +21,42 @@ from torch import nn
 Batch = TypeVar("Batch")
 
 
+class _Moments:
+    """Per-channel count, sum and sum of squares of a BatchNorm layer's inputs (float64)."""
+
+    def __init__(self, channels: int, device: torch.device) -> None:
+        self.count = 0
+        self.total = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(channels, dtype=torch.float64, device=device)
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N * spatial)
+        self.count += x.shape[1]
+        self.total += x.sum(dim=1)
+        self.squares += (x * x).sum(dim=1)
+
+    def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased variance over every value seen."""
+        mean = self.total / self.count
+        variance = (self.squares - self.count * mean * mean) / max(self.count - 1, 1)
+        return mean, variance.clamp(min=0.0)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Batch], forward: Callable[[Batch], object]) -> int:
-    """Replace the running statistics of every BatchNorm layer in ``model`` by their average over
-    ``batches`` (``forward(batch)`` runs ``model`` on one); returns the number of batches used.
+    """Set the running statistics of every BatchNorm layer in ``model`` to the mean and variance of
+    its inputs over ``batches`` (``forward(batch)`` runs ``model`` on one); returns the number of
+    batches used.
 
-    Parameters are untouched; each layer's momentum and the model's train/eval mode are restored.
-    With no batch, or when ``forward`` raises, the statistics are left as they were.
+    During the pass every layer normalises with its batch statistics, as in training. Parameters
+    are untouched and the model's train/eval mode is restored. With no batch, or when ``forward``
+    raises, the statistics are left as they were.
     """
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(layer.momentum, layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone())
-             for layer in layers]
+    moments = [_Moments(layer.num_features, layer.running_mean.device) for layer in layers]
+    hooks = [layer.register_forward_pre_hook(moment) for layer, moment in zip(layers, moments)]
+    saved = [(layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone()) for layer in layers]
     was_training = model.training
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches below
     model.train()
     count = 0
     try:
@@ -45,10 +67,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Batch], forward: C
         count = 0
         raise
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
-        for layer, (momentum, mean, var, tracked) in zip(layers, saved):
-            layer.momentum = momentum
-            if count == 0:
+        for layer, moment, (mean, var, tracked) in zip(layers, moments, saved):
+            if count and moment.count:
+                new_mean, new_var = moment.mean_and_variance()
+                layer.running_mean.copy_(new_mean.to(layer.running_mean.dtype))
+                layer.running_var.copy_(new_var.to(layer.running_var.dtype))
+                layer.num_batches_tracked.copy_(tracked + count)
+            else:
                 layer.running_mean.copy_(mean)
                 layer.running_var.copy_(var)
                 layer.num_batches_tracked.copy_(tracked)

@@ -1,19 +1,24 @@
 """Does DrasCLR pretraining learn anything? Patch-level probes of held-out subjects, every arm at
 equal compute.
 
-Data (made in this run, seeded): an unlabelled pretraining cohort and a held-out cohort, both
-synthetic emphysema inserted into real CT (``drasclr synth``; ``--size small`` uses phantoms),
-with disjoint seeds, so no held-out subject is seen in pretraining. Arms:
+Data (made in this run, seeded): an unlabelled pretraining cohort made from the real CTs lung1
+and lung2 and a held-out cohort made from another patient, LIDC-IDRI-0001, both with synthetic
+emphysema inserted (``drasclr synth``; ``--size small`` uses phantoms with disjoint seeds), so no
+held-out patient is seen in pretraining. Arms:
 
 * ``pretrained``: DrasCLR (location-conditioned encoder, local + neighbour InfoNCE);
 * ``unconditioned``: the same run with plain convolutions of the same shapes
   (``model.encoder.conditioned=false``), the paper's "no anatomy" ablation;
-* ``random``: the encoder at its random initialisation.
+* ``random``: the encoder at its random initialisation;
+* ``shuffle_bn``: as pretrained, keys embedded in two random sub-batches (``moco.key_bn_splits=2``,
+  the one-process shuffle-BN), to choose it by measurement;
+* ``other_landmark_negatives``: as pretrained, plus 256 negatives drawn from the other landmarks'
+  queues (``moco.other_landmark_negatives=256``).
 
-Pretrained and unconditioned train for the same steps and batch; every arm gets the same precise
-BatchNorm statistics recomputation before it is measured (``precise_bn``), so the random arm is
-not handicapped by untouched statistics. ``pretrained_training_bn`` is the pretrained encoder
-with the running statistics that training left behind (one landmark per batch), to choose the
+Every trained arm runs the same steps and batch; every arm gets the same precise BatchNorm
+statistics recomputation before it is measured (``precise_bn``), so the random arm is not
+handicapped by untouched statistics. ``pretrained_training_bn`` is the pretrained encoder with
+the running statistics that training left behind (one landmark per batch), to choose the
 statistics by measurement.
 
 Measures, on the un-augmented 32^3 patches of every valid landmark of every held-out subject:
@@ -68,7 +73,13 @@ from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "drasclr_demo.yaml"
-ARMS = ("pretrained", "unconditioned", "random")
+# Trained arms and their recipe changes (all at the same budget).
+TRAINED_ARMS = {
+    "pretrained": [],
+    "unconditioned": ["model.encoder.conditioned=false"],
+    "shuffle_bn": ["moco.key_bn_splits=2"],
+    "other_landmark_negatives": ["moco.other_landmark_negatives=256"],
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class Size:
 
 SIZES = {
     "small": Size("phantom", pretrain_scans=6, heldout_scans=3, steps=60, batch_size=6, queue_size=16, lr=1.0),
-    "full": Size("real", pretrain_scans=16, heldout_scans=6, steps=700, batch_size=8, queue_size=16, lr=1.0),
+    "full": Size("real", pretrain_scans=16, heldout_scans=6, steps=400, batch_size=8, queue_size=16, lr=1.0),
 }
 
 
@@ -96,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="benchmark size (default full)")
     parser.add_argument("--workdir", type=Path, help="folder for cohorts, cache and runs (default: beside --out)")
     parser.add_argument("--steps", type=int, help="pretraining steps per trained arm (default: the size's)")
+    parser.add_argument("--arms", nargs="+", choices=sorted(TRAINED_ARMS), default=list(TRAINED_ARMS),
+                        help="trained arms to run (default all; random and pretrained_training_bn come with pretrained)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra recipe override for both trained arms (repeatable), e.g. moco.key_bn_splits=2")
+                        help="extra recipe override for every trained arm (repeatable), e.g. optim.lr=2.0")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     if args.steps is not None:
@@ -114,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     timings["preprocess"] = round(time.perf_counter() - clock, 1)
     overrides = recipe_overrides(size, args.overrides)
     encoders: dict[str, Path] = {}
-    for arm, extra in (("pretrained", []), ("unconditioned", ["model.encoder.conditioned=false"])):
+    arms = ["pretrained", *(arm for arm in args.arms if arm != "pretrained")]
+    for arm in arms:
         clock = time.perf_counter()
-        encoders[arm] = pretrain(workdir / "cache", workdir / arm, [*overrides, *extra])
+        encoders[arm] = pretrain(workdir / "cache", workdir / arm, [*overrides, *TRAINED_ARMS[arm]])
         timings[f"pretrain_{arm}"] = round(time.perf_counter() - clock, 1)
     encoders["random"] = random_encoder(workdir / "cache", workdir / "random", overrides)
     encoders["pretrained_training_bn"] = export_checkpoint(workdir / "pretrained" / "checkpoints" / "last.pt",
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f}", flush=True)
     result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits).pooled["r2"]
     result["retrieval_chance"] = chance_retrieval(patches)
-    result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in ("pretrained", "unconditioned")}
+    result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in arms}
     result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
                          "emphysema_fraction_mean": float(patches.emphysema.mean())}
     result["command"] = " ".join(["python", "benchmarks/pretraining_signal.py", *(argv if argv is not None else sys.argv[1:])])
@@ -151,18 +165,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
-    """The unlabelled pretraining cohort and the held-out cohort (disjoint seeds)."""
+    """The unlabelled pretraining cohort and the held-out cohort (another patient; phantoms: disjoint seeds)."""
     if size.source == "real":
-        samples = fetch_sample_data(["lung1_image", "lung2_image"])
-        sources = [str(samples["lung1_image"]), str(samples["lung2_image"])]
+        samples = fetch_sample_data(["lung1_image", "lung2_image", "lidc0001_image"])
+        sources = {"pretrain": [str(samples["lung1_image"]), str(samples["lung2_image"])],
+                   "heldout": [str(samples["lidc0001_image"])]}
     else:
-        sources = ["phantom"]
+        sources = {"pretrain": ["phantom"], "heldout": ["phantom"]}
     cohorts = {}
     for name, n, seed in (("pretrain", size.pretrain_scans, 500), ("heldout", size.heldout_scans, 600)):
         folder = workdir / name
         if not (folder / "manifest.csv").is_file():
             run_step(["synth", "--n", str(n), "--out", str(folder), "--seed", str(seed), "--overwrite", "--no-progress",
-                      "--severity", "2", "25", "--source", *sources])
+                      "--severity", "2", "25", "--source", *sources[name]])
         cohorts[name] = folder
     return cohorts
 

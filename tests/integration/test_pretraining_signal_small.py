@@ -1,0 +1,34 @@
+"""benchmarks/pretraining_signal.py runs end to end at its CI size (phantoms) and writes the agreed
+JSON shape; the queue fill it reaches is the fill ``drasclr pretrain`` planned."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "pretraining_signal.py"
+
+
+def test_small_pretraining_signal_run(tmp_path: Path) -> None:
+    out = tmp_path / "signal.json"
+    run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained", "unconditioned",
+                          "--out", str(out)], capture_output=True, text=True, timeout=1800, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    arms = {"pretrained", "unconditioned", "random", "pretrained_training_bn"}
+    for measure in ("retrieval", "retrieval_exact", "retrieval_image_only"):
+        assert set(result[measure]) == arms and all(0.0 <= v <= 1.0 for v in result[measure].values())
+    assert set(result["probe_r2"]) == arms | {"hu_features"}
+    assert result["probe_r2"]["hu_features"] > 0.5  # the synthetic truth is density-defined (docs/benchmarks.md)
+    assert 0.0 < result["retrieval_chance"] < min(result["retrieval"].values())
+    for arm in ("pretrained", "unconditioned"):
+        fill = result["queue_fill"][arm]
+        assert abs(fill["reached_mean"] - fill["planned_mean_at_end"]) < 0.05, fill
+    assert result["command"].startswith("python benchmarks/pretraining_signal.py --size small")
+    assert out.with_suffix(".png").stat().st_size > 10_000

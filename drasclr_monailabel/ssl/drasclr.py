@@ -272,8 +272,11 @@ class DrasclrMethod(PretrainMethod):
         positive = keys[own]
         temperature = self.config.moco.temperature
         loss_local = info_nce(query, positive, negatives, temperature, excluded).mean()
-        metrics = {"loss_local": loss_local.detach(), "acc_local": _top1(query, positive, negatives, excluded),
-                   "negatives": (~excluded).sum(dim=1).float().mean(), "queue_fill": self.queues.fill()[landmark]}
+        counted = (~excluded).sum(dim=1).float()
+        # Chance level: every logit equal gives log(1 + n) and top-1 1 / (1 + n), for n negatives.
+        metrics = {"loss_local": loss_local.detach(), "loss_local_chance": torch.log1p(counted).mean(),
+                   "acc_local": _top1(query, positive, negatives, excluded), "acc_local_chance": (1.0 / (1.0 + counted)).mean(),
+                   "negatives": counted.mean(), "queue_fill": self.queues.fill()[landmark]}
         loss = loss_local
         if self.use_neighbours:
             anchor = torch.stack(embeddings[1:]).sum(dim=0)

@@ -22,6 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 RESNET_LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -92,18 +93,31 @@ class SliceEncoder(nn.Module):
     def pooled_dim(self) -> int:
         return self.stage_channels[-1]
 
-    def stage_pools(self, slices: torch.Tensor) -> list[torch.Tensor]:
-        """Global average pool of every stage's output: [(N, C1), ..., (N, C4)]."""
-        x = self.stem(slices)
+    def stage_pools(self, slices: torch.Tensor, recompute: bool = False) -> list[torch.Tensor]:
+        """Global average pool of every stage's output: [(N, C1), ..., (N, C4)].
+
+        ``recompute``: activation checkpointing by depth; only the input of the stem and of each
+        residual block is kept for backward and the rest is recomputed there (about one more
+        forward pass). Splitting by depth, not by slices, keeps every BatchNorm's batch the same
+        as without it; the recomputation updates BatchNorm running statistics a second time.
+        """
+        x = self._run(self.stem, slices, recompute)
         pools = []
         for stage in self.stages:
-            x = stage(x)
+            for block in stage:
+                x = self._run(block, x, recompute)
             pools.append(x.mean(dim=(2, 3)))
         return pools
 
-    def multi_scale(self, slices: torch.Tensor) -> torch.Tensor:
+    def multi_scale(self, slices: torch.Tensor, recompute: bool = False) -> torch.Tensor:
         """(N, C1 + ... + C4): the stage pools, each L2-normalised, concatenated (input of ``token``)."""
-        return _concat_normalised(self.stage_pools(slices))
+        return _concat_normalised(self.stage_pools(slices, recompute))
+
+    @staticmethod
+    def _run(module: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+        if recompute and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
 
     def forward(self, slices: torch.Tensor) -> SliceFeatures:
         pools = self.stage_pools(slices)

@@ -8,8 +8,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from drasclr_monailabel.ssl.joint2d3d.losses import (ClusterMemory, cluster_target_loss, masked_prediction_loss, sinkhorn,
-                                                     spherical_kmeans, swapped_prediction_loss)
+from drasclr_monailabel.ssl.distributed import DistContext
+from drasclr_monailabel.ssl.joint2d3d.losses import (ClusterMemory, cluster_target_loss, code_entropy, masked_prediction_loss,
+                                                     sinkhorn, spherical_kmeans, swapped_prediction_loss, swav_codes)
+from drasclr_monailabel.ssl.joint2d3d.queue import FeatureQueue
 
 
 def test_sinkhorn_codes_are_distributions_with_equal_prototype_use() -> None:
@@ -26,12 +28,49 @@ def test_swapped_prediction_is_low_when_crops_agree_and_codes_carry_no_gradient(
     base = F.normalize(torch.randn(8, 6), dim=1)
     agree = [base * 5, base * 5, base * 5]
     disagree = [base * 5, torch.roll(base, 1, dims=0) * 5, torch.roll(base, 2, dims=0) * 5]
-    kwargs = {"code_crops": 2, "temperature": 0.1, "epsilon": 0.05, "iterations": 3}
-    assert swapped_prediction_loss(agree, **kwargs) < swapped_prediction_loss(disagree, **kwargs)
+
+    def loss(crops: list[torch.Tensor]) -> torch.Tensor:
+        return swapped_prediction_loss(crops, [swav_codes(c, 0.05, 3) for c in crops[:2]], temperature=0.1)
+
+    assert loss(agree) < loss(disagree)
     local = torch.randn(8, 6, requires_grad=True)
     glob = [torch.randn(8, 6, requires_grad=True) for _ in range(2)]
-    swapped_prediction_loss([*glob, local], **kwargs).backward()
+    loss([*glob, local]).backward()
     assert local.grad is not None and glob[0].grad is not None  # global crops still predict each other
+
+
+def _clustered(prototypes: torch.Tensor, which: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
+    """Unit projections near the prototypes ``which`` (n,) (cosine scores live in [-1, 1])."""
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(prototypes[which] + noise * torch.randn(len(which), prototypes.shape[1], generator=generator), dim=1)
+
+
+def test_a_queue_gives_a_tiny_batch_sharp_codes_where_sinkhorn_alone_spreads_them() -> None:
+    k = 16
+    prototypes = F.normalize(torch.randn(k, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    batch = _clustered(prototypes, torch.tensor([3, 11]), 0.05, seed=1) @ prototypes.t()  # 2 rows, 16 prototypes
+    alone = swav_codes(batch, epsilon=0.05, iterations=3)
+    # equal prototype use over 2 rows: every row must spread over at least k / 2 prototypes
+    assert float(code_entropy(alone)) > 0.9 * math.log(k / 2)
+    queue = FeatureQueue(size=64, dim=32, device=torch.device("cpu"))
+    queue.push(_clustered(prototypes, torch.arange(64) % k, 0.05, seed=2))  # recent projections cover every prototype
+    codes = swav_codes(batch, 0.05, 3, queue_scores=queue.share() @ prototypes.t())
+    torch.testing.assert_close(codes.sum(dim=1), torch.ones(2))
+    assert float(code_entropy(codes)) < 0.25 * float(code_entropy(alone))
+    assert codes.argmax(dim=1).tolist() == [3, 11]  # sharp, and on each sample's own prototype
+
+
+def test_feature_queue_keeps_the_newest_rows_and_splits_them_between_processes() -> None:
+    queue = FeatureQueue(size=5, dim=2, device=torch.device("cpu"))
+    assert queue.share().shape == (0, 2)  # nothing written: no rows, never zeros
+    queue.push(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    queue.push(torch.tensor([[3.0, 0.0], [4.0, 0.0], [5.0, 0.0], [6.0, 0.0]]))
+    assert queue.count == 5 and queue.share()[:, 0].tolist() == [3.0, 4.0, 5.0, 6.0, 1.0]  # newest first, oldest dropped
+    shares = [queue.share(DistContext(rank=r, world_size=2, local_rank=r, device=torch.device("cpu")))[:, 0].tolist() for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == [1.0, 3.0, 4.0, 5.0, 6.0]  # every queued row counted once over the processes
+    restored = FeatureQueue(size=5, dim=2, device=torch.device("cpu"))
+    restored.load_state_dict(queue.state_dict())
+    torch.testing.assert_close(restored.share(), queue.share())
 
 
 def test_cluster_target_loss_skips_samples_without_a_cluster() -> None:

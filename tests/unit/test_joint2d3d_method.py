@@ -84,11 +84,17 @@ def test_staged_schedule_reads_volumes_only_when_needed_and_freezes_prototypes(t
     torch.testing.assert_close(_final_state(tmp_path / "run")["slice_head.prototypes.0.weight"], initial)
 
 
-def test_deepcluster_reclusters_each_epoch(tmp_path: Path, tiny_recipe, phantom_volume_dir: Path) -> None:
+def test_deepcluster_has_targets_from_the_first_step_and_reclusters_each_epoch(tmp_path: Path, tiny_recipe,
+                                                                                phantom_volume_dir: Path) -> None:
     config = tiny_recipe("clustering.head=deepcluster", "clustering.heads=2", "schedule=[{intra: 1.0, masked: 0.0, inter: 1.0}]")
+    one = run_pretraining(config, phantom_volume_dir, tmp_path / "one", stop_at_step=1)
+    assert one.history[0]["loss_intra"] > 0 and one.history[0]["loss_inter"] > 0  # targets at step 1: no empty first epoch
+    after_one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["method_state"]
+    for level, n in (("slice", 12), ("volume", 3)):  # every item and every volume was projected and clustered
+        assert after_one["memories_filled"] and int(after_one["memories"][level]["filled"].sum()) == n, level
+        assert bool((after_one["memories"][level]["assignments"] >= 0).all()), level
     result = run_pretraining(config, phantom_volume_dir, tmp_path / "run")  # 12 slices / batch 6: 2 steps per epoch
-    intra = [record["loss_intra"] for record in result.history]
-    assert intra[:2] == [0.0, 0.0] and all(value > 0 for value in intra[2:])  # no clusters before the first epoch ends
+    assert all(record["loss_intra"] > 0 and record["loss_inter"] > 0 for record in result.history)
     state = torch.load(tmp_path / "run" / "checkpoints" / "final.pt", weights_only=True)
     memory = state["method_state"]["memories"]["slice"]
     assert bool(memory["filled"].all()) and bool((memory["assignments"] >= 0).all())

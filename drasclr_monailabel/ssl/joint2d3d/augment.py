@@ -33,11 +33,16 @@ class SliceAugmenter:
         (n_local * B, 1, L, L) or None, crop-major (rows c*B .. c*B + B - 1 are crop c).
         ``jitter`` (B,) bool: samples that get contrast, brightness and gamma changes."""
         c = self.config
-        glob = self.augment(images.repeat(c.global_crops, 1, 1, 1), c.global_size, c.global_scale, 1, jitter.repeat(c.global_crops), generator)
+        glob = self.global_crops(images, jitter, generator)
         local = None
         if c.local_crops:
             local = self.augment(images.repeat(c.local_crops, 1, 1, 1), c.local_size, c.local_scale, 1, jitter.repeat(c.local_crops), generator)
         return glob, local
+
+    def global_crops(self, images: torch.Tensor, jitter: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The global crops of :meth:`multi_crop` alone: (n_global * B, 1, G, G), crop-major."""
+        c = self.config
+        return self.augment(images.repeat(c.global_crops, 1, 1, 1), c.global_size, c.global_scale, 1, jitter.repeat(c.global_crops), generator)
 
     def volume_views(self, views: torch.Tensor, jitter: bool, generator: torch.Generator) -> torch.Tensor:
         """(V, 2, S, N, N) in [0, 1] -> (V * 2 * S, 1, G, G), one crop per view shared by its S slices;

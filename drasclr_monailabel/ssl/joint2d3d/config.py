@@ -96,6 +96,14 @@ class ClusteringConfig:
         sinkhorn_iterations: Sinkhorn normalisation rounds (SwAV).
         freeze_prototypes_steps: SwAV prototypes get no gradient for this many first steps.
         kmeans_iterations: k-means rounds per re-clustering (DeepCluster-v2).
+        slice_queue: SwAV: recent slice projections (all processes together) added to the
+            Sinkhorn step of L_intra (0: none).
+        volume_queue: SwAV: recent volume projections added to the Sinkhorn step of L_inter
+            (0: none). Sinkhorn spreads every prototype's mass equally over the rows it sees, so
+            with n rows and K prototypes each code covers at least K / n prototypes: 8 volume
+            views against 300 prototypes give near-uniform targets without a queue.
+        queue_start_steps: the queues are filled from the first step and used from this step on
+            (projections of a network that still changes fast are poor company for Sinkhorn).
     """
 
     head: Literal["swav", "deepcluster"] = "swav"
@@ -105,14 +113,19 @@ class ClusteringConfig:
     temperature: float = 0.1
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 0
+    freeze_prototypes_steps: int = 1000
     kmeans_iterations: int = 10
+    slice_queue: int = 3840
+    volume_queue: int = 3840
+    queue_start_steps: int = 1000
 
     def __post_init__(self) -> None:
         if min(self.slice_prototypes, self.volume_prototypes, self.heads, self.sinkhorn_iterations, self.kmeans_iterations) < 1:
             raise ValueError("prototype counts, heads and iteration counts must be at least 1")
         if self.temperature <= 0 or self.sinkhorn_epsilon <= 0 or self.freeze_prototypes_steps < 0:
             raise ValueError("temperature and sinkhorn_epsilon must be positive, freeze_prototypes_steps not negative")
+        if min(self.slice_queue, self.volume_queue, self.queue_start_steps) < 0:
+            raise ValueError("slice_queue, volume_queue and queue_start_steps must not be negative")
 
 
 @dataclass
@@ -181,9 +194,10 @@ class StageConfig:
         intra: weight of L_intra (2D clustering of slices and images).
         masked: weight of the masked slice-embedding prediction.
         inter: weight of L_inter (clustering agreement of two views of each volume).
-        encoder_in_3d: the 3D losses train the ResNet trunk too; false: the trunk runs without
-            gradient on volume views (cheaper) and only the token projection, the transformer
-            and the heads learn from them.
+        encoder_in_3d: the 3D losses train the ResNet trunk too (through the slices chosen by
+            ``volume_backprop``); false: the trunk runs without gradient on volume views and
+            only the token projection, the transformer and the heads learn from them (the
+            exported 2D encoder is then plain 2D clustering).
     """
 
     until: float = 1.0
@@ -201,6 +215,27 @@ class StageConfig:
             raise ValueError(f"until must be in (0, 1], got {self.until}")
         if min(self.intra, self.masked, self.inter) < 0 or self.intra + self.masked + self.inter <= 0:
             raise ValueError("loss weights must not be negative and at least one must be positive")
+
+
+@dataclass
+class VolumeBackpropConfig:
+    """How the 3D losses reach the slice encoder's trunk in stages with ``encoder_in_3d``.
+
+    Attributes:
+        slices: slices per volume view that back-propagate into the trunk (0: all S). The others
+            run without gradient (their tokens still enter the transformer); the chosen slices'
+            gradient is scaled by S / slices, so on average it equals the gradient through all
+            slices while activation memory grows with ``slices`` instead of S.
+        recompute: activation checkpointing of the trunk on those slices (only each residual
+            block's input is kept; the rest is recomputed in backward, about one more forward).
+    """
+
+    slices: int = 16
+    recompute: bool = False
+
+    def __post_init__(self) -> None:
+        if self.slices < 0:
+            raise ValueError(f"slices must not be negative, got {self.slices}")
 
 
 @dataclass
@@ -230,6 +265,7 @@ class Joint2d3dConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    volume_backprop: VolumeBackpropConfig = field(default_factory=VolumeBackpropConfig)
     schedule: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
 
     def __post_init__(self) -> None:

@@ -2,7 +2,9 @@
 
 * :func:`sinkhorn` turns prototype scores into soft codes with equal use of every prototype over
   the batch (all ranks together under DDP), which is what keeps the clustering from collapsing.
-* :func:`swapped_prediction_loss` (SwAV): the code of one view is the target of the others.
+* :func:`swav_codes` adds the rows of a feature queue to the Sinkhorn step (small batches) and
+  keeps the batch's codes; :func:`swapped_prediction_loss` (SwAV): the code of one view is the
+  target of the others; :func:`code_entropy` says how sharp the targets are.
 * :class:`ClusterMemory` + :func:`cluster_target_loss` (DeepCluster-v2): spherical k-means on a
   memory bank of projections gives every sample a cluster per head; each crop predicts it.
 * :func:`masked_prediction_loss`: cosine distance between predicted and stop-gradient, per-view
@@ -48,22 +50,39 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, context: Dis
     return (q * samples).t()
 
 
-def swapped_prediction_loss(crop_scores: list[torch.Tensor], code_crops: int, temperature: float, epsilon: float,
-                            iterations: int, context: DistContext | None = None) -> torch.Tensor:
+def swav_codes(scores: torch.Tensor, epsilon: float, iterations: int, context: DistContext | None = None,
+               queue_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Sinkhorn codes (B, K) of a batch's scores (B, K), no gradient.
+
+    ``queue_scores`` (m, K): scores of queued projections with the current prototypes; they join
+    the Sinkhorn step as extra rows (so equal prototype use is asked of B + m rows, not B) and
+    their codes are dropped.
+    """
+    if queue_scores is None or queue_scores.shape[0] == 0:
+        return sinkhorn(scores, epsilon, iterations, context)
+    rows = torch.cat([scores.detach().float(), queue_scores.detach().float()])
+    return sinkhorn(rows, epsilon, iterations, context)[: scores.shape[0]]
+
+
+def swapped_prediction_loss(crop_scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
     """SwAV loss for one prototype head.
 
     Args:
-        crop_scores: per crop, (B, K) scores of the same B samples; the first ``code_crops``
-            crops (the global ones) provide codes.
-        code_crops: crops whose Sinkhorn codes are targets for every other crop.
+        crop_scores: per crop, (B, K) scores of the same B samples.
+        codes: the codes (B, K) of the first ``len(codes)`` crops (the global ones), each the
+            target of every other crop.
     """
     total = crop_scores[0].new_zeros((), dtype=torch.float32)
-    for i in range(code_crops):
-        codes = sinkhorn(crop_scores[i], epsilon, iterations, context)
+    for i, target in enumerate(codes):
         others = [s for j, s in enumerate(crop_scores) if j != i]
         for scores in others:
-            total = total - (codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(dim=1).mean() / len(others)
-    return total / code_crops
+            total = total - (target * F.log_softmax(scores.float() / temperature, dim=1)).sum(dim=1).mean() / len(others)
+    return total / len(codes)
+
+
+def code_entropy(codes: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of code rows (B, K); log K means uniform targets, 0 one-hot ones."""
+    return -(codes * torch.log(codes.clamp_min(1e-12))).sum(dim=1).mean()
 
 
 def cluster_target_loss(crop_scores: list[torch.Tensor], targets: torch.Tensor, temperature: float) -> torch.Tensor:

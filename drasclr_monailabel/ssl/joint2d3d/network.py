@@ -98,13 +98,32 @@ class ClusteringHead(nn.Module):
 
 @dataclass
 class StepPlan:
-    """What one forward pass computes (from the schedule stage and the batch)."""
+    """What one forward pass computes (from the schedule stage and the batch).
+
+    ``encoder_in_3d``: the 3D losses back-propagate into the slice encoder's trunk (through the
+    slices marked in the inputs' ``backprop``, else all); ``recompute``: with activation
+    checkpointing there.
+    """
 
     intra: bool
     inter: bool
     masked: bool
     encoder_in_3d: bool
     freeze_prototypes: bool
+    recompute: bool = False
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
 
 
 class Joint2d3dNetwork(nn.Module):
@@ -124,7 +143,9 @@ class Joint2d3dNetwork(nn.Module):
 
         ``inputs``: ``crops`` (list of (n_c * B, 1, h, w) tensors, one per crop size, crop-major)
         and, for 3D losses, ``views`` (2V * S, 1, G, G) (view-major per volume: volume v has rows
-        of views 2v and 2v + 1), ``positions`` (2V, S), ``kinds`` (2V,), ``mask`` (2V, S) bool.
+        of views 2v and 2v + 1), ``positions`` (2V, S), ``kinds`` (2V,), ``mask`` (2V, S) bool,
+        and optionally ``backprop`` (2V * S,) bool: the view slices whose trunk pass keeps its
+        gradient (see :meth:`view_features`).
 
         Returns a dict with ``slice_z`` (n_global * B, P) and ``slice_scores`` (per head, per crop
         (B, K)) when ``plan.intra``; ``volume_z`` (2V, P) and ``volume_scores`` (per head, per view
@@ -140,8 +161,7 @@ class Joint2d3dNetwork(nn.Module):
         if plan.inter or plan.masked:
             positions, kinds = inputs["positions"], inputs["kinds"]
             views, s = positions.shape
-            with torch.set_grad_enabled(plan.encoder_in_3d and torch.is_grad_enabled()):
-                features = self.encoder.slices.multi_scale(inputs["views"])
+            features = self.view_features(inputs["views"], inputs.get("backprop"), plan)
             tokens = self.encoder.slices.token(features).view(views, s, -1)
             if plan.inter:
                 _, volume = self.encoder.embed_volume(tokens, positions, kinds)
@@ -153,3 +173,24 @@ class Joint2d3dNetwork(nn.Module):
                 out["predicted"] = self.predictor(contextual)
                 out["target"] = tokens.detach()
         return out
+
+    def view_features(self, slices: torch.Tensor, backprop: torch.Tensor | None, plan: StepPlan) -> torch.Tensor:
+        """Multi-scale trunk features (N, C1 + ... + C4) of the volume views' slices (N, 1, G, G).
+
+        Without ``plan.encoder_in_3d`` no gradient reaches the trunk. Otherwise the slices marked
+        in ``backprop`` (N,) bool (None: all) keep their gradient, scaled by N / marked so that
+        its expectation over random choices is the gradient through every slice; the others run
+        without gradient, so activation memory grows with the marked slices only.
+        """
+        trunk = self.encoder.slices.multi_scale
+        if not (plan.encoder_in_3d and torch.is_grad_enabled()):
+            with torch.no_grad():
+                return trunk(slices)
+        if backprop is None or bool(backprop.all()):
+            return trunk(slices, plan.recompute)
+        chosen, rest = torch.nonzero(backprop).squeeze(1), torch.nonzero(~backprop).squeeze(1)
+        picked = _ScaleGradient.apply(trunk(slices[chosen], plan.recompute), slices.shape[0] / chosen.numel())
+        with torch.no_grad():
+            others = trunk(slices[rest])
+        merged = torch.cat([picked, others.to(picked.dtype)])
+        return merged[torch.argsort(torch.cat([chosen, rest]))]

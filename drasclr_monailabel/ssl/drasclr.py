@@ -31,9 +31,8 @@ landmarks (``precise_bn``), so embeddings and fine-tuning use statistics of ever
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,14 +44,14 @@ from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
 from drasclr_monailabel.models.heads import ProjectionHead
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
-from drasclr_monailabel.ssl.augment import AugmentConfig, PatchAugmenter
+from drasclr_monailabel.ssl.augment import PatchAugmenter
 from drasclr_monailabel.ssl.cache import (
     AtlasLandmarks,
     default_atlas_dir,
     open_cache,
     read_atlas_landmarks,
 )
-from drasclr_monailabel.ssl.config import OptimConfig, TrainConfig
+from drasclr_monailabel.ssl.drasclr_config import DrasclrConfig
 from drasclr_monailabel.ssl.distributed import (
     DistContext,
     all_gather_rows,
@@ -74,106 +73,7 @@ from drasclr_monailabel.ssl.moco import (
 from drasclr_monailabel.ssl.patches import LandmarkCropDataset, read_crop
 from drasclr_monailabel.ssl.precise_bn import recalibrate_batchnorm
 from drasclr_monailabel.ssl.queue_plan import plan_queue_fill
-from drasclr_monailabel.ssl.sampler import LandmarkBatchSampler
-
-
-@dataclass
-class DataConfig:
-    """Where patches come from.
-
-    Attributes:
-        atlas: atlas folder (atlas.json, landmarks.csv); empty: the atlas shipped with the package.
-            The cache's scans must have been registered to it (same atlas id).
-        crop_size: edge of the crop read around each landmark; the patch (32) plus twice the
-            largest augmentation translation keeps shifted patches inside real image.
-        min_batch: landmarks with fewer valid subjects than this are skipped.
-    """
-
-    atlas: Path | None = None
-    crop_size: int = 56
-    min_batch: int = 2
-
-
-@dataclass
-class ModelConfig:
-    """The query/key networks: conditional encoder and projection head."""
-
-    encoder: EncoderArchitecture = field(default_factory=EncoderArchitecture)
-    projection_dim: int = 128
-
-
-@dataclass
-class MocoConfig:
-    """Contrastive learning.
-
-    Attributes:
-        queue_size: queue length per landmark (K); only slots written with a key of another
-            subject count as negatives (``drasclr pretrain`` says how full the planned run gets them).
-        queue_dtype: queue storage; float16 halves L x K x D x 4 bytes.
-        momentum: key network update ``k = m k + (1 - m) q``.
-        temperature: InfoNCE temperature.
-        neighbour_weight: beta, weight of the neighbour InfoNCE (0 turns it and the reading of
-            neighbour patches off).
-        key_bn_splits: in one process, embed the keys in this many random sub-batches of at least
-            two (shuffle-BN); 1 = one call. Under DDP keys are shuffled across processes instead.
-        other_landmark_negatives: also use up to this many keys drawn at random from the other
-            landmarks' queues as negatives (0: DrasCLR's own landmark only). They include other
-            patches of the query's own subject, which share its scanner noise, kernel and
-            inspiration, so they cannot be told apart by those alone.
-    """
-
-    queue_size: int = 4096
-    queue_dtype: Literal["float32", "float16"] = "float32"
-    momentum: float = 0.999
-    temperature: float = 0.2
-    neighbour_weight: float = 1.0
-    key_bn_splits: int = 1
-    other_landmark_negatives: int = 0
-
-    def __post_init__(self) -> None:
-        if self.queue_size < 1 or self.key_bn_splits < 1:
-            raise ValueError("queue_size and key_bn_splits must be at least 1")
-        if self.other_landmark_negatives < 0:
-            raise ValueError("other_landmark_negatives must not be negative")
-        if not 0 <= self.momentum < 1 or self.temperature <= 0 or self.neighbour_weight < 0:
-            raise ValueError("momentum must be in [0, 1), temperature positive, neighbour_weight not negative")
-
-
-@dataclass
-class PreciseBnConfig:
-    """BatchNorm statistics recomputed before export (see :mod:`.precise_bn`).
-
-    Attributes:
-        samples: patches used (un-augmented, random valid (subject, landmark) pairs); 0 keeps the
-            running averages of training.
-        batch_size: patches per batch.
-        subjects_per_landmark: a batch holds ``batch_size / subjects_per_landmark`` random
-            landmarks with this many random subjects each, so it mixes landmarks yet runs as one
-            grouped convolution with few groups (a group of one sample runs PyTorch's slow
-            reference convolution on a CPU).
-    """
-
-    samples: int = 4096
-    batch_size: int = 64
-    subjects_per_landmark: int = 4
-
-    def __post_init__(self) -> None:
-        if self.samples < 0 or self.batch_size < 2 or self.subjects_per_landmark < 1:
-            raise ValueError("samples must be 0 or more, batch_size at least 2 and subjects_per_landmark at least 1")
-
-
-@dataclass
-class DrasclrConfig:
-    """The whole DrasCLR recipe (configs/drasclr.yaml)."""
-
-    method: Literal["drasclr"] = "drasclr"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    moco: MocoConfig = field(default_factory=MocoConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    precise_bn: PreciseBnConfig = field(default_factory=PreciseBnConfig)
+from drasclr_monailabel.ssl.sampler import LandmarkBatchSampler, mixed_landmark_batches
 
 
 class DrasclrNetwork(nn.Module):
@@ -370,43 +270,6 @@ class DrasclrMethod(PretrainMethod):
                       "location": "normalised atlas coordinate (cx, cy, cz) of the landmark, landmarks.csv"},
             state_dict_prefix="encoder.",
         )
-
-
-def mixed_landmark_batches(valid: np.ndarray, samples: int, batch_size: int, per_landmark: int,
-                           seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Batches for precise BN: ``(subjects (n,), landmarks (G,))`` with ``n = G x p`` subjects, the
-    ``p`` of landmark ``g`` at rows ``g p .. g p + p - 1`` (the grouped-convolution layout).
-
-    ``p`` is ``per_landmark`` (fewer when no landmark has that many valid subjects) and ``G`` is
-    ``batch_size // p`` (at least 2 when p = 1). Landmarks come in a shuffled order and each
-    landmark's subjects in a shuffled order, both restarting when used up, so ``samples`` patches
-    (at most the number of valid pairs) spread over landmarks and subjects as evenly as they can.
-    """
-    counts = valid.sum(axis=0)
-    per = int(min(per_landmark, counts.max(initial=0)))
-    eligible = np.flatnonzero(counts >= per) if per > 0 else np.zeros(0, dtype=np.int64)
-    samples = min(samples, int(counts[eligible].sum()))
-    groups = min(max(batch_size // max(per, 1), 2 if per == 1 else 1), len(eligible))
-    if samples == 0 or groups * per < 2:
-        return []
-    rng = np.random.default_rng([seed, 1])
-    landmark_order: list[int] = []
-    subject_orders: dict[int, list[int]] = {}
-    batches = []
-    for _ in range(-(-samples // (groups * per))):
-        landmarks: list[int] = []
-        while len(landmarks) < groups:
-            if not landmark_order:
-                landmark_order = [int(l) for l in rng.permutation(eligible) if l not in landmarks]
-            landmarks.append(landmark_order.pop())
-        subjects = []
-        for landmark in landmarks:
-            order = subject_orders.setdefault(landmark, [])
-            if len(order) < per:
-                order[:0] = [int(v) for v in rng.permutation(np.flatnonzero(valid[:, landmark])) if v not in order]
-            subjects.extend(order.pop() for _ in range(per))
-        batches.append((np.asarray(subjects, dtype=np.int64), np.asarray(landmarks, dtype=np.int64)))
-    return batches
 
 
 def contrast_set(queued: torch.Tensor, queued_subjects: torch.Tensor, keys: torch.Tensor, key_subjects: torch.Tensor,

@@ -114,3 +114,40 @@ def _count_parts(n: int, batch_size: int, min_batch: int) -> int:
         return 0
     parts = math.ceil(n / batch_size)
     return parts if n // parts >= min_batch else n // min_batch
+
+
+def mixed_landmark_batches(valid: np.ndarray, samples: int, batch_size: int, per_landmark: int,
+                           seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches for precise BN: ``(subjects (n,), landmarks (G,))`` with ``n = G x p`` subjects, the
+    ``p`` of landmark ``g`` at rows ``g p .. g p + p - 1`` (the grouped-convolution layout).
+
+    ``p`` is ``per_landmark`` (fewer when no landmark has that many valid subjects) and ``G`` is
+    ``batch_size // p`` (at least 2 when p = 1). Landmarks come in a shuffled order and each
+    landmark's subjects in a shuffled order, both restarting when used up, so ``samples`` patches
+    (at most the number of valid pairs) spread over landmarks and subjects as evenly as they can.
+    """
+    counts = valid.sum(axis=0)
+    per = int(min(per_landmark, counts.max(initial=0)))
+    eligible = np.flatnonzero(counts >= per) if per > 0 else np.zeros(0, dtype=np.int64)
+    samples = min(samples, int(counts[eligible].sum()))
+    groups = min(max(batch_size // max(per, 1), 2 if per == 1 else 1), len(eligible))
+    if samples == 0 or groups * per < 2:
+        return []
+    rng = np.random.default_rng([seed, 1])
+    landmark_order: list[int] = []
+    subject_orders: dict[int, list[int]] = {}
+    batches = []
+    for _ in range(-(-samples // (groups * per))):
+        landmarks: list[int] = []
+        while len(landmarks) < groups:
+            if not landmark_order:
+                landmark_order = [int(l) for l in rng.permutation(eligible) if l not in landmarks]
+            landmarks.append(landmark_order.pop())
+        subjects = []
+        for landmark in landmarks:
+            order = subject_orders.setdefault(landmark, [])
+            if len(order) < per:
+                order[:0] = [int(v) for v in rng.permutation(np.flatnonzero(valid[:, landmark])) if v not in order]
+            subjects.extend(order.pop() for _ in range(per))
+        batches.append((np.asarray(subjects, dtype=np.int64), np.asarray(landmarks, dtype=np.int64)))
+    return batches

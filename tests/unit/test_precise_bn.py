@@ -14,7 +14,7 @@ from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.ssl.cache import open_cache, read_atlas_landmarks
 from drasclr_monailabel.ssl.patches import read_crop
-from drasclr_monailabel.ssl.drasclr import mixed_landmark_batches
+from drasclr_monailabel.ssl.sampler import mixed_landmark_batches
 from drasclr_monailabel.ssl.precise_bn import recalibrate_batchnorm
 from drasclr_monailabel.ssl.trainer import run_pretraining
 from tests.unit.test_pretrain import easy_config

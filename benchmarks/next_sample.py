@@ -109,7 +109,7 @@ def endpoint_level(studies: Path, repeats: int, seed: int) -> dict[str, dict[str
     from drasclr_monailabel.models.export import save_encoder
     from drasclr_monailabel.models.intensity import LUNG_WINDOW
     from drasclr_monailabel.tasks.conf import parse_app_conf, resolve_app_conf
-    from drasclr_monailabel.tasks.factory import PatientEmbedder
+    from drasclr_monailabel.tasks.embedders import PatientEmbedder
     from drasclr_monailabel.tasks.model_store import ModelStore
 
     torch.manual_seed(seed)

@@ -7,19 +7,17 @@ the app folder holds wiring and no logic.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 
-import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.tasks.conf import SOURCE, ResolvedConf
-from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_sha256
+from drasclr_monailabel.tasks.embedders import JOINT_METHOD, encoder_method, patient_embedder
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.infer import EmphysemaInferTask, LaaInferTask, LungInferTask, LungMaskCache
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.tasks.scoring import EmbeddingScoring, EpistemicScoring
@@ -52,6 +50,8 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
 
     ``diversity``, ``hybrid`` and the ``embedding`` scoring need a pretrained encoder (a random
     encoder's embeddings would rank scans by noise); without one only ``epistemic`` is offered.
+    A joint2d3d encoder serves the embeddings only: it is a 2D slice encoder, not a backbone for
+    the 3D segmentation network, which then trains from scratch.
     With ``backend nnunet`` the model is served by :func:`nnunet_emphysema_tasks` instead.
     """
     conf = resolved.conf
@@ -60,7 +60,7 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
     store = ModelStore(resolved.model_dir)
     infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, conf.epistemic_windows,
                                resolved.infer_overlap)
-    trainer = None if conf.skip_training else EmphysemaTrainTask(resolved, store)
+    trainer = None if conf.skip_training else EmphysemaTrainTask(_backbone_conf(resolved), store)
     tasks = ModelTasks(infer=infer, trainer=trainer)
     if conf.skip_scoring:
         return tasks
@@ -102,30 +102,17 @@ def _add_diversity(resolved: ResolvedConf, tasks: ModelTasks) -> EmbeddingCache 
     if resolved.pretrained is None:
         logger.info("diversity and hybrid strategies are off: they need a pretrained encoder")
         return None
-    embedder = PatientEmbedder(resolved)
+    embedder = patient_embedder(resolved)
     cache = EmbeddingCache(resolved.cache_dir, embedder.key)
-    tasks.scoring["embedding"] = EmbeddingScoring(embedder, cache)
-    tasks.strategies["diversity"] = DiversityStrategy(cache, resolved.conf.reserve_seconds)
+    tasks.scoring["embedding"] = EmbeddingScoring(embedder, cache, embedder.description)
+    tasks.strategies["diversity"] = DiversityStrategy(cache, resolved.conf.reserve_seconds, embedder.description)
     return cache
 
 
-class PatientEmbedder:
-    """``volume -> (D,)`` patient-level embedding with the pretrained encoder, loaded on first use."""
-
-    def __init__(self, resolved: ResolvedConf) -> None:
-        assert resolved.pretrained is not None
-        self.folder = resolved.pretrained
-        self.device = resolved.device
-        self.max_landmarks = resolved.conf.embedding_landmarks or None
-        self.key = f"{file_sha256(self.folder / 'encoder.pt')}-{self.max_landmarks or 'all'}"
-
-    @cached_property
-    def _encoder(self):
-        from drasclr_monailabel.embed.patient import load_patient_encoder
-
-        return load_patient_encoder(self.folder, self.device)
-
-    def __call__(self, volume: CTVolume) -> np.ndarray:
-        from drasclr_monailabel.embed.patient import patient_embedding
-
-        return patient_embedding(volume, self._encoder, self.device, self.max_landmarks)
+def _backbone_conf(resolved: ResolvedConf) -> ResolvedConf:
+    """``resolved`` for the segmentation network: without the encoder when it is joint2d3d's."""
+    if resolved.pretrained is None or encoder_method(resolved.pretrained) != JOINT_METHOD:
+        return resolved
+    logger.info("%s is a joint2d3d encoder: it serves the embedding scoring, diversity and hybrid; "
+                "the segmentation model trains from scratch", resolved.pretrained)
+    return replace(resolved, pretrained=None, pretrained_reason=f"joint2d3d encoder {resolved.pretrained} (embeddings only)")

@@ -8,9 +8,11 @@
   ambiguous. Scores carry the
   model version and the scan's fingerprint, so a new model or a changed scan is scored again and
   unchanged pairs are skipped.
-- :class:`EmbeddingScoring` computes a patient-level DrasCLR embedding of every scan (labelled
-  ones too: they are the anchors of k-center) into the per-scan
-  :class:`~drasclr_monailabel.tasks.embedding_cache.EmbeddingCache`.
+- :class:`EmbeddingScoring` computes a patient-level embedding of every scan (labelled ones too:
+  they are the anchors of k-center) into the per-scan
+  :class:`~drasclr_monailabel.tasks.embedding_cache.EmbeddingCache`, with the pretrained encoder's
+  embedder (:mod:`~drasclr_monailabel.tasks.embedders`: DrasCLR landmark mean, or the joint2d3d
+  volume embedding, which needs no registration).
 
 Both skip a scan that fails (e.g. no lungs) with its reason recorded, and count it.
 """
@@ -123,15 +125,17 @@ class EpistemicScoring(ScoringMethod):
 
 
 class EmbeddingScoring(ScoringMethod):
-    """Patient-level DrasCLR embeddings of all scans into the per-scan cache.
+    """Patient-level embeddings of all scans into the per-scan cache.
 
     Args:
         embed: ``volume -> (D,)`` embedding (built lazily: the encoder loads on first use).
         cache: where the vectors go, keyed by scan fingerprint and encoder.
+        kind: what the embeddings are, for the description clients show.
     """
 
-    def __init__(self, embed: Callable[[CTVolume], np.ndarray], cache: EmbeddingCache) -> None:
-        super().__init__("Patient-level DrasCLR embeddings of every scan (for the diversity and hybrid strategies)")
+    def __init__(self, embed: Callable[[CTVolume], np.ndarray], cache: EmbeddingCache,
+                 kind: str = "DrasCLR patient embeddings") -> None:
+        super().__init__(f"{kind[0].upper()}{kind[1:]} of every scan (for the diversity and hybrid strategies)")
         self.embed = embed
         self.cache = cache
 

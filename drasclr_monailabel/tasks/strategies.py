@@ -3,9 +3,10 @@
 - ``epistemic``: the scan on which the current model is most uncertain (MC-dropout mutual
   information, stored by :class:`~drasclr_monailabel.tasks.scoring.EpistemicScoring`). Scores of
   an older model or of a changed scan are ignored.
-- ``diversity``: k-center greedy over patient-level DrasCLR embeddings (stored by
-  :class:`~drasclr_monailabel.tasks.scoring.EmbeddingScoring`): the unlabelled scan farthest from
-  every labelled one. Needs no trained model, so it works from the first scan on.
+- ``diversity``: k-center greedy over patient-level embeddings (stored by
+  :class:`~drasclr_monailabel.tasks.scoring.EmbeddingScoring`; DrasCLR or joint2d3d, see
+  :mod:`~drasclr_monailabel.tasks.embedders`): the unlabelled scan farthest from every labelled
+  one. Needs no trained model, so it works from the first scan on.
 - ``hybrid``: uncertainty times diversity, both scaled to [0, 1] over the candidates: an uncertain
   scan that is also unlike everything labelled.
 
@@ -15,6 +16,8 @@ anatomical place apart. Distances between scans therefore compare the lungs regi
 (upper-lobe centrilobular holes against lower-lobe panlobular loss) and are not dominated by what
 a generic image embedding sees first: body size, field of view, scanner noise. Covering that space
 spreads the labels over disease patterns and places, which a model fine-tuned on few labels needs.
+A joint2d3d volume embedding compares whole scans slice by slice in order instead; it needs no
+registration, so diversity keeps working for scans the atlas cannot place.
 Uncertainty alone tends to pick near-duplicates (similar hard scans in a row); diversity alone
 ignores what the model already handles; the hybrid keeps both.
 
@@ -123,12 +126,13 @@ class EpistemicStrategy(_Selecting):
 
 
 class DiversityStrategy(_Selecting):
-    """k-center greedy over patient-level DrasCLR embeddings: the scan least like any labelled one."""
+    """k-center greedy over patient-level embeddings: the scan least like any labelled one.
+    ``kind`` names the embeddings for the description clients show."""
 
     name = "diversity"
 
-    def __init__(self, cache: EmbeddingCache, reserve_seconds: float = 600) -> None:
-        super().__init__("Scan least like the labelled ones (k-center over DrasCLR patient embeddings)", reserve_seconds)
+    def __init__(self, cache: EmbeddingCache, reserve_seconds: float = 600, kind: str = "DrasCLR patient embeddings") -> None:
+        super().__init__(f"Scan least like the labelled ones (k-center over {kind})", reserve_seconds)
         self.cache = cache
 
     def select(self, candidates, labelled, datastore):

@@ -211,3 +211,38 @@ def test_concurrent_label_saves_keep_every_version(client, phantom_studies):
     kept.append(sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_studies / "labels" / "final" / "case_b.nii.gz"))).tobytes())
     sent = [read_bytes(data).tobytes() for data in uploads]
     assert sorted(kept) == sorted(sent)
+
+
+@pytest.mark.slow
+def test_a_joint2d3d_encoder_serves_embedding_diversity_and_hybrid_without_registration(phantom_studies, tiny_joint_encoder,
+                                                                                      monkeypatch):
+    import drasclr_monailabel.anatomy.pipeline as pipeline
+
+    # the segmentation network trains from scratch here, and its BatchNorm then needs 2 patches a batch
+    conf = {**FAST_CONF, "pretrained": str(tiny_joint_encoder), "auto_update_scoring": "false", "batch_size": "2"}
+    with in_process_app(phantom_studies, conf) as client:
+        info = client.get("/info/").json()
+        assert {"epistemic", "diversity", "hybrid"} <= set(info["strategies"]) and "embedding" in info["scoring"]
+        assert "joint2d3d volume embeddings" in info["strategies"]["diversity"]["description"]
+
+        with monkeypatch.context() as patch:  # the joint2d3d path never registers a scan to the atlas
+            patch.setattr(pipeline, "register_to_atlas", lambda *a, **k: pytest.fail("registration was called"))
+            embedded = client.post("/scoring/embedding?run_sync=true").json()
+            first = client.post("/activelearning/diversity", json={}).json()
+        assert embedded["computed"] == 3 and embedded["failed"] == 0
+        vectors = sorted((phantom_studies / ".drasclr" / "cache" / "embeddings").glob("*.npy"))
+        assert len(vectors) == 3 and all(np.load(v).shape == (16,) for v in vectors)  # the volume embedding (d = 16)
+        assert len({np.load(v).tobytes() for v in vectors}) == 3
+        assert first["selection"]["strategy"] == "diversity" and "fallback" not in first["selection"]
+
+        image_id = first["id"]
+        image = sitk.ReadImage(str(phantom_studies / f"{image_id}.nii.gz"))
+        _, laa = infer_all(client, "emphysema_laa", image_id)
+        assert save_label(client, image_id, label_bytes(laa, image)).status_code == 200
+        stats = client.post("/train/emphysema?run_sync=true", json={}).json()
+        assert stats["round"] == 1 and stats["pretrained"] is False  # a 2D slice encoder is no 3D segmentation backbone
+        assert client.post("/scoring/epistemic?run_sync=true").json()["scored"] == 2
+        for strategy in ("diversity", "hybrid"):
+            answer = client.post(f"/activelearning/{strategy}", json={}).json()
+            assert answer["id"] != image_id and "fallback" not in answer["selection"], answer
+            assert "reason" not in answer["selection"], answer  # hybrid used both uncertainty and diversity

@@ -4,7 +4,9 @@ evaluated with overlap 0.25 (the baseline) and 0 in the same run.
 Uses the cohorts and pretrained encoder of ``benchmarks/label_efficiency.py --size medium``
 (made, or reused when ``--workdir`` already holds them): the emphysema model is fine-tuned from
 the pretrained encoder on ``--labelled`` training scans (synthetic emphysema in real CT lung1),
-then the held-out scans (the same generator in real CT lung2) are predicted with both overlaps.
+then the held-out scans (the same generator in real CT lung2) are predicted with both overlaps
+as the app predicts (64^3 windows; each 32^3 block routed by its own location since
+benchmarks/window_condition.py, one location per window before).
 Reported per overlap: Dice against the true label on the 1 mm lung grid and seconds of the window
 stage; and the Dice between the two predictions.
 
@@ -22,11 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import SIZES, make_cohorts, prepare_cohort, pretrain  # noqa: E402
+from label_efficiency import SIZES, make_cohorts, predicted_emphysema, prepare_cohort, pretrain  # noqa: E402
 
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
-from drasclr_monailabel.segmentation.inference import window_probabilities  # noqa: E402
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json  # noqa: E402
 
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         predictions = {}
         for overlap in OVERLAPS:
             clock = time.perf_counter()
-            probabilities = window_probabilities(model, case, args.device, mc_dropout=False, window=64, overlap=overlap, batch_size=2)
+            predictions[overlap] = predicted_emphysema(model, case, args.device, overlap)
             entry[f"seconds_overlap_{overlap}"] = round(time.perf_counter() - clock, 2)
-            predictions[overlap] = np.argmax(probabilities, axis=0) > 0
             entry[f"dice_overlap_{overlap}"] = round(dice(predictions[overlap], case.labels > 0), 4)
         entry["dice_between_overlaps"] = round(dice(predictions[0.0], predictions[0.25]), 4)
         per_case.append(entry)

@@ -8,8 +8,9 @@ Data (all made in this run, seeded):
 The encoder is pretrained here (``drasclr preprocess`` + ``drasclr pretrain``) unless ``--encoder``
 names an exported one. For every number of labelled scans and seed, one model is fine-tuned from
 scratch and one from the encoder, then both are evaluated by Dice of binary emphysema on the test
-scans' 1 mm lung grid, inferred with windows of the fine-tuning patch size (overlap 0.25). The
-plain HU < -950 threshold on the same voxels is the baseline.
+scans' 1 mm lung grid, inferred as the app does (64^3 windows, each 32^3 block routed by its own
+location, as the 32^3 fine-tuning patches are), with overlap 0.25. The plain HU < -950 threshold
+on the same voxels is the baseline.
 
 Every finished run is kept as ``runs/<mode>_<count>_<seed>.json`` in the work folder, so a run that
 is stopped resumes where it was (same work folder, same encoder and recipe; scratch runs are also
@@ -47,6 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from drasclr_monailabel.anatomy.atlas import Atlas
 from drasclr_monailabel.cli.main import main as drasclr
 from drasclr_monailabel.data.sample_data import fetch_sample_data
 from drasclr_monailabel.data.synth_cohort import threshold_dice
@@ -55,8 +57,8 @@ from drasclr_monailabel.io import read_ct
 from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
 from drasclr_monailabel.segmentation.checkpoint import build_model
-from drasclr_monailabel.segmentation.inference import window_probabilities
-from drasclr_monailabel.segmentation.network import WINDOW, EmphysemaUNet
+from drasclr_monailabel.segmentation.inference import WINDOW, window_probabilities
+from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
@@ -150,31 +152,38 @@ def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
     return cohorts
 
 
-def pretrain(size: Size, unlabelled: Path, run: Path) -> Path:
-    """Preprocess the unlabelled cohort and pretrain DrasCLR on it; returns the export folder."""
+def pretrain(size: Size, unlabelled: Path, run: Path, atlas: Path | None = None) -> Path:
+    """Preprocess the unlabelled cohort (to ``atlas``, default the shipped one) and pretrain DrasCLR
+    on it; returns the export folder."""
     cache = run.parent / "cache"
-    run_step(["preprocess", str(unlabelled / "manifest.csv"), "--out", str(cache), "--no-progress"])
+    atlas_option = ["--atlas", str(atlas)] if atlas is not None else []
+    run_step(["preprocess", str(unlabelled / "manifest.csv"), "--out", str(cache), "--no-progress", *atlas_option])
     export = run.parent / "encoder"
     if not (export / "encoder.json").is_file():
         final = run / "checkpoints" / "final.pt"
         if not final.is_file():
             resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
-            run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume,
+            run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume, *atlas_option,
                       "--set", f"train.max_steps={size.pretrain_steps}", "--set", "train.progress=false"])
         run_step(["export", "--checkpoint", str(final), "--out", str(export)])
     return export
 
 
-def prepare_cohort(cohort: Path) -> list[PreparedCase]:
-    """Every scan of a synthetic cohort on its 1 mm lung grid with its labels."""
+def prepare_cohort(cohort: Path, atlas: Atlas | None = None) -> list[PreparedCase]:
+    """Every scan of a synthetic cohort on its 1 mm lung grid with its labels (coordinates in
+    ``atlas``, default the shipped one)."""
     with open(cohort / "manifest.csv") as fh:
         rows = list(csv.DictReader(fh))
     cases = []
     for row in rows:
         volume = read_ct(cohort / row["image"])
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["label"])))
-        cases.append(prepare_case(volume, label_map=label, case_id=row["id"]))
+        cases.append(prepare_case(volume, label_map=label, atlas=atlas, case_id=row["id"]))
     return cases
+
+
+INFERENCE = {"window": WINDOW, "routing_block": ROUTING_BLOCK}
+"""How test scans are predicted; runs recorded with another (before: one location per 64^3 window) are redone."""
 
 
 @dataclass(frozen=True)
@@ -237,14 +246,14 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 
 def _is_done(run: Run, context: RunContext) -> bool:
-    """A run counts as done when its record exists and was made with the same size and window and,
-    for a pretrained run, the same encoder and recipe (scratch runs use neither, so they carry over
-    to a rerun with another encoder or recipe)."""
+    """A run counts as done when its record exists and was made with the same size and inference
+    (window, routing) and, for a pretrained run, the same encoder and recipe (scratch runs use
+    neither, so they carry over to a rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
-    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("window") == WINDOW
+    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
     if run.mode == "scratch":
         return same_size
     same_recipe = record.get("recipe", asdict(Recipe())) == asdict(context.recipe)
@@ -268,7 +277,7 @@ def _score_run(run: Run, context: RunContext) -> dict:
                                 run.seed, context.size, context.device, context.recipe)
     record = {**asdict(run), "dice": float(np.mean(scores)), "dice_per_test_scan": scores,
               "seconds": round(time.perf_counter() - started, 1), "encoder": str(context.encoder),
-              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "window": WINDOW}
+              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE}
     write_json(context.runs_dir / run.file_name, record)
     return record
 
@@ -286,7 +295,7 @@ def read_run(runs_dir: Path, run: Run) -> dict:
 def finetune_and_score(mode: str, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
                        count: int, seed: int, size: Size, device: str, recipe: Recipe = Recipe()) -> list[float]:
     """Fine-tune on ``count`` seeded-random training scans; Dice of binary emphysema per test scan."""
-    model = fine_tuned_model(mode, encoder, train_cases, count, finetune_config(size, device, seed, recipe))
+    model, _ = fine_tuned_model(mode, encoder, train_cases, count, finetune_config(size, device, seed, recipe))
     return [float(dice(predicted_emphysema(model, case, device, overlap=0.25), case.labels > 0)) for case in test_cases]
 
 
@@ -297,19 +306,20 @@ def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe(
 
 
 def fine_tuned_model(mode: str, encoder: Path, train_cases: list[PreparedCase], count: int, config: FinetuneConfig,
-                     routing_block: int | None = None) -> EmphysemaUNet:
-    """A model fine-tuned on ``count`` training scans picked by ``config.seed``, from scratch or from ``encoder``."""
+                     routing_block: int | None = ROUTING_BLOCK, atlas: Atlas | None = None) -> tuple[EmphysemaUNet, dict]:
+    """A model fine-tuned on ``count`` training scans picked by ``config.seed``, from scratch or from
+    ``encoder`` (made for ``atlas``, default the shipped one), and the fine-tuning statistics."""
     torch.manual_seed(config.seed)
     chosen = [train_cases[i] for i in np.random.default_rng(config.seed).permutation(len(train_cases))[:count]]
     model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=config.device,
-                           routing_block=routing_block)
-    finetune(model, chosen, config, pretrained=mode == "pretrained")
-    return model
+                           routing_block=routing_block, atlas=atlas)
+    return model, finetune(model, chosen, config, pretrained=mode == "pretrained")
 
 
-def predicted_emphysema(model: EmphysemaUNet, case: PreparedCase, device: str, overlap: float) -> np.ndarray:
-    """Binary emphysema (Z, Y, X) on the case's 1 mm lung grid, windows of the model's own size."""
-    probabilities = window_probabilities(model, case, device, mc_dropout=False, window=None, overlap=overlap, batch_size=None)
+def predicted_emphysema(model: EmphysemaUNet, case: PreparedCase, device: str, overlap: float,
+                        window: int = WINDOW) -> np.ndarray:
+    """Binary emphysema (Z, Y, X) on the case's 1 mm lung grid."""
+    probabilities = window_probabilities(model, case, device, mc_dropout=False, window=window, overlap=overlap, batch_size=None)
     return np.argmax(probabilities, axis=0) > 0
 
 

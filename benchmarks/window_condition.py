@@ -8,9 +8,13 @@ Conditions (training patch -> inference window, routing of the encoder's conditi
   train64_infer64_block32  64^3 -> 64^3, one location per 32^3 block at every encoder depth
                            (each block's convolutions read their halo from the neighbouring
                            blocks; the deepest map has exactly one voxel per block)
+  train32_infer64_block32  32^3 -> 64^3, one location per 32^3 block: the routing of training
+                           (a 32^3 patch is one block), with the context of a larger window
 
-Every condition gets the same fine-tuning budget in patch voxels: the benchmark's 32^3 patches go
-4 per step; 64^3 patches go 2 per step for a quarter of the steps (rounded). Conditions with the
+Every condition gets the same fine-tuning budget in patch voxels (``--budget voxels``, the
+default: about the same compute and time): the benchmark's 32^3 patches go 4 per step, 64^3
+patches 2 per step for a quarter of the steps (rounded); ``--budget steps`` gives 64^3 patches the
+same number of steps instead (four times the voxels). Conditions with the
 same training share one fine-tuned model. For a scratch encoder and for a pretrained one (made in
 the run with the demo recipe, or ``--encoder``), and every seed, the held-out scans are predicted
 with overlap 0 (the app's CPU default) and 0.25; reported per condition: Dice against the true
@@ -59,6 +63,8 @@ from label_efficiency import (  # noqa: E402
 )
 from preprocess import machine_info  # noqa: E402
 
+from drasclr_monailabel.anatomy.atlas import Atlas, load_atlas, load_default_atlas  # noqa: E402
+from drasclr_monailabel.errors import InputError  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.case import PreparedCase  # noqa: E402
 from drasclr_monailabel.segmentation.network import EmphysemaUNet  # noqa: E402
@@ -66,6 +72,7 @@ from drasclr_monailabel.segmentation.training import FinetuneConfig  # noqa: E40
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
 
 MODES = ("scratch", "pretrained")
+BUDGETS = ("voxels", "steps")
 OVERLAPS = (0.0, 0.25)
 
 
@@ -81,8 +88,10 @@ class Condition:
 
     @property
     def training(self) -> tuple[int, int | None]:
-        """Conditions with the same training share one fine-tuned model."""
-        return self.train, self.routing_block
+        """Conditions with the same training share one fine-tuned model (a routing block as large
+        as the patch routes it exactly as one location per patch does)."""
+        block = self.routing_block if self.routing_block is not None and self.routing_block < self.train else None
+        return self.train, block
 
 
 CONDITIONS = (
@@ -90,6 +99,7 @@ CONDITIONS = (
     Condition("train32_infer32", 32, 32),
     Condition("train64_infer64", 64, 64),
     Condition("train64_infer64_block32", 64, 64, routing_block=32),
+    Condition("train32_infer64_block32", 32, 64, routing_block=32),
 )
 BASELINE = CONDITIONS[0].name
 
@@ -114,33 +124,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(PLANS), default="full", help="benchmark size (default full)")
     parser.add_argument("--workdir", type=Path, help="folder for cohorts, pretraining and runs (default: beside --out)")
     parser.add_argument("--encoder", type=Path, help="use this exported encoder instead of pretraining one")
+    parser.add_argument("--atlas", type=Path, help="atlas folder for registration and coordinates (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; times scale with it)")
+    parser.add_argument("--budget", choices=BUDGETS, default=BUDGETS[0],
+                        help="what larger patches keep equal: patch voxels (default) or optimiser steps")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the size's, full 0 1 2)")
+    parser.add_argument("--modes", choices=MODES, nargs="+", default=list(MODES), help="encoders (default both)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.encoder is not None and not (args.encoder / "encoder.pt").is_file():
         parser.error(f"--encoder {args.encoder} is not an exported encoder folder (no encoder.pt)")
     torch.set_num_threads(args.threads)
+    try:
+        atlas = load_atlas(args.atlas) if args.atlas is not None else load_default_atlas()
+    except InputError as exc:
+        parser.error(f"--atlas: {exc}")
     size, plan = SIZES[args.size], PLANS[args.size]
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     load_before, started = os.getloadavg(), time.perf_counter()
 
     cohorts = make_cohorts(size, workdir)
-    encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain")
-    train_cases, test_cases = prepare_cohort(cohorts["train"]), prepare_cohort(cohorts["test"])
+    encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain", args.atlas)
+    train_cases, test_cases = prepare_cohort(cohorts["train"], atlas), prepare_cohort(cohorts["test"], atlas)
     if plan.test_box is not None:
         test_cases = [lung_box(case, plan.test_box) for case in test_cases]
-    settings = {"size": asdict(size), "plan": asdict(plan), "threads": args.threads,
-                "conditions": [asdict(c) for c in CONDITIONS]}
+    settings = {"size": asdict(size), "plan": asdict(plan), "threads": args.threads, "budget": args.budget,
+                "conditions": [asdict(c) for c in CONDITIONS], "atlas": atlas.atlas_id}
     runs = []
-    for mode in MODES:
-        for seed in size.seeds:
+    for mode in args.modes:
+        for seed in args.seeds or size.seeds:
             path = workdir / "runs" / f"{mode}_{seed}.json"
             record = _read(path)
             wanted = {**settings, "encoder": str(encoder) if mode == "pretrained" else None}
             if record is None or record.get("settings") != json.loads(json.dumps(wanted)):
                 record = {"mode": mode, "seed": seed, "settings": wanted,
-                          **measure(mode, seed, encoder, train_cases, test_cases, size, plan)}
+                          **measure(mode, seed, encoder, train_cases, test_cases, size, plan, args.budget, atlas)}
                 write_json(path, record)
             runs.append(record)
             print(f"{mode} seed {seed}: " + ", ".join(
@@ -151,17 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/window_condition.py", *(argv if argv is not None else sys.argv[1:])]),
         "conditions": {c.name: asdict(c) for c in CONDITIONS},
         "baseline": BASELINE,
-        "summary": {mode: summarise([r for r in runs if r["mode"] == mode]) for mode in MODES},
+        "summary": {mode: summarise([r for r in runs if r["mode"] == mode]) for mode in args.modes},
         "runs": runs,
         "settings": {**settings, "encoder": str(encoder), "test_scans": [c.case_id for c in test_cases],
-                     "budget": {c.name: _budget(finetune_config(size, "cpu", 0), c.train) for c in CONDITIONS}},
+                     "budgets": {c.name: _budget(finetune_config(size, "cpu", 0), c.train, args.budget) for c in CONDITIONS}},
         "machine": machine_info(load_before),
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
-    for mode in MODES:
+    for mode in args.modes:
         for name, entry in result["summary"][mode].items():
             print(f"{mode:>10} {name:<24} Dice {entry['dice_overlap_0']['mean']:.3f} +- {entry['dice_overlap_0']['std']:.3f}, "
                   f"agreement {entry['agreement']['mean']:.3f}, {entry['seconds_overlap_0']['mean']:.1f} s/scan "
@@ -186,34 +205,39 @@ def lung_box(case: PreparedCase, edge: int) -> PreparedCase:
                                labels=None if case.labels is None else case.labels[box])
 
 
-def budget_config(base: FinetuneConfig, patch: int) -> FinetuneConfig:
-    """``base`` (its patches, batch and steps) at another patch edge with the same patch voxels per
-    run: at least 2 patches per step (BatchNorm and the foreground/anywhere mix), fewer steps."""
+def budget_config(base: FinetuneConfig, patch: int, rule: str = "voxels") -> FinetuneConfig:
+    """``base`` (its patches, batch and steps) at another patch edge: at least 2 patches per step
+    (BatchNorm and the foreground/anywhere mix) and, by ``rule``, the same patch voxels per run
+    (fewer steps) or the same steps."""
     if patch == base.patch_size:
         return base
     batch = max(2, base.batch_size * base.patch_size**3 // patch**3)
-    steps = max(1, round(base.steps_per_epoch * base.batch_size * base.patch_size**3 / (batch * patch**3)))
+    steps = base.steps_per_epoch
+    if rule == "voxels":
+        steps = max(1, round(steps * base.batch_size * base.patch_size**3 / (batch * patch**3)))
     return dataclasses.replace(base, patch_size=patch, batch_size=batch, steps_per_epoch=steps)
 
 
-def _budget(base: FinetuneConfig, patch: int) -> dict:
-    config = budget_config(base, patch)
+def _budget(base: FinetuneConfig, patch: int, rule: str) -> dict:
+    config = budget_config(base, patch, rule)
     steps = config.max_epochs * config.steps_per_epoch
     return {"patch": patch, "batch": config.batch_size, "steps": steps, "patch_voxels": steps * config.batch_size * patch**3}
 
 
 def measure(mode: str, seed: int, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
-            size: Size, plan: Plan) -> dict:
+            size: Size, plan: Plan, rule: str, atlas: Atlas) -> dict:
     """Fine-tune once per distinct training, then score every condition on every test scan."""
     base = finetune_config(size, "cpu", seed)
-    out: dict = {"conditions": {}, "finetune_seconds": {}}
+    out: dict = {"conditions": {}, "finetune_seconds": {}, "finetune_last_epoch_loss": {}}
     for training in dict.fromkeys(c.training for c in CONDITIONS):
         patch, block = training
         clock = time.perf_counter()
-        model = fine_tuned_model(mode, encoder, train_cases, plan.labelled, budget_config(base, patch), routing_block=block)
+        model, stats = fine_tuned_model(mode, encoder, train_cases, plan.labelled, budget_config(base, patch, rule),
+                                        routing_block=block, atlas=atlas)
         seconds = round(time.perf_counter() - clock, 1)
         for condition in (c for c in CONDITIONS if c.training == training):
             out["finetune_seconds"][condition.name] = seconds
+            out["finetune_last_epoch_loss"][condition.name] = round(stats["loss"][-1], 4)
             out["conditions"][condition.name] = score(model, condition, test_cases, plan.agreement_scans)
     return out
 
@@ -221,17 +245,17 @@ def measure(mode: str, seed: int, encoder: Path, train_cases: list[PreparedCase]
 def score(model: EmphysemaUNet, condition: Condition, test_cases: list[PreparedCase], agreement_scans: int) -> dict:
     """Dice, window-stage seconds and overlap agreement of one condition on the test scans.
 
-    The library refuses inference at a window other than the one a model was fine-tuned on; the
-    baseline condition is that mismatch, reproduced here by declaring the model's window.
+    The model's routing is set to the condition's (the 32^3-trained model serves three conditions;
+    its training routes alike with and without a 32^3 block).
     """
-    model.window = condition.infer
+    model.routing_block = condition.routing_block
     cases = []
     for index, case in enumerate(test_cases):
         entry: dict = {"case": case.case_id}
         predictions = {}
         for overlap in OVERLAPS[: 2 if index < agreement_scans else 1]:
             clock = time.perf_counter()
-            predictions[overlap] = predicted_emphysema(model, case, "cpu", overlap)
+            predictions[overlap] = predicted_emphysema(model, case, "cpu", overlap, window=condition.infer)
             entry[f"seconds_overlap_{overlap:g}"] = round(time.perf_counter() - clock, 2)
             entry[f"dice_overlap_{overlap:g}"] = round(float(dice(predictions[overlap], case.labels > 0)), 4)
         if len(predictions) == 2:
@@ -247,6 +271,8 @@ def summarise(runs: list[dict]) -> dict:
     for condition in CONDITIONS:
         per_seed = [r["conditions"][condition.name] for r in runs]
         entry = {key: _spread([p[key] for p in per_seed]) for key in per_seed[0] if key != "cases"}
+        entry["dice_overlap_0_agreement_scans"] = _spread(  # overlap 0 on the scans that also ran 0.25
+            [float(np.mean([c["dice_overlap_0"] for c in p["cases"] if "agreement" in c])) for p in per_seed])
         entry["finetune_seconds"] = _spread([r["finetune_seconds"][condition.name] for r in runs])
         summary[condition.name] = entry
     base = summary[BASELINE]

@@ -2,9 +2,9 @@
 
 A checkpoint is ``{"model": state_dict, "meta": {...}}`` with only tensors and plain containers,
 so ``torch.load(weights_only=True)`` (MONAI Label's loader) reads it; ``meta`` holds every
-argument needed to rebuild the network, the label names, the atlas the coordinates refer to and
-the window edge the network was fine-tuned on (``window``: inference uses the same; absent in
-checkpoints written before it was recorded, which were fine-tuned on the 32^3 default).
+argument needed to rebuild the network (among them ``routing_block``, the edge of the blocks whose
+centre location routes the encoder: inference routes as fine-tuning did), the label names and the
+atlas the coordinates refer to.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from typing import Any
 
 import torch
 
-from drasclr_monailabel.anatomy.atlas import load_default_atlas
+from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.labels import LabelSet
-from drasclr_monailabel.segmentation.network import EmphysemaUNet
+from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 from drasclr_monailabel.utils.atomic import write_with
 
 CHECKPOINT_FORMAT = "drasclr-segmentation/1"
-LEGACY_WINDOW = 32
-"""Patch edge of checkpoints that do not record ``window`` (the fine-tuning default when they were made)."""
 logger = logging.getLogger(__name__)
 
 
@@ -36,11 +34,14 @@ def build_model(
     device: str | torch.device = "cpu",
     dropout: float = 0.1,
     deep_supervision: bool = False,
-    routing_block: int | None = None,
+    routing_block: int | None = ROUTING_BLOCK,
+    atlas: Atlas | None = None,
 ) -> tuple[EmphysemaUNet, dict[str, Any]]:
     """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is None).
 
-    ``routing_block``: see :class:`EmphysemaUNet` (None: one location per window).
+    ``routing_block``: see :class:`EmphysemaUNet` (None: one location per window). ``atlas``: the
+    atlas the coordinate channels refer to (default: the shipped one); a pretrained encoder must
+    have been made for it.
 
     Returns:
         ``(model, info)``: ``info`` holds the checkpoint ``meta`` and a report of the encoder
@@ -51,7 +52,7 @@ def build_model(
             intensity window.
     """
     label_set = LabelSet(tuple(labels))
-    atlas_id = load_default_atlas().atlas_id
+    atlas_id = (atlas or load_default_atlas()).atlas_id
     if pretrained is None:
         encoder = DrasclrEncoder(EncoderArchitecture())
         encoder_meta: dict[str, Any] = {"method": None, "atlas": {"id": atlas_id}}
@@ -79,11 +80,11 @@ def build_model(
 def save_checkpoint(model: EmphysemaUNet, path: str | Path, meta: dict[str, Any]) -> Path:
     """Atomically write ``{"model": state_dict, "meta": meta}``; a reader never sees a partial file.
 
-    The network's ``window`` and ``routing_block`` are written from the model itself, so the
-    checkpoint cannot disagree with how it was trained.
+    The network's ``routing_block`` is written from the model itself, so the checkpoint cannot
+    disagree with how it was trained.
     """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    meta = {**meta, "window": model.window, "routing_block": model.routing_block}
+    meta = {**meta, "routing_block": model.routing_block}
     write_with(path, lambda tmp: torch.save({"model": state, "meta": meta}, tmp))
     return Path(path)
 
@@ -107,7 +108,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
     encoder = DrasclrEncoder(EncoderArchitecture(**arguments))
     model = EmphysemaUNet(encoder, LabelSet(tuple(meta["labels"])).num_classes, dropout=float(meta.get("dropout", 0.1)),
-                          routing_block=meta.get("routing_block"), window=meta.get("window", LEGACY_WINDOW))
+                          routing_block=meta.get("routing_block", ROUTING_BLOCK))  # older ones: 32^3 patches, one block
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

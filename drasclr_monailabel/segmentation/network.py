@@ -3,9 +3,12 @@
 Input is ``(N, 4, D, H, W)``: channel 0 the CT in network units (:data:`LUNG_WINDOW`), channels 1-3
 the normalised atlas coordinate (x, y, z) of every voxel (from the affine registration). Each
 window's location, which routes the encoder's conditional convolutions, is read from the
-coordinate channels at the window's centre voxel. Because the location travels inside the image,
-MONAI's sliding-window inference, random-crop training and nnU-Net's patch pipeline all work
-unchanged: they crop the coordinates with the image.
+coordinate channels: with ``routing_block`` (the app's model: :data:`ROUTING_BLOCK`) at the centre
+of each block of the window, so a 32^3 cell is routed alike in a 32^3 training patch and in a
+larger inference window; without it (nnU-Net, whose patches are one size in training and
+inference) at the window's centre voxel. Because the location travels inside the image, MONAI's
+sliding-window inference, random-crop training and nnU-Net's patch pipeline all work unchanged:
+they crop the coordinates with the image.
 
 The decoder is plain (not conditional): up-sample, concatenate the encoder map of the same
 stride, two 3x3x3 convolutions with instance norm and LeakyReLU. Spatial dropout before each
@@ -24,9 +27,10 @@ from drasclr_monailabel.models.encoder import DrasclrEncoder
 
 IMAGE_CHANNELS = 1
 COORDINATE_CHANNELS = 3
-WINDOW = 32
-"""Default cubic edge (1 mm voxels) of fine-tuning patches; a fine-tuned model records its own
-(:attr:`EmphysemaUNet.window`) and infers with windows of that edge."""
+ROUTING_BLOCK = 32
+"""Edge (1 mm voxels) of the blocks each routed by the location at their centre: the landmark
+patch of pretraining. A 32^3 fine-tuning patch is one block; a 64^3 inference window is eight,
+each routed as a 32^3 patch there is in training (benchmarks/window_condition.py)."""
 
 
 class DecoderBlock(nn.Module):
@@ -61,10 +65,8 @@ class EmphysemaUNet(nn.Module):
         deep_supervision: return a list of logits (finest first) instead of one tensor.
         routing_block: None routes each window by the location at its centre; an edge (a
             multiple of the encoder's stride, 32) routes each block of that edge inside the window
-            by the location at the block's centre (see :func:`window_locations`).
-        window: edge of the cubic patches the network was fine-tuned on (None before any
-            fine-tuning); whole-scan inference runs windows of this edge, so both see the same
-            context and the same routing (recorded in the checkpoint).
+            by the location at the block's centre (see :func:`window_locations`); windows and
+            patches must then be made of whole blocks.
     """
 
     def __init__(
@@ -75,7 +77,6 @@ class EmphysemaUNet(nn.Module):
         dropout: float = 0.1,
         deep_supervision: bool = False,
         routing_block: int | None = None,
-        window: int | None = None,
     ) -> None:
         super().__init__()
         if encoder.architecture.in_channels != IMAGE_CHANNELS:
@@ -83,10 +84,10 @@ class EmphysemaUNet(nn.Module):
         self.encoder = encoder
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
-        if routing_block is not None and (routing_block < 1 or routing_block % self.divisor_of(encoder)):
-            raise ValueError(f"routing_block must be a multiple of {self.divisor_of(encoder)}, got {routing_block}")
+        stride = encoder.feature_strides[-1]
+        if routing_block is not None and (routing_block < 1 or routing_block % stride):
+            raise ValueError(f"routing_block must be a multiple of {stride} (the encoder's total stride), got {routing_block}")
         self.routing_block = routing_block
-        self.window = window
         skips = encoder.feature_channels[:-1][::-1]
         widths = decoder_channels or skips
         if len(widths) != len(skips):
@@ -101,11 +102,7 @@ class EmphysemaUNet(nn.Module):
     @property
     def divisor(self) -> int:
         """Window edges must be multiples of this (the encoder's total stride, or the routing block)."""
-        return self.routing_block or self.divisor_of(self.encoder)
-
-    @staticmethod
-    def divisor_of(encoder: DrasclrEncoder) -> int:
-        return encoder.feature_strides[-1]
+        return self.routing_block or self.encoder.feature_strides[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(N, 4, D, H, W)`` -> logits ``(N, C, D, H, W)`` (or a list, finest first)."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from drasclr_monailabel.segmentation.case import PreparedCase, network_input
-from drasclr_monailabel.segmentation.network import WINDOW, EmphysemaUNet
+from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 
 ProgressCallback = Callable[[dict], None]
 
@@ -36,8 +36,8 @@ class FinetuneConfig:
         max_epochs: epochs of ``steps_per_epoch`` optimiser steps each.
         steps_per_epoch: optimiser steps per epoch.
         batch_size: patches per step.
-        patch_size: cubic patch edge in voxels (1 mm); a multiple of 32. The model records it
-            and infers with windows of the same edge.
+        patch_size: cubic patch edge in voxels (1 mm); a multiple of 32 and of the model's
+            routing block. Default: one routing block, the landmark patch of pretraining.
         lr: decoder learning rate (AdamW).
         encoder_lr_scale: encoder learning rate = lr * this, once unfrozen.
         freeze_encoder_epochs: epochs with the encoder frozen (pretrained encoders only).
@@ -51,7 +51,7 @@ class FinetuneConfig:
     max_epochs: int = 4
     steps_per_epoch: int = 25
     batch_size: int = 4
-    patch_size: int = WINDOW
+    patch_size: int = ROUTING_BLOCK
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1
     freeze_encoder_epochs: int = 1
@@ -91,18 +91,12 @@ def finetune(
         Statistics: epochs and steps done, per-epoch mean loss, seconds, whether it stopped early.
 
     Raises:
-        ValueError: no labelled case, or ``config.patch_size`` differs from the window the model
-            was already fine-tuned on (it would be trained for windows its inference never runs).
+        ValueError: no labelled case, or a patch that is not made of whole routing blocks.
     """
     if not cases or any(case.labels is None for case in cases):
         raise ValueError("fine-tuning needs at least one case, every case with labels")
-    if model.window is not None and model.window != config.patch_size:
-        raise ValueError(f"the model was fine-tuned on {model.window}^3 patches and infers with windows of that size; "
-                         f"patch_size {config.patch_size} would train it for windows it never runs on "
-                         f"(use patch_size {model.window}, or start a new model)")
     if config.patch_size % model.divisor:
-        raise ValueError(f"patch_size {config.patch_size} must be a multiple of {model.divisor} (the model's routing block)")
-    model.window = config.patch_size
+        raise ValueError(f"patch_size {config.patch_size} must be a multiple of {model.divisor}, the model's routing block")
     device = torch.device(config.device)
     model.to(device)
     generator = np.random.default_rng(config.seed)

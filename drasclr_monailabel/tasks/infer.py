@@ -216,12 +216,12 @@ class EmphysemaInferTask(VolumeInferTask):
         import torch
 
         from drasclr_monailabel.segmentation.case import network_input, prepare_case
-        from drasclr_monailabel.segmentation.inference import inference_window
+        from drasclr_monailabel.segmentation.inference import WINDOW
 
         model, _, _ = self.model()
         case = prepare_case(volume)
         inputs, lung = lung_windows(network_input(case), case.lungs, self.windows, model.divisor,
-                                    seed=_stable_seed(volume.source), edge=inference_window(model))
+                                    seed=_stable_seed(volume.source), edge=WINDOW)
         batch = torch.from_numpy(inputs).to(self.device)
 
         def sample() -> np.ndarray:
@@ -238,10 +238,10 @@ def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int
     Args:
         inputs: float32 (C, Z, Y, X) network input.
         lungs: (Z, Y, X) lung labels of the same grid.
-        divisor: window edges are multiples of this (the encoder's stride); a grid axis shorter
+        divisor: window edges are multiples of this (the model's routing block); a grid axis shorter
             than ``edge`` gets the largest multiple that fits (at least ``divisor``, padded).
         seed: seeds the choice of centres.
-        edge: cubic window edge (the model's inference window).
+        edge: cubic window edge (the inference window).
 
     Returns:
         ``(windows (N, C, d, h, w), lung (N, d, h, w) bool)``.

@@ -111,7 +111,8 @@ class EmphysemaTrainTask(TrainTask):
         if result["steps"] == 0:
             raise refuse(CONFLICT, "training stopped before its first step; the published model is unchanged")
         meta.update(trained_on=sorted(case.case_id for case in cases), published=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    train={"epochs": result["epochs"], "steps": result["steps"], "loss": result["loss"][-1:]})
+                    train={"epochs": result["epochs"], "steps": result["steps"], "loss": result["loss"][-1:],
+                           "patch_size": config.patch_size})
         save_checkpoint(model, self.store.checkpoint, meta)
         stats = {"round": meta["round"], "version": self.store.version(), "cases": len(cases), "skipped": skipped,
                  "epochs": result["epochs"], "steps": result["steps"], "loss": result["loss"],

@@ -31,7 +31,7 @@ def _finish(bench, run, context, dice: float) -> None:
     bench.write_json(context.runs_dir / run.file_name,
                      {**bench.asdict(run), "dice": dice, "encoder": str(context.encoder),
                       "size": bench.asdict(context.size), "recipe": bench.asdict(context.recipe), "device": "cpu",
-                      "window": bench.WINDOW})
+                      "inference": bench.INFERENCE})
 
 
 def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encoder_or_recipe(bench, tmp_path: Path) -> None:
@@ -60,10 +60,10 @@ def test_a_grid_with_every_run_finished_trains_nothing(bench, tmp_path: Path, ca
     assert "2 already done, 0 to do" in capsys.readouterr().out
 
 
-def test_runs_scored_before_the_window_was_recorded_are_redone(bench, tmp_path: Path) -> None:
+def test_runs_scored_before_the_inference_was_recorded_are_redone(bench, tmp_path: Path) -> None:
     context = _context(bench, tmp_path, "/encoders/a")
     run = bench.Run("scratch", 1, 0)
     _finish(bench, run, context, 0.5)
     record = bench.read_run(context.runs_dir, run)
-    bench.write_json(context.runs_dir / run.file_name, {k: v for k, v in record.items() if k != "window"})
-    assert not bench._is_done(run, context)  # scored with 64^3 windows on a model trained on 32^3 patches
+    bench.write_json(context.runs_dir / run.file_name, {k: v for k, v in record.items() if k != "inference"})
+    assert not bench._is_done(run, context)  # scored with one location per 64^3 window

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from drasclr_monailabel.anatomy.lung_mask import segment_lungs
 from drasclr_monailabel.data.sample_data import fetch_sample_data
 from drasclr_monailabel.data.synth_cohort import RealSource, SynthSettings, synthesize_case
 from drasclr_monailabel.io import read_ct
@@ -32,7 +33,7 @@ def main() -> None:
     case = prepare_case(read_ct(path), case_id="lung2")
     scan = case.scan
     z = int(np.argmax((scan.lungs > 0).sum(axis=(1, 2))))
-    synthetic = synthesize_case(RealSource(path).scan(7), SynthSettings(severity_percent=(12.0, 12.0)), 7)
+    synthetic = synthesize_case(RealSource(path, segment_lungs).scan(7), SynthSettings(severity_percent=(12.0, 12.0)), 7)
     figure, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     _landmarks(axes[0], scan, z)
     _coordinates(axes[1], case, z)

@@ -1,4 +1,4 @@
-"""Draw docs/images/synth_examples.png: one synthetic scan per emphysema subtype from the real sample CT.
+"""Draw docs/images/synth_examples.png: one synthetic scan per emphysema subtype from LIDC-IDRI-0001.
 
 Columns: the synthetic CT (lung window), the true label over it, the plain -950 HU threshold over
 it with the true label's outline, and a coronal view of the label (zone predominance).
@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from drasclr_monailabel.anatomy.lung_mask import segment_lungs  # noqa: E402
 from drasclr_monailabel.data.lesions import SUBTYPE_NAMES  # noqa: E402
 from drasclr_monailabel.data.synth_cohort import RealSource, SynthSettings, synthesize_case, threshold_dice  # noqa: E402
 from drasclr_monailabel.data.sample_data import sample_path  # noqa: E402
@@ -33,15 +34,16 @@ def main() -> None:
     parser.add_argument("--severity", type=float, default=12.0, help="true emphysema percentage per example")
     args = parser.parse_args()
 
-    source = RealSource(sample_path("lung2_image"), name="lung2_image").load()
+    source = RealSource(sample_path("lidc0001_image"), segment_lungs, name="lidc0001_image").load()
     fig, axes = plt.subplots(3, 4, figsize=(16, 12), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     for row, (value, name) in enumerate(SUBTYPE_NAMES.items()):
         settings = SynthSettings(severity_percent=(args.severity, args.severity), subtype_weights={name: 1.0},
-                                 mixed_probability=0.0, noise_hu=(25.0, 25.0), kernels=("sharp",))
+                                 mixed_probability=0.0, noise_hu=(25.0, 25.0), kernels=("sharp",),
+                                 lung_hu=(-860.0, -860.0), hu_offset=(0.0, 0.0))
         case = synthesize_case(source, settings, seed=row)
         _draw_case(axes[row], case, value, name)
-    fig.suptitle("Synthetic emphysema in the real sample CT (lung2): one subtype per row, "
-                 f"{args.severity:g} % of the lung, sharp kernel, 25 HU noise", fontsize=13)
+    fig.suptitle("Synthetic emphysema in LIDC-IDRI-0001: one subtype per row, "
+                 f"{args.severity:g} % of the lung, normal lung -860 HU, sharp kernel, 25 HU noise", fontsize=13)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=60)

@@ -2,19 +2,24 @@
 
 Each lesion is an analytic shape (ellipsoid hole, Voronoi lobule, subpleural sphere) in mm. Its
 *occupancy* of a voxel (0..1, the partial-volume fraction, approximated by a linear ramp across the
-voxel's width along the shape normal, so a 4 mm hole in a 5 mm slice fills only part of it) blends
-the voxel from its original HU towards the lesion's HU. The label marks voxels the lesion fills
-at least half of: what a reader paints, not what falls below -950 HU (noise, blur and partial
-volume added later make the plain threshold imperfect on purpose).
+voxel's width along the shape normal, so a 4 mm hole in a 5 mm slice fills only part of it) and
+its *destruction* (0..1, the share of the voxel's lung tissue that is gone) move the voxel from its
+own HU towards air: ``hu - occupancy * destruction * (hu + 1000)``. Destruction is drawn per
+lesion from a wide range and varies smoothly inside it, so a lesion holds partly destroyed lung
+(a -870 HU voxel that loses 40 % of its tissue reads -922 HU, above -950) as well as pure air:
+emphysema is lost tissue, not a fixed HU band (Gevenois et al., AJRCCM 1995; Madani et al.,
+Radiology 2006). The label marks voxels a lesion fills at least half of: what a reader paints,
+whatever their HU.
 
-Subtypes (Fleischner Society), as modelled:
+Subtypes (Fleischner Society: Lynch et al., Radiology 2015), as modelled:
 - centrilobular (label 1): small holes, 2-10 mm across, near lobule centres, several holes merging
-  in severe disease; upper-zone predominant; -960 to -995 HU.
-- panlobular (label 2): whole lobules with uniform attenuation loss (-945 to -985 HU), lower-zone
-  predominant.
+  in severe disease; upper-zone predominant.
+- panlobular (label 2): whole lobules with diffuse tissue loss, lower-zone predominant.
 - paraseptal (label 3): chains of subpleural bullae (5-20 mm) touching the pleura, with a thin
-  wall; mildly upper-zone predominant; air density (-985 to -1000 HU).
-Vessels are spared: occupancy is multiplied by the parenchyma weight of :class:`LungLayout`.
+  wall; mildly upper-zone predominant.
+The three share one destruction range (:data:`DESTRUCTION`), so their HU overlap and a threshold
+cannot tell them apart; shape and place can. Vessels, airways and the lung next to the trachea
+and main bronchi are spared: occupancy is multiplied by the parenchyma weight of :class:`LungLayout`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ SUBTYPE_NAMES = {CENTRILOBULAR: "centrilobular", PANLOBULAR: "panlobular", PARAS
 PAINT_ORDER = (PARASEPTAL, CENTRILOBULAR, PANLOBULAR)
 
 TEXTURE_SIGMA_MM = 1.0
+AIR_HU = -1000.0
+# Share of a voxel's lung tissue a lesion destroys, drawn per lesion (uniform), and how much it
+# varies inside a lesion (standard deviation of a smooth field, about 1 mm grain).
+DESTRUCTION = (0.3, 1.0)
+DESTRUCTION_TEXTURE = 0.12
+# Centrilobular lucencies have no wall: destruction fades from the hole's centre to this share of
+# it at the rim, which a reader still paints.
+CENTRILOBULAR_RIM = 0.5
 MARGIN_MM = 12.0
 SUBPLEURAL_MM = 6.0
 HILUM_CLOSING_MM = 8.0
@@ -109,7 +122,7 @@ class _Canvas:
         self.layout = layout
         self.shape = layout.lungs.shape
         self.occupancy = np.zeros(self.shape, dtype=np.float32)
-        self.lesion_hu = np.zeros(self.shape, dtype=np.float32)
+        self.destruction = np.zeros(self.shape, dtype=np.float32)
         self.wall = np.zeros(self.shape, dtype=np.float32)
         self.label = np.zeros(self.shape, dtype=np.uint8)
         sigma = tuple(TEXTURE_SIGMA_MM / s for s in layout.spacing)
@@ -117,19 +130,21 @@ class _Canvas:
         self.texture = texture / max(float(texture.std()), 1e-6)
         self.n_lung = int(np.count_nonzero(layout.lungs))
 
-    def paint(self, voxels: np.ndarray, occupancy: np.ndarray, base_hu: np.ndarray | float, texture_hu: float,
-              value: int) -> int:
+    def paint(self, voxels: np.ndarray, occupancy: np.ndarray, destruction: np.ndarray | float, value: int) -> int:
         """Blend lesions into distinct flat ``voxels``; returns how many voxels were newly labelled.
 
-        Where lesions overlap the stronger occupancy wins; a voxel keeps the first label it got.
+        ``destruction`` is the lesion's tissue loss (0..1, per entry or one value); the smooth
+        texture varies it from voxel to voxel. Where lesions overlap the stronger occupancy wins;
+        a voxel keeps the first label it got.
         """
         occupancy = occupancy * self.layout.parenchyma.reshape(-1)[voxels]
         flat_occupancy = self.occupancy.reshape(-1)
         stronger = occupancy > flat_occupancy[voxels]
         target = voxels[stronger]
         flat_occupancy[target] = occupancy[stronger]
-        base = base_hu[stronger] if isinstance(base_hu, np.ndarray) else base_hu
-        self.lesion_hu.reshape(-1)[target] = base + texture_hu * self.texture.reshape(-1)[target]
+        loss = destruction[stronger] if isinstance(destruction, np.ndarray) else destruction
+        loss = loss + DESTRUCTION_TEXTURE * self.texture.reshape(-1)[target]
+        self.destruction.reshape(-1)[target] = np.clip(loss, 0.0, 1.0)
         flat_label = self.label.reshape(-1)
         new = voxels[(occupancy >= 0.5) & (flat_label[voxels] == 0)]
         flat_label[new] = value
@@ -142,8 +157,9 @@ class _Canvas:
         flat[voxels] = np.maximum(flat[voxels], strength)
 
     def blend(self, hu: np.ndarray) -> np.ndarray:
-        """HU with lesions: original -> lesion HU by occupancy, plus bulla walls where not lesion."""
-        return hu + self.occupancy * (self.lesion_hu - hu) + self.wall * (1.0 - self.occupancy)
+        """HU with lesions: tissue removed by occupancy x destruction, plus bulla walls where not lesion."""
+        tissue = np.maximum(hu - AIR_HU, 0.0)
+        return hu - self.occupancy * self.destruction * tissue + self.wall * (1.0 - self.occupancy)
 
     def ellipsoids(self, centres: np.ndarray, radii: np.ndarray, pad_mm: float = 0.0) -> tuple[np.ndarray, ...]:
         """Voxels near a batch of axis-aligned ellipsoids.
@@ -202,10 +218,16 @@ def _ellipsoid_occupancy(dz: np.ndarray, dy: np.ndarray, dx: np.ndarray, radii: 
     """
     radii = radii.astype(np.float32)
     dist = np.sqrt(dz * dz + dy * dy + dx * dx) + 1e-6
-    q = np.sqrt((dz / radii[:, 0]) ** 2 + (dy / radii[:, 1]) ** 2 + (dx / radii[:, 2]) ** 2) + 1e-6
+    q = _normalised_radius(dz, dy, dx, radii) + 1e-6
     signed = dist - dist / q
     width = np.sqrt((dz * spacing[0]) ** 2 + (dy * spacing[1]) ** 2 + (dx * spacing[2]) ** 2) / dist
     return _ramp(signed, np.maximum(width, spacing.min()))
+
+
+def _normalised_radius(dz: np.ndarray, dy: np.ndarray, dx: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Ellipsoid radius coordinate of offsets (mm) from the centre: 0 at the centre, 1 on the surface."""
+    radii = radii.astype(np.float32)
+    return np.sqrt((dz / radii[:, 0]) ** 2 + (dy / radii[:, 1]) ** 2 + (dx / radii[:, 2]) ** 2)
 
 
 def _ramp(signed_mm: np.ndarray, width_mm: np.ndarray) -> np.ndarray:
@@ -269,11 +291,13 @@ def _paint_centrilobular(canvas: _Canvas, target: int, spec: LesionSpec, rng: np
         centres = centres + rng.normal(0.0, 0.125 * spec.lobule_mm, size=centres.shape)
         radius = np.clip(median_radius * rng.lognormal(0.0, 0.3, size=(size, 1)), 1.0, 5.0)
         radii = radius * rng.uniform(0.8, 1.25, size=(size, 3))
-        base_hu = rng.uniform(-995.0, -960.0, size=size).astype(np.float32)
+        destruction = rng.uniform(*DESTRUCTION, size=size).astype(np.float32)
         voxels, owner, dz, dy, dx = canvas.ellipsoids(centres, radii)
         occupancy = _ellipsoid_occupancy(dz, dy, dx, radii[owner], layout.spacing)
-        voxels, occupancy, owner = _strongest_per_voxel(voxels, occupancy, owner)
-        return canvas.paint(voxels, occupancy, base_hu[owner], 10.0, CENTRILOBULAR)
+        radial = np.minimum(_normalised_radius(dz, dy, dx, radii[owner]), 1.0)
+        voxels, occupancy, owner, radial = _strongest_per_voxel(voxels, occupancy, owner, radial)
+        fade = 1.0 - (1.0 - CENTRILOBULAR_RIM) * radial**2
+        return canvas.paint(voxels, occupancy, destruction[owner] * fade, CENTRILOBULAR)
 
     _paint_in_batches(target, paint_batch, first_batch=16)
 
@@ -290,7 +314,7 @@ def _paint_panlobular(canvas: _Canvas, target: int, spec: LesionSpec, rng: np.ra
         voxels, points = canvas.box_voxels(layout.centres[own], spec.lobule_mm)
         wobble = LOBULE_WOBBLE_MM * canvas.texture.reshape(-1)[voxels]
         occupancy = _lobule_occupancy(layout.tree, layout.centres, own, points, layout.spacing, wobble)
-        painted += canvas.paint(voxels, occupancy, rng.uniform(-985.0, -945.0), 12.0, PANLOBULAR)
+        painted += canvas.paint(voxels, occupancy, rng.uniform(*DESTRUCTION), PANLOBULAR)
 
 
 def _lobule_occupancy(tree: cKDTree, centres: np.ndarray, own: int, points: np.ndarray, spacing: np.ndarray,
@@ -348,14 +372,14 @@ def _paint_paraseptal(canvas: _Canvas, target: int, spec: LesionSpec, rng: np.ra
         bullae = [b for _ in range(size) for b in chain()]
         centres = np.array([b[0] for b in bullae])
         radii = np.repeat(np.array([[b[1]] for b in bullae]), 3, axis=1)
-        base_hu = rng.uniform(-1000.0, -985.0, size=len(bullae)).astype(np.float32)
+        destruction = rng.uniform(*DESTRUCTION, size=len(bullae)).astype(np.float32)
         voxels, owner, dz, dy, dx = canvas.ellipsoids(centres, radii, pad_mm=WALL_MM)
         lumen = _ellipsoid_occupancy(dz, dy, dx, radii[owner], layout.spacing)
         wall = _ellipsoid_occupancy(dz, dy, dx, radii[owner] + WALL_MM, layout.spacing) - lumen
         wall_voxels, wall = _strongest_per_voxel(voxels, wall)
         canvas.add_wall(wall_voxels, wall)
         voxels, lumen, owner = _strongest_per_voxel(voxels, lumen, owner)
-        return canvas.paint(voxels, lumen, base_hu[owner], 6.0, PARASEPTAL)
+        return canvas.paint(voxels, lumen, destruction[owner], PARASEPTAL)
 
     _paint_in_batches(target, paint_batch, first_batch=4)
 

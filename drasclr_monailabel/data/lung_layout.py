@@ -17,6 +17,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from drasclr_monailabel.data.airways import spared_structures
+
 # HU of a voxel at which vessel sparing is complete / starts (lung-window edge of small vessels).
 VESSEL_FULL_HU = -550.0
 VESSEL_START_HU = -750.0
@@ -34,8 +36,10 @@ class LungLayout:
     Attributes:
         spacing: voxel size (z, y, x) in mm.
         lungs: bool (Z, Y, X) lung mask.
-        parenchyma: float32 (Z, Y, X) in [0, 1]: 1 in lung parenchyma, 0 in vessels and outside
-            the lungs (partial at vessel edges), so that lesions spare vessels.
+        parenchyma: float32 (Z, Y, X) in [0, 1]: 1 in lung parenchyma, 0 in vessels, in normal
+            low-attenuation structures (airway lumens, lung next to the trachea and main bronchi,
+            :mod:`~drasclr_monailabel.data.airways`) and outside the lungs (partial at vessel
+            edges), so that lesions spare them and they are never labelled.
         height: float32 (Z,) relative cranio-caudal position of each slice in the lungs: 0 at the
             lowest lung slice, 1 at the highest.
         patchiness: smooth positive random field with mean about 1 on a coarse grid (step
@@ -86,9 +90,9 @@ def lung_layout(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     """
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
     inside = lungs > 0
-    smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=_sigma_voxels(VESSEL_SMOOTH_MM, spacing))
-    vessel = np.clip((smooth - VESSEL_START_HU) / (VESSEL_FULL_HU - VESSEL_START_HU), 0.0, 1.0)
-    parenchyma = np.where(inside, 1.0 - vessel, 0.0).astype(np.float32)
+    smooth = smooth_hu(hu, spacing)
+    parenchyma = parenchyma_weight(smooth, inside)
+    parenchyma[spared_structures(smooth, inside, spacing)] = 0.0
     centres = _lattice(parenchyma, spacing, lobule_mm, rng)
     return LungLayout(
         spacing=spacing,
@@ -100,6 +104,17 @@ def lung_layout(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
         centres=centres,
         tree=cKDTree(centres) if len(centres) else cKDTree(np.zeros((1, 3))),
     )
+
+
+def smooth_hu(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """float32 HU smoothed over ``VESSEL_SMOOTH_MM`` (noise would make single voxels look like vessel or air)."""
+    return ndimage.gaussian_filter(hu.astype(np.float32), sigma=_sigma_voxels(VESSEL_SMOOTH_MM, spacing))
+
+
+def parenchyma_weight(smooth: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """float32 (Z, Y, X) in [0, 1]: 1 in lung parenchyma, 0 in vessels (smoothed HU above -550) and outside ``lungs``."""
+    vessel = np.clip((smooth - VESSEL_START_HU) / (VESSEL_FULL_HU - VESSEL_START_HU), 0.0, 1.0)
+    return np.where(lungs, 1.0 - vessel, 0.0).astype(np.float32)
 
 
 def _sigma_voxels(sigma_mm: float, spacing: np.ndarray) -> tuple[float, ...]:

@@ -1,14 +1,16 @@
 """A synthetic emphysema cohort: varied scans with true subtype labels, lung masks and outcomes.
 
-Each output scan is made in four steps, all driven by one per-scan seed (so a scan can be remade
+Each output scan is made in five steps, all driven by one per-scan seed (so a scan can be remade
 on its own and the same cohort seed gives identical files):
 
-1. a source scan and its lung mask: a real CT (the sample CT or a user's scan, lungs from
-   :func:`drasclr_monailabel.anatomy.lung_mask.segment_lungs`) or a freshly drawn phantom;
+1. a source scan and its lung mask: a real CT (a sample CT or a user's scan, lungs from the
+   segmenter the caller hands in, e.g. the anatomy layer's ``segment_lungs``) or a freshly drawn
+   phantom;
 2. a random crop, rotation, scale and elastic warp (:mod:`~drasclr_monailabel.data.deform`), so
    one real scan yields many subjects;
 3. emphysema lesions of one or two subtypes at a random severity (:mod:`~drasclr_monailabel.data.lesions`);
-4. a reconstruction kernel and noise (:mod:`~drasclr_monailabel.data.scanner`).
+4. an inspiration level, i.e. the density of normal lung (:mod:`~drasclr_monailabel.data.inspiration`);
+5. a reconstruction kernel, noise and a calibration offset (:mod:`~drasclr_monailabel.data.scanner`).
 
 The cohort layout and ``manifest.csv`` columns are the contract in docs/formats.md; the manifest
 is written last, so a folder with a manifest is complete.
@@ -25,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from drasclr_monailabel.data.deform import DeformRange, random_deformation
+from drasclr_monailabel.data.inspiration import set_inspiration
 from drasclr_monailabel.data.lesions import SUBTYPE_NAMES, LesionSpec, insert_emphysema
 from drasclr_monailabel.data.scanner import KERNELS, simulate_scanner
 from drasclr_monailabel.data.survival import synthetic_survival
@@ -35,10 +38,15 @@ from drasclr_monailabel.utils.atomic import atomic_open, write_with
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("id", "image", "label", "lungs", "source", "subtype", "laa950", "severity", "noise_hu",
-                    "kernel", "survival_time", "event", "seed")
+                    "kernel", "survival_time", "event", "seed", "lung_hu", "hu_offset")
 LAA_THRESHOLD_HU = -950
 REAL_SAMPLES = ("lung1_image", "lung2_image")
 MAX_SEVERITY_PERCENT = 60.0
+# Median HU of normal parenchyma a scan may be given (--lung-hu): from beyond a deep breath to near expiration.
+LUNG_HU_LIMITS = (-950.0, -700.0)
+MAX_HU_OFFSET = 100.0
+
+Segmenter = Callable[[CTVolume], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class SynthSettings:
         mixed_probability: chance that a scan also holds a second subtype (15-40 % of its lesions).
         noise_hu: added noise standard deviation in HU (low, high).
         kernels: reconstruction kernels to choose from.
+        lung_hu: median HU of normal lung parenchyma (low, high): the inspiration level.
+        hu_offset: calibration offset added to every HU (low, high).
         lobule_mm: mean secondary-lobule spacing in mm (low, high).
         deform: ranges of the random crop / rotation / scale / elastic warp.
         phantom_spacing: voxel size (x, y, z) in mm of phantom sources.
@@ -61,6 +71,8 @@ class SynthSettings:
     mixed_probability: float = 0.5
     noise_hu: tuple[float, float] = (10.0, 60.0)
     kernels: tuple[str, ...] = KERNELS
+    lung_hu: tuple[float, float] = (-900.0, -820.0)
+    hu_offset: tuple[float, float] = (-10.0, 10.0)
     lobule_mm: tuple[float, float] = (12.0, 20.0)
     deform: DeformRange = DeformRange()
     phantom_spacing: tuple[float, float, float] = (1.5, 1.5, 2.5)
@@ -78,6 +90,14 @@ class SynthSettings:
             raise ConfigError("--mix", f"needs non-negative weights for {', '.join(SUBTYPE_NAMES.values())} with a positive sum")
         if not self.kernels or set(self.kernels) - set(KERNELS):
             raise ConfigError("--kernels", f"choose from {', '.join(KERNELS)}")
+        low, high = self.lung_hu
+        if not LUNG_HU_LIMITS[0] <= low <= high <= LUNG_HU_LIMITS[1]:
+            raise ConfigError("--lung-hu", f"needs {LUNG_HU_LIMITS[0]:g} <= LOW <= HIGH <= {LUNG_HU_LIMITS[1]:g} HU "
+                                           f"(median of normal lung), got {low:g} {high:g}")
+        low, high = self.hu_offset
+        if not -MAX_HU_OFFSET <= low <= high <= MAX_HU_OFFSET:
+            raise ConfigError("--hu-offset", f"needs {-MAX_HU_OFFSET:g} <= LOW <= HIGH <= {MAX_HU_OFFSET:g} HU, "
+                                             f"got {low:g} {high:g}")
         if any(s <= 0 for s in self.phantom_spacing):
             raise ConfigError("--phantom-spacing", "needs three positive sizes in mm")
 
@@ -92,21 +112,26 @@ class SourceScan:
 
 
 class RealSource:
-    """A real CT file or DICOM folder; read, reoriented to LPS and lung-segmented once, on first use."""
+    """A real CT file or DICOM folder; read, reoriented to LPS and lung-segmented once, on first use.
 
-    def __init__(self, path: str | Path, name: str | None = None) -> None:
+    ``segment`` maps the LPS volume to its lung labels (0/1 right/2 left), e.g.
+    ``drasclr_monailabel.anatomy.lung_mask.segment_lungs``: the data layer takes lung masks from
+    its caller rather than importing the anatomy layer.
+    """
+
+    def __init__(self, path: str | Path, segment: Segmenter, name: str | None = None) -> None:
         self.path = Path(path)
+        self.segment = segment
         self.name = name or str(path)
         self._scan: SourceScan | None = None
 
     def load(self) -> SourceScan:
         """Read and segment the scan (raises InputError / NoLungsError for an unusable file)."""
         if self._scan is None:
-            from drasclr_monailabel.anatomy.lung_mask import segment_lungs
             from drasclr_monailabel.io import read_ct
 
             volume = read_ct(self.path).canonical()
-            self._scan = SourceScan(self.name, volume, np.asarray(segment_lungs(volume), dtype=np.uint8))
+            self._scan = SourceScan(self.name, volume, np.asarray(self.segment(volume), dtype=np.uint8))
         return self._scan
 
     def scan(self, seed: int) -> SourceScan:
@@ -134,22 +159,25 @@ class PhantomSource:
 Source = RealSource | PhantomSource
 
 
-def resolve_sources(specs: Sequence[str], settings: SynthSettings) -> list[Source]:
-    """Turn ``--source`` values ("real", "phantom" or paths) into loaded sources.
+def resolve_sources(specs: Sequence[str], settings: SynthSettings, segment: Segmenter) -> list[Source]:
+    """Turn ``--source`` values ("real", "phantom", sample-data names or paths) into loaded sources.
 
-    Every real file is read and segmented here, before anything is written, so a bad input
-    fails fast with ``<path>: <problem>``.
+    "real" stands for :data:`REAL_SAMPLES`; a sample-data name (e.g. ``lidc0001_image``) is fetched
+    like ``drasclr sample-data``. Every real file is read and segmented with ``segment`` here,
+    before anything is written, so a bad input fails fast with ``<path>: <problem>``.
     """
-    from drasclr_monailabel.data.sample_data import sample_path
+    from drasclr_monailabel.data.sample_data import sample_names, sample_path
 
     sources: list[Source] = []
     for spec in specs:
         if spec == "real":
-            sources += [RealSource(sample_path(name), name=name) for name in REAL_SAMPLES]
+            sources += [RealSource(sample_path(name), segment, name=name) for name in REAL_SAMPLES]
         elif spec == "phantom":
             sources.append(PhantomSource(settings.phantom_spacing))
+        elif spec in sample_names() and not Path(spec).exists():
+            sources.append(RealSource(sample_path(spec), segment, name=spec))
         else:
-            sources.append(RealSource(spec))
+            sources.append(RealSource(spec, segment))
     for source in sources:
         source.load()
     return sources
@@ -169,6 +197,8 @@ class SynthCase:
     noise_hu: float
     kernel: str
     seed: int
+    lung_hu: float
+    hu_offset: float
 
 
 def synthesize_case(scan: SourceScan, settings: SynthSettings, seed: int) -> SynthCase:
@@ -179,9 +209,12 @@ def synthesize_case(scan: SourceScan, settings: SynthSettings, seed: int) -> Syn
     fractions, subtype = _subtype_fractions(rng.uniform(*settings.severity_percent) / 100.0, settings, rng)
     spec = LesionSpec(fractions=fractions, lobule_mm=float(rng.uniform(*settings.lobule_mm)))
     hu, label = insert_emphysema(moved.hu, lungs, spacing_zyx, spec, rng)
+    lung_hu = float(rng.uniform(*settings.lung_hu))
+    hu, _ = set_inspiration(hu, lungs, label, spacing_zyx, lung_hu)
     noise_hu = float(rng.uniform(*settings.noise_hu))
     kernel = str(rng.choice(settings.kernels))
-    image = simulate_scanner(hu, spacing_zyx, noise_hu, kernel, rng)
+    hu_offset = float(rng.uniform(*settings.hu_offset))
+    image = simulate_scanner(hu, spacing_zyx, noise_hu, kernel, rng, offset_hu=hu_offset)
     inside = lungs > 0
     severity = 100.0 * float(np.count_nonzero(label[inside])) / max(int(inside.sum()), 1)
     return SynthCase(
@@ -195,6 +228,8 @@ def synthesize_case(scan: SourceScan, settings: SynthSettings, seed: int) -> Syn
         noise_hu=noise_hu,
         kernel=kernel,
         seed=seed,
+        lung_hu=lung_hu,
+        hu_offset=hu_offset,
     )
 
 
@@ -294,6 +329,8 @@ def _write_case(out: Path, case_id: str, case: SynthCase) -> dict[str, object]:
         "survival_time": survival_time,
         "event": event,
         "seed": case.seed,
+        "lung_hu": round(case.lung_hu, 1),
+        "hu_offset": round(case.hu_offset, 1),
     }
 
 

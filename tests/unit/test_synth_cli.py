@@ -17,6 +17,7 @@ def test_phantom_cohort_from_the_command_line(tmp_path, capsys):
                  "--mixed-probability", "0", *PHANTOM]) == 0
     printed = capsys.readouterr().out
     assert "wrote 2 scans" in printed and "-950 HU threshold" in printed
+    assert "share below -950 HU" in printed and "panlobular" in printed
     with open(out / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["subtype"] for r in rows] == ["panlobular", "panlobular"]
@@ -71,6 +72,8 @@ def test_mr_source_is_refused_as_not_ct(tmp_path, capsys, sample_brain_mr):
         (["--mix", "0", "0", "0"], "--mix: needs non-negative weights"),
         (["--mixed-probability", "1.5"], "--mixed-probability: needs a value in [0, 1]"),
         (["--phantom-spacing", "0", "3", "3"], "--phantom-spacing: needs three positive sizes"),
+        (["--lung-hu", "-800", "-900"], "--lung-hu: needs -950 <= LOW <= HIGH <= -700 HU"),
+        (["--hu-offset", "-5", "200"], "--hu-offset: needs -100 <= LOW <= HIGH <= 100 HU"),
     ],
 )
 def test_bad_ranges_exit_2_with_one_line(tmp_path, capsys, extra, fragment):
@@ -94,3 +97,4 @@ def test_help_describes_the_sources(capsys):
     assert exited.value.code == 0
     text = capsys.readouterr().out
     assert "--source" in text and "phantom" in text and "--severity" in text
+    assert "lidc0001_image" in text and "--lung-hu" in text and "--hu-offset" in text

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from drasclr_monailabel.anatomy.lung_mask import segment_lungs
 from drasclr_monailabel.data import synth_cohort
 from drasclr_monailabel.data.synth_cohort import (
     MANIFEST_COLUMNS,
@@ -60,6 +61,8 @@ def test_manifest_has_the_contract_columns_and_every_file(phantom_cohort):
             assert np.allclose(other.GetSpacing(), image.GetSpacing()) and np.allclose(other.GetOrigin(), image.GetOrigin())
         assert row["kernel"] in ("smooth", "sharp")
         assert 10.0 <= float(row["noise_hu"]) <= 60.0
+        assert SETTINGS.lung_hu[0] <= float(row["lung_hu"]) <= SETTINGS.lung_hu[1]
+        assert SETTINGS.hu_offset[0] <= float(row["hu_offset"]) <= SETTINGS.hu_offset[1]
         assert row["event"] in ("0", "1") and float(row["survival_time"]) > 0
     assert not list(phantom_cohort.rglob(".tmp-*"))
 
@@ -145,6 +148,9 @@ def test_existing_cohort_is_kept_unless_overwrite(phantom_cohort, tmp_path):
         (SynthSettings(noise_hu=(-1.0, 10.0)), "--noise"),
         (SynthSettings(subtype_weights={"centrilobular": 0.0, "panlobular": 0.0, "paraseptal": 0.0}), "--mix"),
         (SynthSettings(kernels=("blurry",)), "--kernels"),
+        (SynthSettings(lung_hu=(-800.0, -880.0)), "--lung-hu"),
+        (SynthSettings(lung_hu=(-990.0, -850.0)), "--lung-hu"),
+        (SynthSettings(hu_offset=(-150.0, 0.0)), "--hu-offset"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, settings, key):
@@ -163,7 +169,7 @@ def test_laa_and_dice_helpers_on_known_arrays():
 
 
 def test_real_ct_source_keeps_its_geometry_and_gets_lesions_in_its_lungs(tmp_path, sample_lung1):
-    source = synth_cohort.RealSource(sample_lung1, name="lung1_image")
+    source = synth_cohort.RealSource(sample_lung1, segment_lungs, name="lung1_image")
     rows = write_cohort(tmp_path, 1, [source], SynthSettings(severity_percent=(10.0, 10.0)), seed=3)
     image = _read(tmp_path / rows[0]["image"])
     original = _read(sample_lung1)
@@ -173,3 +179,12 @@ def test_real_ct_source_keeps_its_geometry_and_gets_lesions_in_its_lungs(tmp_pat
     assert float(rows[0]["severity"]) == pytest.approx(10.0, abs=1.0)
     assert not np.any(label[lungs == 0])
     assert rows[0]["source"] == "lung1_image"
+
+
+def test_a_sample_data_name_is_a_source(sample_lung1):
+    def no_lungs(volume):
+        return np.zeros(volume.hu.shape, dtype=np.uint8)
+
+    sources = synth_cohort.resolve_sources(["lung1_image", "phantom"], SETTINGS, no_lungs)
+    assert isinstance(sources[0], synth_cohort.RealSource) and isinstance(sources[1], PhantomSource)
+    assert sources[0].name == "lung1_image" and sources[0].path == sample_lung1

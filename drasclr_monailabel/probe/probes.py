@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -93,11 +93,15 @@ def ridge_probe(features: np.ndarray, target: np.ndarray, splits: Splits) -> Pro
     return ProbeResult("regression", len(target), metrics, pooled, predicted, fold_of, alphas)
 
 
-def logistic_probe(features: np.ndarray, labels: np.ndarray, splits: Splits) -> ProbeResult:
+def logistic_probe(features: np.ndarray, labels: np.ndarray, splits: Splits, groups: np.ndarray | None = None) -> ProbeResult:
     """L2 logistic regression of class ``labels`` (n,) 0 .. K-1 (binary, or multinomial for K > 2); C by
     inner stratified CV minimising the log loss (a proper score: AUC is the same for many C and
     would pick the most shrunk, uncalibrated model). Metrics: ROC AUC (K > 2: one-vs-rest, macro
     average) and accuracy of the most probable class.
+
+    ``groups`` (n,): rows that belong together (e.g. the slices of one scan) stay together in the
+    inner folds too; otherwise C is chosen by how well rows of the same group predict each other,
+    which rewards telling the groups apart (inner folds where a class is missing are skipped).
 
     ``predictions`` is the probability of class 1 when K = 2, else the most probable class.
     """
@@ -106,7 +110,7 @@ def logistic_probe(features: np.ndarray, labels: np.ndarray, splits: Splits) -> 
     probability, fold_of, strengths = np.zeros((len(labels), n_classes)), np.zeros(len(labels), dtype=int), []
     metrics: dict[str, list[float]] = {"auc": [], "accuracy": []}
     for number, (train, test) in enumerate(splits):
-        inner = StratifiedKFold(_inner_folds(labels[train]), shuffle=True, random_state=number)
+        inner = inner_splits(labels[train], None if groups is None else np.asarray(groups)[train], number)
         classifier = LogisticRegressionCV(Cs=LOGISTIC_CS, l1_ratios=(0.0,), cv=inner, scoring="neg_log_loss", max_iter=5000,
                                           use_legacy_attributes=False)
         model = make_pipeline(StandardScaler(), classifier).fit(features[train], labels[train])
@@ -154,6 +158,19 @@ def select_cox_penalty(x: np.ndarray, time: np.ndarray, event: np.ndarray, seed:
                 - cox_negative_log_likelihood(beta, x, time, event)[0]
         scores.append(total)
     return float(COX_PENALTIES[int(np.argmax(scores))])
+
+
+def inner_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
+    """Inner CV of a logistic probe: stratified folds, or (``groups`` given) folds of whole groups,
+    stratified, keeping those with every class on both sides."""
+    if groups is None:
+        return StratifiedKFold(_inner_folds(labels), shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(min(INNER_FOLDS, len(np.unique(groups))), shuffle=True, random_state=seed)
+    splits = [(a, b) for a, b in splitter.split(np.zeros((len(labels), 1)), labels, groups)
+              if len(np.unique(labels[a])) == len(np.unique(labels[b])) == len(np.unique(labels))]
+    if not splits:
+        raise ValueError("no inner split by group holds every class on both sides: too few groups")
+    return splits
 
 
 def _inner_folds(strata: np.ndarray) -> int:

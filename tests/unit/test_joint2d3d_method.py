@@ -152,3 +152,18 @@ def test_recipes_in_configs_load() -> None:
     assert full.model.slice_encoder.depth == 50 and full.model.slice_encoder.embedding_dim == 640
     assert full.model.num_slices == 64 and full.clustering.slice_prototypes == 3000 and full.crops.local_crops == 6
     assert demo.train.max_steps is not None and demo.model.slice_encoder.depth == 18 and len(demo.schedule) == 3
+
+
+def test_code_defaults_are_the_full_recipe_and_every_recipe_trains_the_trunk_with_volume_losses() -> None:
+    from drasclr_monailabel.config import to_dict
+    from drasclr_monailabel.ssl.joint2d3d.config import Joint2d3dConfig
+    from drasclr_monailabel.ssl.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    full, code = to_dict(load_recipe(root / "joint2d3d.yaml")), to_dict(Joint2d3dConfig())
+    for section in ("data", "model", "clustering", "crops", "masking", "volume_backprop", "schedule"):  # train/optim are shared
+        assert full[section] == code[section], section
+    for recipe in (root / "joint2d3d.yaml", root / "joint2d3d_demo.yaml"):
+        config = load_recipe(recipe)
+        assert all(stage.encoder_in_3d for stage in config.schedule if stage.uses_volumes), recipe.name
+        assert config.clustering.volume_queue > 0 and config.clustering.slice_queue > 0, recipe.name

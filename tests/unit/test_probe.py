@@ -12,6 +12,7 @@ import pytest
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.probe.probes import (
     cox_probe,
+    inner_splits,
     logistic_probe,
     make_splits,
     ridge_probe,
@@ -63,6 +64,18 @@ def test_logistic_probe_separates_classes():
     result = logistic_probe(x, labels, make_splits(len(labels), 5, seed=0, strata=labels))
     assert result.pooled["auc"] > 0.95 and result.summary()["metrics"]["accuracy"]["mean"] > 0.85
     assert ((result.predictions >= 0) & (result.predictions <= 1)).all()
+
+
+def test_grouped_probe_never_splits_a_group_when_choosing_its_regularisation():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(9), 12)  # e.g. the slices of 9 scans
+    labels = (rng.random(len(groups)) < np.repeat([0.1, 0.9, 0.5] * 3, 12)).astype(int)
+    for train, test in inner_splits(labels, groups, seed=0):
+        assert not set(groups[train]) & set(groups[test])
+        assert set(labels[train]) == set(labels[test]) == {0, 1}
+    x = np.column_stack([labels + rng.normal(0, 0.5, len(labels)), rng.normal(size=(len(labels), 3))])
+    outer = [(np.flatnonzero(groups // 3 != f), np.flatnonzero(groups // 3 == f)) for f in range(3)]
+    assert min(logistic_probe(x, labels, outer, groups=groups).folds["auc"]) > 0.8  # d' = 2: about 0.92 at best
 
 
 def test_cox_gradient_matches_finite_differences_with_tied_times():

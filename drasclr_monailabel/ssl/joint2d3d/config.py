@@ -45,7 +45,7 @@ class DataConfig:
     volumes_per_batch: int = 4
     min_coverage: float = 0.7
     body_threshold_hu: float = -500.0
-    cache_items: int = 128
+    cache_items: int = 32
     stack_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -253,6 +253,12 @@ class MaskingConfig:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
 
 
+def reference_schedule() -> list[StageConfig]:
+    """The reference's staged order (2D clustering, then masked prediction, then volume
+    clustering), every volume loss reaching the trunk."""
+    return [StageConfig(until=0.6, masked=0.0, inter=0.0), StageConfig(until=0.8, inter=0.0), StageConfig(until=1.0)]
+
+
 @dataclass
 class Joint2d3dConfig:
     """The whole joint image-volume recipe."""
@@ -266,7 +272,7 @@ class Joint2d3dConfig:
     crops: CropConfig = field(default_factory=CropConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     volume_backprop: VolumeBackpropConfig = field(default_factory=VolumeBackpropConfig)
-    schedule: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    schedule: list[StageConfig] = field(default_factory=reference_schedule)
 
     def __post_init__(self) -> None:
         if not self.schedule:

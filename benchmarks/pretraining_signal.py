@@ -93,10 +93,12 @@ class Size:
     batch_size: int
     queue_size: int
     lr: float
+    measured_landmarks: int | None = None  # a seeded subset of atlas landmarks to measure (None: all)
 
 
 SIZES = {
-    "small": Size("phantom", pretrain_scans=6, heldout_scans=3, steps=60, batch_size=6, queue_size=16, lr=1.0),
+    "small": Size("phantom", pretrain_scans=6, heldout_scans=3, steps=40, batch_size=6, queue_size=16, lr=1.0,
+                  measured_landmarks=80),
     "full": Size("real", pretrain_scans=16, heldout_scans=6, steps=400, batch_size=8, queue_size=16, lr=1.0),
 }
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            workdir / "pretrained_training_bn")
 
     clock = time.perf_counter()
-    patches = heldout_patches(prepare_cohort(cohorts["heldout"]))
+    patches = heldout_patches(prepare_cohort(cohorts["heldout"]), measured_landmarks(size))
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
     result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {}}
     splits = subject_splits(patches.subjects)
@@ -246,10 +248,21 @@ class HeldoutPatches:
     hu_features: np.ndarray
 
 
-def heldout_patches(cases: list[PreparedCase]) -> HeldoutPatches:
+def measured_landmarks(size: Size) -> np.ndarray:
+    """bool (L,): the atlas landmarks measured (a seeded subset at small sizes, the same for every subject)."""
+    count = load_default_atlas().n_landmarks
+    keep = np.ones(count, dtype=bool)
+    if size.measured_landmarks is not None and size.measured_landmarks < count:
+        keep[:] = False
+        keep[np.random.default_rng(0).choice(count, size.measured_landmarks, replace=False)] = True
+    return keep
+
+
+def heldout_patches(cases: list[PreparedCase], keep: np.ndarray) -> HeldoutPatches:
+    """The patches of every valid landmark in ``keep`` (bool (L,)) of every held-out scan."""
     subjects, landmarks, emphysema, features = [], [], [], []
     for number, case in enumerate(cases):
-        for landmark in np.flatnonzero(case.scan.valid):
+        for landmark in np.flatnonzero(case.scan.valid & keep):
             centre = case.scan.landmarks[landmark]
             lung = read_crop(case.lungs, centre, PATCH_SIZE, fill=0) > 0
             if not lung.any():

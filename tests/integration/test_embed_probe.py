@@ -1,22 +1,23 @@
 """The whole chain on a synthetic cohort, through the CLI: synth -> preprocess -> brief DrasCLR
-pretraining -> embed (pretrained and random-init copies) -> probe severity.
+pretraining -> embed (pretrained and random-init copies) -> probe.
 
-The claim tested is the one docs/embeddings.md reports: embeddings of a briefly pretrained
-encoder predict severity clearly better than those of the same architecture with random weights,
-on the same folds. The measure is the Pearson correlation of the pooled out-of-fold ridge
-predictions with the true severity: with 20 subjects and 120 pretraining steps the R^2 is
-dominated by the scale of a few predictions and swung from +0.54 to -0.04 when one phantom of the
-cohort changed slightly, while the correlation kept its sign and its distance from random init
-(r = +0.33 vs -0.62 on the current cohort). It can fail, and does with too few landmarks (64 per
-scan: no gap; docs/embeddings.md). About 5 minutes on 2 shared cores, most of it in
-``drasclr synth`` and ``drasclr preprocess`` (registration).
+What is asserted is the behaviour of the chain, not a scientific claim: every scan is embedded
+under its own id, the pretrained weights are the ones used, the probe joins phenotypes by id (the
+phenotype file is written in another row order), recovers a target that is a linear function of
+the embeddings, finds nothing in the same values given to the wrong subjects (no fold leakage),
+and uses the same folds for both embeddings. Whether brief pretraining predicts severity better
+than random init is a measurement, reported in docs/embeddings.md: with the realistic synthetic
+emphysema of docs/data.md it does not at this size. About 5 minutes on 2 shared cores, most of it
+in ``drasclr synth`` and ``drasclr preprocess`` (registration).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,8 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPOSITORY = Path(__file__).resolve().parents[2]
 N_SCANS = 20
 LANDMARKS = 128
-# the demo recipe (120 steps) with a narrower encoder: a quarter of the CPU time, and on the
-# 24-scan benchmark cohort it separated from random init more clearly than the full width did
+# the demo recipe (120 steps) with a narrower encoder: a quarter of the CPU time
 NARROW = ("--set", "model.encoder.stem_channels=4", "--set", "model.encoder.block_channels=[8,16,32]",
           "--set", "model.encoder.top_channels=64")
 
@@ -37,14 +37,38 @@ def run(*arguments: str) -> None:
     assert main(list(arguments)) == 0, f"drasclr {arguments[0]} failed"
 
 
-def severity_pooled(tmp_path: Path, embeddings: Path, cohort: Path, name: str) -> dict[str, float]:
-    """Pooled out-of-fold ``r2`` and ``pearson_r`` of the severity probe."""
-    run("probe", "--embeddings", str(embeddings), "--phenotypes", str(cohort / "manifest.csv"), "--target", "severity",
+def load_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
+    with np.load(folder / "embeddings.npz", allow_pickle=False) as stored:
+        return [str(i) for i in stored["ids"]], stored["embeddings"].astype(np.float64)
+
+
+def planted_phenotypes(ids: list[str], embeddings: np.ndarray, path: Path) -> None:
+    """``planted``: a seeded linear function of the standardised embeddings plus 10 % noise;
+    ``planted_wrong_subject``: the same values moved to other subjects. Rows in reverse order."""
+    rng = np.random.default_rng(7)
+    scaled = (embeddings - embeddings.mean(0)) / (embeddings.std(0) + 1e-8)
+    signal = scaled @ rng.normal(size=scaled.shape[1])
+    planted = signal + 0.1 * signal.std() * rng.normal(size=len(ids))
+    wrong = np.roll(planted, len(ids) // 2)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "planted", "planted_wrong_subject"])
+        for index in reversed(range(len(ids))):
+            writer.writerow([ids[index], f"{planted[index]:.6f}", f"{wrong[index]:.6f}"])
+
+
+def probe(tmp_path: Path, embeddings: Path, phenotypes: Path, targets: list[str], name: str) -> dict:
+    run("probe", "--embeddings", str(embeddings), "--phenotypes", str(phenotypes), "--target", *targets,
         "--out", str(tmp_path / name))
-    return json.loads((tmp_path / name / "probe.json").read_text())["targets"]["severity"]["pooled"]
+    return json.loads((tmp_path / name / "probe.json").read_text())["targets"]
 
 
-def test_pretrained_embeddings_predict_severity_better_than_random_init(tmp_path):
+def folds(predictions: Path, target: str) -> dict[str, str]:
+    with predictions.open() as handle:
+        return {row["id"]: row["fold"] for row in csv.DictReader(handle) if row["target"] == target}
+
+
+def test_embed_and_probe_chain_on_a_pretrained_and_a_random_init_encoder(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -59,8 +83,24 @@ def test_pretrained_embeddings_predict_severity_better_than_random_init(tmp_path
                 "--max-landmarks", str(LANDMARKS), "--device", "cpu", "--no-progress", *extra)
     finally:
         torch.set_num_threads(threads)
-    trained = severity_pooled(tmp_path, tmp_path / "emb_trained", cohort, "probe_trained")
-    random_init = severity_pooled(tmp_path, tmp_path / "emb_random", cohort, "probe_random")
-    summary = f"pooled out-of-fold severity: pretrained {trained}, random init {random_init}"
-    assert trained["pearson_r"] > 0.25 and trained["pearson_r"] > random_init["pearson_r"] + 0.4, summary
-    assert trained["r2"] > random_init["r2"], summary
+
+    with (cohort / "manifest.csv").open() as handle:
+        manifest_ids = sorted(row["id"] for row in csv.DictReader(handle))
+    ids, trained = load_embeddings(tmp_path / "emb_trained")
+    random_ids, random_init = load_embeddings(tmp_path / "emb_random")
+    assert sorted(ids) == manifest_ids and random_ids == ids
+    assert np.isfinite(trained).all() and (trained.std(axis=0) > 0).mean() > 0.9  # subjects differ in most dimensions
+    assert not np.allclose(trained, random_init, atol=1e-3)  # the pretrained weights were loaded
+
+    phenotypes = tmp_path / "planted.csv"
+    planted_phenotypes(ids, trained, phenotypes)
+    result = probe(tmp_path, tmp_path / "emb_trained", phenotypes, ["planted", "planted_wrong_subject"], "probe_planted")
+    assert result["planted"]["pooled"]["pearson_r"] > 0.8, result["planted"]["pooled"]
+    assert result["planted_wrong_subject"]["pooled"]["r2"] < 0.2, result["planted_wrong_subject"]["pooled"]
+
+    severity = {name: probe(tmp_path, tmp_path / f"emb_{name}", cohort / "manifest.csv", ["severity"], f"probe_{name}")
+                for name in ("trained", "random")}
+    assert all(np.isfinite(list(block["severity"]["pooled"].values())).all() for block in severity.values())
+    trained_folds = folds(tmp_path / "probe_trained" / "predictions.csv", "severity")
+    assert sorted(trained_folds) == manifest_ids
+    assert trained_folds == folds(tmp_path / "probe_random" / "predictions.csv", "severity")  # like with like

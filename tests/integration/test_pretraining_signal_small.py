@@ -4,6 +4,7 @@ JSON shape; the queue fill it reaches is the fill ``drasclr pretrain`` planned."
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "pretraining_signal.py"
 
 
+@pytest.mark.timeout(1800)
 def test_small_pretraining_signal_run(tmp_path: Path) -> None:
     out = tmp_path / "signal.json"
     run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained", "unconditioned",
@@ -25,7 +27,9 @@ def test_small_pretraining_signal_run(tmp_path: Path) -> None:
     for measure in ("retrieval", "retrieval_exact", "retrieval_image_only"):
         assert set(result[measure]) == arms and all(0.0 <= v <= 1.0 for v in result[measure].values())
     assert set(result["probe_r2"]) == arms | {"hu_features"}
-    assert result["probe_r2"]["hu_features"] > 0.5  # the synthetic truth is density-defined (docs/benchmarks.md)
+    # R^2 is finite and at most 1 for every arm; its sign is the benchmark's finding, not a property
+    # of the code (the truth is no longer density-defined: docs/data.md)
+    assert all(math.isfinite(v) and v <= 1.0 for v in result["probe_r2"].values()), result["probe_r2"]
     assert 0.0 < result["retrieval_chance"] < min(result["retrieval"].values())
     for arm in ("pretrained", "unconditioned"):
         fill = result["queue_fill"][arm]

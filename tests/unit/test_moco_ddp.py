@@ -68,7 +68,7 @@ def test_two_nodes_keep_parameters_identical_and_enqueue_every_key_exactly_once(
                                                str(tmp_path), *overrides])
     results = _launch_nodes(command, REPO)
     for result in results:
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert result.returncode == 0, _failure_report(result.stdout)
     ranks = sorted((torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(NODES)), key=lambda s: s["rank"])
     assert [state["world_size"] for state in ranks] == [NODES, NODES]
     # Same parameters and (after precise BN) the same BatchNorm statistics on every rank; key
@@ -111,6 +111,17 @@ def _job_id_with_free_port() -> int:
     raise RuntimeError("no free port in 29500-30499")
 
 
+def _failure_report(output: str) -> str:
+    """The first Python traceback of a failed multi-node run and its last lines.
+
+    When one node fails, the other's torchrun agent later loses the rendezvous store and ends with
+    a long C++ trace of its own; the tail alone then hides the failure that started it.
+    """
+    start = output.find("Traceback (most recent call last)")
+    first = output[start:start + 4000] if start >= 0 else "(no Python traceback)"
+    return f"first traceback:\n{first}\n...\nlast lines:\n{output[-2000:]}"
+
+
 def _shim(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text("#!/usr/bin/env bash\n" + body)
@@ -148,7 +159,7 @@ def test_the_slurm_template_runs_two_nodes_with_the_same_torchrun_command_line(e
     result = subprocess.run(["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml", str(easy_cache),
                              str(run_dir), *[a for o in overrides for a in ("--set", o)]],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, _failure_report(result.stdout + result.stderr)
     assert (run_dir / "encoder.json").is_file()
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
     assert final["world_size"] == NODES and final["step"] == 3

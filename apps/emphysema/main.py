@@ -12,6 +12,7 @@ lives in :mod:`drasclr_monailabel.tasks`; this file only wires it into MONAI Lab
 """
 
 import logging
+import sys
 from typing import Any
 
 import lib.configs
@@ -30,6 +31,7 @@ from drasclr_monailabel.tasks.guards import require_infer_image, require_known
 from drasclr_monailabel.tasks.http import CONFLICT, refuse
 from drasclr_monailabel.tasks.infer import LungMaskCache
 from drasclr_monailabel.tasks.model_store import TrainingBusy
+from drasclr_monailabel.tasks.routes import install as install_checked_routes
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ class EmphysemaApp(MONAILabelApp):
             labels=self.resolved.labels,
         )
         self._auto_update_scoring = self.resolved.conf.auto_update_scoring and bool(self._scoring_methods)
+        self.datastore_changes_allowed = self.resolved.conf.allow_datastore_changes
+        if "monailabel.app" in sys.modules:  # the server (not a training subprocess): check requests first
+            install_checked_routes(sys.modules["monailabel.app"].app)
 
     def on_init_complete(self):
         super().on_init_complete()
@@ -71,6 +76,7 @@ class EmphysemaApp(MONAILabelApp):
             self.resolved.state_dir,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            label_names=self.resolved.conf.labels,
         )
 
     def init_infers(self):
@@ -117,6 +123,16 @@ class EmphysemaApp(MONAILabelApp):
             return super().train(request)
         except TrainingBusy as exc:
             raise refuse(CONFLICT, str(exc)) from None
+
+    def check_train_request(self, model: str, params: dict[str, Any]) -> None:
+        """HTTP 404 for an unknown model, 400 for bad options: before any task starts or is found busy."""
+        require_known("model", model, self._trainers)
+        check = getattr(self._trainers[model], "check_request", None)
+        if check:
+            check(params)
+
+    def check_scoring_request(self, method: str) -> None:
+        require_known("scoring method", method, self._scoring_methods)
 
     def next_sample(self, request: dict[str, Any]):
         require_known("strategy", request.get("strategy") or "random", self._strategies)

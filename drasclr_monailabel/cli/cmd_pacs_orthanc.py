@@ -36,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     password = args.password or os.environ.get("DRASCLR_ORTHANC_PASSWORD")
     server = OrthancServer(args.storage, port=args.port, username=args.user, password=password)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    server.start()
+    # Leave the main thread's wait on Orthanc and stop it in `finally`: a handler that waited on
+    # Orthanc itself would block on the main thread's wait (20 s) and then time out again (20 s).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        server.start()
         print(f"Orthanc is running: web interface {server.url}/app/explorer.html, DICOMweb {server.dicomweb_url}")
         print(f"user '{server.username}'" + ("" if password else f", generated password '{server.password}'"))
         print(f"MONAI Label: MONAI_LABEL_DICOMWEB_USERNAME={server.username} MONAI_LABEL_DICOMWEB_PASSWORD=... "
@@ -47,3 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return server.wait()
     finally:
         server.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

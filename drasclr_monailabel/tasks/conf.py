@@ -72,6 +72,8 @@ class AppConf:
             while other candidates remain (two annotators do not get the same scan).
         model_dir: where the fine-tuned model is published (default: ``<studies>/.drasclr/model``).
         cache_dir: per-scan caches such as embeddings (default: ``<studies>/.drasclr/cache``).
+        allow_datastore_changes: let clients upload images and delete images or labels (off: those
+            requests get HTTP 403; saving labels is always allowed).
         server_mode: MONAI Label's own key (set by the server); accepted and passed through.
     """
 
@@ -100,6 +102,7 @@ class AppConf:
     reserve_seconds: int = 600
     model_dir: Path | None = None
     cache_dir: Path | None = None
+    allow_datastore_changes: bool = False
     server_mode: bool = False
 
 
@@ -179,6 +182,10 @@ def connect_hint(port: int, resolved: ResolvedConf) -> str:
             "and run 'emphysema_laa' (docs/annotator-guide.md)")
 
 
+TRAINING_LIMITS = {"max_epochs": 1000, "steps_per_epoch": 10000, "batch_size": 64, "patch_size": 128,
+                   "freeze_encoder_epochs": 1000}
+"""Largest value of each fine-tuning option: beyond these a round would run for days or exhaust memory."""
+
 TRAINING_KEYS = ("max_epochs", "steps_per_epoch", "batch_size", "patch_size", "lr", "freeze_encoder_epochs", "seed")
 """Options passed to fine-tuning; train requests may override them per round."""
 
@@ -197,6 +204,9 @@ def check_training_options(options: Mapping[str, Any], source: str = SOURCE) -> 
         raise ConfigError(source, f"'lr' must be between 0 and 1, got {lr}")
     if options.get("seed", 0) < 0:
         raise ConfigError(source, f"'seed' must be at least 0, got {options['seed']}")
+    for key, limit in TRAINING_LIMITS.items():
+        if options.get(key, 0) > limit:
+            raise ConfigError(source, f"'{key}' must be at most {limit}, got {options[key]}")
     try:
         FinetuneConfig(**options)
     except (TypeError, ValueError) as exc:

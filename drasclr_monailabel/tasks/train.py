@@ -78,9 +78,13 @@ class EmphysemaTrainTask(TrainTask):
     def stats(self) -> dict[str, Any]:
         return self.store.read_stats()
 
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+    def check_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The round's options (the app's, overridden by the request's); HTTP 400 naming a bad one."""
         with as_http_errors():
-            options = {**training_overrides(self.resolved.conf), **parse_train_request(request)}
+            return {**training_overrides(self.resolved.conf), **parse_train_request(request)}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        options = self.check_request(request)
         pairs = [(Path(d["image"]), Path(d["label"])) for d in datastore.datalist()]
         if not pairs:
             raise refuse(CONFLICT, "no 'final' labels yet: save at least one corrected label, then train")

@@ -1,0 +1,220 @@
+"""Stricter versions of MONAI Label's endpoints that take uploads, JSON fields or start tasks.
+
+MONAI Label 0.8.5 answers several client mistakes with a bare 500 (a NUL in an id, an empty
+``image=`` on infer, a ``params`` or ``info`` field that is not a JSON object, an upload name
+whose suffix is too long for a file name), deletes an upload only after a successful answer,
+leaves every dataset zip in the temporary folder, checks train options only once the background
+task runs, answers an unknown model with 429 while a task runs, and lets anyone delete scans.
+
+:func:`install` puts these routes in front of MONAI Label's own (same paths, same roles, same
+handlers underneath): each checks the request first, then calls MONAI Label's handler and runs the
+request's clean-up tasks whatever the outcome. A thin ASGI guard refuses control characters in
+the path or query of any request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any, Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from monailabel.config import settings
+from monailabel.endpoints import datastore as ml_datastore
+from monailabel.endpoints import infer as ml_infer
+from monailabel.endpoints import scoring as ml_scoring
+from monailabel.endpoints import train as ml_train
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.others.generic import remove_file
+from starlette.background import BackgroundTask
+
+from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, refuse
+
+FORBIDDEN = 403
+MAX_SUFFIX_CHARS = 32
+"""Longest upload name suffix kept (``.nii.gz`` is 7): MONAI Label puts it into a temporary file name."""
+
+ADMIN = settings.MONAI_LABEL_AUTH_ROLE_ADMIN
+ANNOTATOR = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
+USER = settings.MONAI_LABEL_AUTH_ROLE_USER
+
+router = APIRouter()
+
+
+def json_object(name: str, text: str | None) -> dict[str, Any]:
+    """The JSON object in form field ``name`` (empty: ``{}``); HTTP 400 for anything else."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise refuse(BAD_REQUEST, f"'{name}' is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise refuse(BAD_REQUEST, f"'{name}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_upload_name(upload: UploadFile | None) -> None:
+    """HTTP 422 for an upload name whose suffix cannot be part of a file name."""
+    if upload is None or not upload.filename:
+        return
+    suffix = "".join(pathlib.Path(upload.filename).suffixes)
+    if len(suffix) > MAX_SUFFIX_CHARS or "\x00" in suffix:
+        raise refuse(UNPROCESSABLE, f"upload name suffix too long or invalid ({len(suffix)} characters; at most {MAX_SUFFIX_CHARS})")
+
+
+def require_changes_allowed(action: str) -> None:
+    """HTTP 403 unless the admin enabled datastore changes (``--conf allow_datastore_changes true``)."""
+    if not getattr(app_instance(), "datastore_changes_allowed", False):
+        raise refuse(FORBIDDEN, f"{action} is disabled on this server (an admin enables it with --conf allow_datastore_changes true)")
+
+
+@contextlib.asynccontextmanager
+async def cleaned_up(tasks: BackgroundTasks) -> AsyncIterator[None]:
+    """Run the request's clean-up tasks (removal of uploads) also when the handler fails;
+    MONAI Label runs them only after a successful answer."""
+    try:
+        yield
+    except BaseException:
+        for task in tasks.tasks:
+            await task()
+        tasks.tasks.clear()
+        raise
+
+
+@router.post("/infer/{model}")
+async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", session_id: str = "",
+                params: str = Form("{}"), file: UploadFile = File(None), label: UploadFile = File(None),
+                output: Optional[ml_infer.ResultType] = None, user: User = Depends(RBAC(USER))):
+    """MONAI Label's infer, with ``params`` and upload names checked and uploads always removed."""
+    json_object("params", params)
+    check_upload_name(file)
+    check_upload_name(label)
+    if not (image or file or session_id):
+        raise refuse(UNPROCESSABLE, "no image given: pass ?image=<id>, upload a file or give a session_id")
+    async with cleaned_up(background_tasks):
+        return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+
+@router.put("/datastore/")
+@router.put("/datastore/image")
+async def add_image(background_tasks: BackgroundTasks, image: Optional[str] = None, params: str = Form("{}"),
+                    file: UploadFile = File(...), user: User = Depends(RBAC(ANNOTATOR))):
+    """MONAI Label's image upload, when enabled; the upload is removed whatever the answer."""
+    require_changes_allowed("uploading images")
+    json_object("params", params)
+    check_upload_name(file)
+    async with cleaned_up(background_tasks):
+        return ml_datastore.add_image(background_tasks, image, params, file, user.username)
+
+
+@router.delete("/datastore/")
+@router.delete("/datastore/image")
+async def remove_image(id: str, user: User = Depends(RBAC(ADMIN))):
+    """MONAI Label's image removal, when enabled."""
+    require_changes_allowed("deleting images")
+    return ml_datastore.remove_image(id, user.username)
+
+
+@router.put("/datastore/label")
+async def save_label(background_tasks: BackgroundTasks, image: str, params: str = Form("{}"),
+                     tag: str = DefaultLabelTag.FINAL.value, label: UploadFile = File(...),
+                     user: User = Depends(RBAC(ANNOTATOR))):
+    """MONAI Label's label save; the upload is removed whatever the answer."""
+    json_object("params", params)
+    check_upload_name(label)
+    async with cleaned_up(background_tasks):
+        return ml_datastore.save_label(background_tasks, image, params, tag, label, user.username)
+
+
+@router.delete("/datastore/label")
+async def remove_label(id: str, tag: str, user: User = Depends(RBAC(ADMIN))):
+    """MONAI Label's label removal, when enabled."""
+    require_changes_allowed("deleting labels")
+    return ml_datastore.remove_label(id, tag, user.username)
+
+
+@router.put("/datastore/image/info")
+async def update_image_info(image: str, info: str = Form("{}"), user: User = Depends(RBAC(ANNOTATOR))):
+    json_object("info", info)
+    return ml_datastore.update_image_info(image, info, user.username)
+
+
+@router.put("/datastore/label/info")
+async def update_label_info(label: str, tag: str, info: str = Form("{}"), user: User = Depends(RBAC(ANNOTATOR))):
+    json_object("info", info)
+    return ml_datastore.update_label_info(label, tag, info, user.username)
+
+
+@router.put("/datastore/updatelabelinfo", include_in_schema=False)
+async def update_label_info_old(label: str, tag: str, params: str = Form("{}"), user: User = Depends(RBAC(ANNOTATOR))):
+    json_object("params", params)
+    return ml_datastore.update_label_info(label, tag, params, user.username)
+
+
+@router.get("/datastore/dataset")
+async def download_dataset(limit_cases: Optional[int] = None, user: User = Depends(RBAC(ANNOTATOR))):
+    """The dataset zip, removed from the temporary folder once sent."""
+    datastore = app_instance().datastore()
+    if not datastore.datalist():
+        raise refuse(NOT_FOUND, "no labelled scans yet: the dataset archive would be empty")
+    path = datastore.get_dataset_archive(limit_cases)
+    return FileResponse(path, media_type="application/zip", filename="dataset.zip",
+                        background=BackgroundTask(remove_file, path))
+
+
+@router.post("/train/{model}")
+async def train(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
+                enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
+    """MONAI Label's train, with the model and the options checked before any task starts."""
+    app_instance().check_train_request(model, params or {})
+    return ml_train.run_model(model, params, run_sync, enqueue)
+
+
+@router.post("/scoring/{method}")
+async def scoring(method: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
+                  user: User = Depends(RBAC(ANNOTATOR))):
+    """MONAI Label's scoring, with the method checked before the busy check."""
+    app_instance().check_scoring_request(method)
+    return ml_scoring.run_method(method, params, run_sync)
+
+
+class ControlCharacterGuard:
+    """ASGI wrapper: HTTP 400 for a request whose path or query holds a control character (a NUL
+    in an id reaches ``os.path`` calls and fails there with a 500)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _has_control_character(scope):
+            answer = JSONResponse({"detail": "control characters are not allowed in the path or query"}, status_code=BAD_REQUEST)
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_control_character(scope: dict) -> bool:
+    from urllib.parse import unquote_to_bytes
+
+    raw = scope.get("path", "").encode("utf-8", "surrogateescape") + unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
+    return any(byte < 0x20 or byte == 0x7F for byte in raw)
+
+
+def install(app: Any) -> None:
+    """Put the checked routes in front of MONAI Label's and wrap the app in the control-character
+    guard (once per process; the routes look the app instance up per request)."""
+    prefix = settings.MONAI_LABEL_API_STR
+    if any(getattr(r, "endpoint", None) is infer for r in app.router.routes):
+        return
+    guarded = APIRouter()
+    guarded.include_router(router, prefix=prefix)
+    app.router.routes[:0] = guarded.routes
+    if app.middleware_stack is None:
+        app.middleware_stack = app.build_middleware_stack()
+    app.middleware_stack = ControlCharacterGuard(app.middleware_stack)

@@ -9,19 +9,24 @@ It is MONAI Label's :class:`LocalDatastore` (images in the studies folder, label
   model's label values; it is stored as ``<id>.nii.gz`` on the image's exact grid;
 - a saved label replaces the previous one only after the new file is complete (atomic rename),
   and the previous one is kept in ``<state>/label_history/<tag>/<id>/`` with its revision number;
+  label file, history copy and index change together or not at all, and revision numbers are the
+  server's (a client cannot set them, and a save never overwrites a history slot);
+- temporary files are written only under the datastore lock, so those left by a killed save
+  are removed at start; image info is bounded in size;
 - every change of the index re-reads it under the lock first and writes it atomically, so a
   training or scoring subprocess and the server never overwrite each other's entries.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.segmentation.labels import SUBTYPES
 from drasclr_monailabel.tasks.http import CONFLICT, NOT_FOUND, UNPROCESSABLE, refuse
 from drasclr_monailabel.tasks.labels import conform_label, read_grid, write_label
-from drasclr_monailabel.utils.atomic import TMP_PREFIX, atomic_path, write_text
+from drasclr_monailabel.utils.atomic import FILE_MODE, TMP_PREFIX, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,13 @@ IMAGE_EXTENSIONS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
 LABEL_SUFFIX = ".nii.gz"
 LABEL_VALUES = SUBTYPES
 """Stored label values 1..3 (docs/formats.md); a binary emphysema label uses 1 (any value > 0 is emphysema)."""
+SERVER_LABEL_KEYS = ("revision", "ts", "name", "voxels")
+"""Label info keys that only the server sets (a client's label info cannot change them)."""
+MAX_INFO_KEYS = 64
+MAX_INFO_BYTES = 64 * 1024
+"""Bounds of one image's info: it lives in the index, which every request reads."""
+PAYLOAD_TOO_LARGE = 413
+INSUFFICIENT_STORAGE = 507
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _FORBIDDEN_IN_ID = ("/", "\\", "\x00")
 
@@ -54,11 +66,16 @@ class EmphysemaDatastore(LocalDatastore):
         state_dir: folder for the label history (usually ``<studies>/.drasclr``).
         auto_reload: watch the folder for images and labels added by hand.
         read_only: do not reconcile the index with the folder at start.
+        label_names: the labels the app serves (values 1..N); a saved label may hold only 0..N.
     """
 
-    def __init__(self, studies: str | Path, state_dir: str | Path, auto_reload: bool = False, read_only: bool = False) -> None:
+    def __init__(self, studies: str | Path, state_dir: str | Path, auto_reload: bool = False, read_only: bool = False,
+                 label_names: Sequence[str] = LABEL_VALUES) -> None:
         self._history_dir = Path(state_dir) / "label_history"
+        self._label_names = list(label_names)
         super().__init__(str(studies), extensions=IMAGE_EXTENSIONS, auto_reload=auto_reload, read_only=read_only)
+        if not read_only:
+            self._remove_orphaned_temp_files()
 
     # ---- ids ---------------------------------------------------------------------------------
 
@@ -80,42 +97,32 @@ class EmphysemaDatastore(LocalDatastore):
     # ---- writes ------------------------------------------------------------------------------
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Validate ``label_filename`` against the image, then store it atomically as the new revision.
+        """Validate ``label_filename`` against the image, then store it as the new revision.
+
+        The label file, the previous revision's history copy and the index change together or
+        not at all: everything is written to temporary files first and renamed at the end.
 
         Raises:
-            HTTPException: 404 unknown image, 422 bad tag or a label that does not fit the image.
+            HTTPException: 404 unknown image, 422 bad tag or a label that does not fit the image,
+                507 the server could not write (nothing changed).
         """
         image_id = self.require_image(image_id)
         label_tag = self.require_tag(label_tag)
-        image_path = Path(self.get_image_uri(image_id))
+        grid = read_grid(Path(self.get_image_uri(image_id)))
         try:
-            grid = read_grid(image_path)
-            labels = conform_label(label_filename, grid, len(LABEL_VALUES), list(LABEL_VALUES))
+            labels = conform_label(label_filename, grid, len(self._label_names), self._label_names)
         except InputError as exc:
             # The upload's temporary name means nothing to the client: name the image instead.
             raise refuse(UNPROCESSABLE, f"label for image '{image_id}': {exc.problem}") from None
-        dest = Path(self._datastore.label_path(label_tag)) / f"{image_id}{LABEL_SUFFIX}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
         info = dict(label_info or {})
-        voxels = {str(v): int(np.count_nonzero(labels == v)) for v in range(1, len(LABEL_VALUES) + 1)}
-        tmp = _complete_temp_file(dest, lambda path: write_label(path, labels, grid))
+        info["voxels"] = {str(v): int(np.count_nonzero(labels == v)) for v in range(1, len(self._label_names) + 1)}
         try:
-            def apply(objects: dict[str, ImageLabelModel]) -> None:
-                obj = objects.get(image_id)
-                if obj is None:
-                    raise refuse(NOT_FOUND, f"image '{image_id}' was removed while its label was being saved")
-                previous = obj.labels.get(label_tag)
-                revision = int(previous.info.get("revision", 1)) + 1 if previous else 1
-                if previous is not None:
-                    self._keep_previous(image_id, label_tag, previous, revision - 1)
-                os.replace(tmp, dest)
-                info.update({"ts": int(time.time()), "name": dest.name, "revision": revision, "voxels": voxels})
-                obj.labels[label_tag] = DataModel(info=info, ext=LABEL_SUFFIX)
-
-            self._mutate(apply)
-        finally:
-            tmp.unlink(missing_ok=True)
-        logger.info(f"Saved label {label_tag}/{dest.name} (revision {info['revision']})")
+            with FileLock(self._lock_file):
+                self._store_label(image_id, label_tag, lambda path: write_label(path, labels, grid), info)
+        except (OSError, RuntimeError) as exc:  # SimpleITK reports a failed write as RuntimeError
+            raise refuse(INSUFFICIENT_STORAGE, f"label for image '{image_id}' not saved, nothing changed: "
+                                               f"the server cannot write ({_reason(exc)})") from None
+        logger.info(f"Saved label {label_tag}/{image_id}{LABEL_SUFFIX} (revision {info['revision']})")
         return image_id
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
@@ -125,6 +132,7 @@ class EmphysemaDatastore(LocalDatastore):
             raise refuse(UNPROCESSABLE, f"{Path(image_filename).name}: only {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} images can be added")
         image_id = image_id or Path(image_filename).name[: -len(suffix)]
         _check_new_id(image_id)
+        info = _bounded_info(image_id, {}, image_info or {})
         try:
             read_ct(image_filename)
         except InputError as exc:
@@ -136,8 +144,7 @@ class EmphysemaDatastore(LocalDatastore):
                 raise refuse(CONFLICT, f"image '{image_id}' already exists; remove it first or choose another id")
             with atomic_path(dest) as tmp:
                 shutil.copyfile(image_filename, tmp)
-            info = dict(image_info or {}, ts=int(time.time()), name=dest.name)
-            objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
+            objects[image_id] = ImageLabelModel(image=DataModel(info=dict(info, ts=int(time.time()), name=dest.name), ext=suffix))
 
         self._mutate(apply)
         return image_id
@@ -147,12 +154,14 @@ class EmphysemaDatastore(LocalDatastore):
         super().remove_image(self.require_image(image_id))
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
-        """Merge ``info`` into the image's info (read-modify-write under the lock)."""
+        """Merge ``info`` into the image's info (read-modify-write under the lock); HTTP 413 if the
+        result would exceed :data:`MAX_INFO_BYTES` or :data:`MAX_INFO_KEYS`."""
         image_id = self.require_image(image_id)
 
         def apply(objects: dict[str, ImageLabelModel]) -> None:
             if image_id in objects:
-                objects[image_id].image.info.update(info)
+                image = objects[image_id].image
+                image.info = _bounded_info(image_id, image.info, info)
 
         self._mutate(apply)
 
@@ -166,7 +175,8 @@ class EmphysemaDatastore(LocalDatastore):
         self._mutate(apply)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        """Merge ``info`` into a label's info (read-modify-write under the lock)."""
+        """Merge ``info`` into a label's info; the server's own keys (:data:`SERVER_LABEL_KEYS`)
+        may be sent back unchanged but not changed (HTTP 422)."""
         label_id = self.require_image(label_id)
         label_tag = self.require_tag(label_tag)
 
@@ -174,14 +184,90 @@ class EmphysemaDatastore(LocalDatastore):
             label = objects[label_id].labels.get(label_tag) if label_id in objects else None
             if label is None:
                 raise refuse(NOT_FOUND, f"image '{label_id}' has no '{label_tag}' label")
-            label.info.update(info)
+            label.info.update(client_label_info(label.info, info))
 
         self._mutate(apply)
 
     def label_history(self, image_id: str, tag: str) -> list[Path]:
         """Earlier revisions of a label, oldest first."""
-        folder = self._history_dir / self.require_tag(tag) / self.require_image(image_id)
-        return sorted(folder.glob(f"*{LABEL_SUFFIX}"), key=lambda p: int(p.name.split(".")[0]))
+        return [path for _, path in self._history(self.require_image(image_id), self.require_tag(tag))]
+
+    # ---- label revisions ---------------------------------------------------------------------
+
+    def _store_label(self, image_id: str, tag: str, writer: Callable[[Path], None], info: dict[str, Any]) -> None:
+        """Stage the label, the history copy and the index, then rename; undo everything on failure.
+
+        Runs under the datastore lock, so every temporary file that exists outside it is orphaned.
+        """
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise refuse(NOT_FOUND, f"image '{image_id}' was removed while its label was being saved")
+        dest = Path(self._datastore.label_path(tag)) / f"{image_id}{LABEL_SUFFIX}"
+        previous = obj.labels.get(tag)
+        revision = self._next_revision(image_id, tag, previous)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = _complete_temp_file(dest, writer)
+        kept = self._keep_previous(image_id, tag, previous, revision - 1)
+        published = False
+
+        def publish() -> None:
+            nonlocal published
+            os.replace(staged, dest)
+            published = True
+
+        info.update({"ts": int(time.time()), "name": dest.name, "revision": revision})
+        obj.labels[tag] = DataModel(info=info, ext=LABEL_SUFFIX)
+        try:
+            self._write_index(then=publish)
+        except BaseException:
+            self._forget_index()
+            if published:
+                _restore(dest, kept if previous is not None and previous.ext == LABEL_SUFFIX else None)
+            if kept is not None:
+                kept.unlink(missing_ok=True)
+            raise
+        finally:
+            staged.unlink(missing_ok=True)
+        if previous is not None and previous.ext != LABEL_SUFFIX:
+            (dest.parent / f"{image_id}{previous.ext}").unlink(missing_ok=True)
+
+    def _next_revision(self, image_id: str, tag: str, previous: DataModel | None) -> int:
+        """One above the current revision; never a number that the history already holds (an
+        index restored from a backup or edited by hand cannot make a save overwrite history)."""
+        newest_kept = max((number for number, _ in self._history(image_id, tag)), default=0)
+        if previous is None:
+            return newest_kept + 1
+        stored = previous.info.get("revision")
+        current = stored if isinstance(stored, int) and not isinstance(stored, bool) else 1
+        return max(current, newest_kept + 1) + 1
+
+    def _history(self, image_id: str, tag: str) -> list[tuple[int, Path]]:
+        folder = self._history_dir / tag / image_id
+        numbered = ((_revision_number(p), p) for p in (folder.iterdir() if folder.is_dir() else ()))
+        return sorted((n, p) for n, p in numbered if n is not None)
+
+    def _keep_previous(self, image_id: str, tag: str, previous: DataModel | None, revision: int) -> Path | None:
+        """Copy the current label into its history slot (a new file); the slot's path, or None."""
+        if previous is None:
+            return None
+        current = Path(self._datastore.label_path(tag)) / f"{image_id}{previous.ext}"
+        if not current.exists():
+            return None
+        target = self._history_dir / tag / image_id / f"{revision}{previous.ext}"
+        with atomic_path(target) as tmp:
+            shutil.copyfile(current, tmp)
+        return target
+
+    def _remove_orphaned_temp_files(self) -> None:
+        """Remove the temporary files of saves that were killed midway (all are written under the lock)."""
+        base = Path(self._datastore_path)
+        with FileLock(self._lock_file):
+            orphans = [*base.glob(f"{TMP_PREFIX}*"), *(base / "labels").glob(f"*/{TMP_PREFIX}*"),
+                       *self._history_dir.rglob(f"{TMP_PREFIX}*")]
+            for path in orphans:
+                if path.is_file():
+                    path.unlink()
+                    logger.info(f"Removed {path.name}, left by an interrupted save")
 
     # ---- index -------------------------------------------------------------------------------
 
@@ -213,16 +299,29 @@ class EmphysemaDatastore(LocalDatastore):
         self.__dict__["_index"] = model
         self.__dict__["_index_stamp"] = stamp
 
+    def _forget_index(self) -> None:
+        """Drop the in-memory index (changed by a write that failed): the next access re-reads the file."""
+        self.__dict__.pop("_index_stamp", None)
+
     def _mutate(self, apply: Callable[[dict[str, ImageLabelModel]], None]) -> None:
         """Run ``apply`` on the freshest index under the datastore lock, then write it atomically."""
         with FileLock(self._lock_file):
-            apply(self._datastore.objects)
-            self._write_index()
+            try:
+                apply(self._datastore.objects)
+                self._write_index()
+            except BaseException:
+                self._forget_index()
+                raise
 
-    def _write_index(self) -> None:
+    def _write_index(self, then: Callable[[], None] | None = None) -> None:
+        """Write the index to a temporary file, run ``then`` (the renames that belong to this
+        change), and only then rename the index into place."""
         self._ignore_event_config = True
         model = self.__dict__["_index"]
-        write_text(self._datastore_config_path, model.model_dump_json(exclude={"base_path"}, indent=2))
+        with atomic_path(self._datastore_config_path) as tmp:
+            tmp.write_text(model.model_dump_json(exclude={"base_path"}, indent=2))
+            if then is not None:
+                then()
         stat = os.stat(self._datastore_config_path)
         self._config_ts = stat.st_mtime
         self.__dict__["_index_stamp"] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -239,15 +338,49 @@ class EmphysemaDatastore(LocalDatastore):
         """MONAI Label's folder listing without this module's temporary files."""
         return {k: v for k, v in super()._list_files(path, patterns).items() if not k.startswith(TMP_PREFIX)}
 
-    def _keep_previous(self, image_id: str, tag: str, previous: DataModel, revision: int) -> None:
-        current = Path(self._datastore.label_path(tag)) / f"{image_id}{previous.ext}"
-        if not current.exists():
-            return
-        target = self._history_dir / tag / image_id / f"{revision}{previous.ext}"
-        with atomic_path(target) as tmp:
-            shutil.copyfile(current, tmp)
-        if previous.ext != LABEL_SUFFIX:
-            current.unlink()
+
+def client_label_info(stored: dict[str, Any], sent: Any) -> dict[str, Any]:
+    """The part of ``sent`` a client may merge into a label's info.
+
+    Raises:
+        HTTPException: 422 if ``sent`` is not an object or changes a key the server owns.
+    """
+    if not isinstance(sent, dict):
+        raise refuse(UNPROCESSABLE, "label info must be a JSON object")
+    changed = sorted(k for k in SERVER_LABEL_KEYS if k in sent and sent[k] != stored.get(k))
+    if changed:
+        raise refuse(UNPROCESSABLE, f"label info key(s) {', '.join(changed)} are set by the server and cannot be changed")
+    return {k: v for k, v in sent.items() if k not in SERVER_LABEL_KEYS}
+
+
+def _bounded_info(image_id: str, stored: dict[str, Any], sent: Any) -> dict[str, Any]:
+    """``stored`` merged with ``sent``; HTTP 422 if ``sent`` is no object, 413 if the result is too large."""
+    if not isinstance(sent, dict):
+        raise refuse(UNPROCESSABLE, f"info for image '{_shorten(image_id)}' must be a JSON object")
+    merged = {**stored, **sent}
+    size = len(json.dumps(merged, default=str))
+    if len(merged) > MAX_INFO_KEYS or size > MAX_INFO_BYTES:
+        raise refuse(PAYLOAD_TOO_LARGE, f"info for image '{_shorten(image_id)}' would hold {len(merged)} keys, "
+                                        f"{size} bytes; at most {MAX_INFO_KEYS} keys and {MAX_INFO_BYTES} bytes are kept")
+    return merged
+
+
+def _restore(dest: Path, kept: Path | None) -> None:
+    """Put the previous label back in place of ``dest`` (remove ``dest`` if there was none)."""
+    if kept is None:
+        dest.unlink(missing_ok=True)
+        return
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(kept, tmp)
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+def _revision_number(path: Path) -> int | None:
+    number = path.name.split(".")[0]
+    return int(number) if number.isdigit() else None
 
 
 def _complete_temp_file(dest: Path, writer: Callable[[Path], None]) -> Path:
@@ -256,6 +389,7 @@ def _complete_temp_file(dest: Path, writer: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, FILE_MODE)
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

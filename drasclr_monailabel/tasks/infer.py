@@ -81,6 +81,9 @@ class LungMaskCache:
 class VolumeInferTask(InferTask):
     """Read a CT, segment it, write the label on the CT's grid, answer with the quantification."""
 
+    gives_emphysema_labels = True
+    """Whether the result is an emphysema label map that MONAI Label may store (``save_label``)."""
+
     def __init__(self, labels: dict[str, int], description: str, lung_cache: LungMaskCache,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__(type=InferType.SEGMENTATION, labels=labels, dimension=3, description=description, config=config)
@@ -97,6 +100,9 @@ class VolumeInferTask(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
+        if request.get("save_label") and not self.gives_emphysema_labels:
+            raise refuse(BAD_REQUEST, f"save_label: this model's result ({', '.join(self.labels)}) is not an emphysema "
+                                      "label and cannot be stored in the datastore; infer without save_label")
         self.check_ready()
         suffix = result_suffix(request)
         image = request.get("image")
@@ -124,6 +130,8 @@ class VolumeInferTask(InferTask):
 
 class LungInferTask(VolumeInferTask):
     """Right and left lung mask (classical, no weights), with the lung densitometry."""
+
+    gives_emphysema_labels = False
 
     def __init__(self, lung_cache: LungMaskCache) -> None:
         super().__init__(LUNG_LABELS, "Lung mask (right 1, left 2) with lung volumes and densitometry", lung_cache)

@@ -3,7 +3,8 @@
 A label saved by 3D Slicer (or any client) must describe the same voxels as the image it labels,
 otherwise training would learn from shifted or mirrored masks. The check reads only the image
 header (fast) and the label, and refuses with one line that says what differs: size,
-orientation, spacing or origin (beyond float32 rounding of file headers).
+orientation, spacing or origin (beyond float32 rounding of file headers). A NIfTI label cut
+short is refused too (ITK would fill the missing voxels with zeros without a word).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.io.readers import _check_nifti_complete, _first_reason
 
 SPACING_RTOL = 1e-3
 DIRECTION_ATOL = 1e-3
@@ -110,9 +112,11 @@ def _read_label(path: Path) -> sitk.Image:
     if dimension != 3:
         raise InputError(path, f"is a {dimension}D image; a 3D label map on the image's grid is needed")
     try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_complete(path)
         image = reader.Execute()
-    except RuntimeError:
-        raise InputError(path, "cannot be read: the file is truncated or corrupt") from None
+    except Exception as exc:  # ITK raises RuntimeError, nibabel (reading the NIfTI header) several types
+        raise InputError(path, f"cannot be read: the file is truncated or corrupt ({_first_reason(exc)})") from None
     return image[:, :, :, 0] if image.GetDimension() == 4 else image
 
 

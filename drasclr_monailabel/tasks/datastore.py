@@ -11,8 +11,7 @@ It is MONAI Label's :class:`LocalDatastore` (images in the studies folder, label
   and the previous one is kept in ``<state>/label_history/<tag>/<id>/`` with its revision number;
   label file, history copy and index change together or not at all, and revision numbers are the
   server's (a client cannot set them, and a save never overwrites a history slot);
-- temporary files are written only under the datastore lock, so those left by a killed save
-  are removed at start; image info is bounded in size;
+- temporary files left by a killed save are removed at start; image info is bounded in size;
 - every change of the index re-reads it under the lock first and writes it atomically, so a
   training or scoring subprocess and the server never overwrite each other's entries.
 """
@@ -52,6 +51,8 @@ SERVER_LABEL_KEYS = ("revision", "ts", "name", "voxels")
 MAX_INFO_KEYS = 64
 MAX_INFO_BYTES = 64 * 1024
 """Bounds of one image's info: it lives in the index, which every request reads."""
+ORPHAN_MIN_AGE_S = 60.0
+"""A temporary file in the studies folder idle this long belongs to no running write."""
 PAYLOAD_TOO_LARGE = 413
 INSUFFICIENT_STORAGE = 507
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -259,15 +260,22 @@ class EmphysemaDatastore(LocalDatastore):
         return target
 
     def _remove_orphaned_temp_files(self) -> None:
-        """Remove the temporary files of saves that were killed midway (all are written under the lock)."""
+        """Remove the temporary files of writes that were killed midway.
+
+        Labels and history are written only under the datastore lock, so under the lock every
+        temporary file there is orphaned. The studies folder's top level also receives downloads
+        of a DICOMweb cache, written outside it: there only files idle for
+        :data:`ORPHAN_MIN_AGE_S` are removed, so a subprocess that starts never breaks a running write.
+        """
         base = Path(self._datastore_path)
+        cutoff = time.time() - ORPHAN_MIN_AGE_S
         with FileLock(self._lock_file):
-            orphans = [*base.glob(f"{TMP_PREFIX}*"), *(base / "labels").glob(f"*/{TMP_PREFIX}*"),
-                       *self._history_dir.rglob(f"{TMP_PREFIX}*")]
-            for path in orphans:
+            locked = [*(base / "labels").glob(f"*/{TMP_PREFIX}*"), *self._history_dir.rglob(f"{TMP_PREFIX}*")]
+            idle = [p for p in base.glob(f"{TMP_PREFIX}*") if p.is_file() and p.stat().st_mtime < cutoff]
+            for path in [*locked, *idle]:
                 if path.is_file():
                     path.unlink()
-                    logger.info(f"Removed {path.name}, left by an interrupted save")
+                    logger.info(f"Removed {path.name}, left by an interrupted write")
 
     # ---- index -------------------------------------------------------------------------------
 

@@ -6,12 +6,15 @@ unbounded image info, orphaned temporary files and file modes."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from drasclr_monailabel.tasks.datastore import ORPHAN_MIN_AGE_S
 from drasclr_monailabel.utils.atomic import FILE_MODE
 from tests.fixtures.app import FAST_CONF, in_process_app
 from tests.integration.test_app_inprocess import label_bytes, read_bytes, save_label
@@ -129,6 +132,7 @@ def test_start_removes_orphaned_temporary_files_and_labels_keep_one_mode(phantom
     for orphan in orphans:
         orphan.parent.mkdir(parents=True, exist_ok=True)
         orphan.write_bytes(b"half-written")
+        os.utime(orphan, (time.time() - ORPHAN_MIN_AGE_S - 1,) * 2)  # the server was killed a while ago
     with in_process_app(phantom_studies, CONF) as client:
         assert not any(p.exists() for p in orphans)
         for data in uploads(phantom_studies, "case_a", 2):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import SimpleITK as sitk
 from fastapi import HTTPException
 
 from drasclr_monailabel.errors import InputError
-from drasclr_monailabel.tasks.datastore import MAX_INFO_BYTES, MAX_INFO_KEYS, EmphysemaDatastore, client_label_info
+from drasclr_monailabel.tasks.datastore import (MAX_INFO_BYTES, MAX_INFO_KEYS, ORPHAN_MIN_AGE_S, EmphysemaDatastore,
+                                                client_label_info)
 from drasclr_monailabel.tasks.labels import conform_label, read_grid
 from drasclr_monailabel.utils.atomic import FILE_MODE
 
@@ -126,10 +128,12 @@ def test_temporary_files_of_a_killed_save_are_removed_at_start(store, tmp_path):
     base = Path(store._datastore_path)
     orphans = [base / ".tmp-abc.json", base / "labels" / "final" / ".tmp-x.nii.gz",
                base / ".drasclr" / "label_history" / "final" / "scan" / ".tmp-y.nii.gz"]
-    for orphan in orphans:
+    young = base / ".tmp-download.nii.gz"  # maybe another process's running write: kept
+    for orphan in [*orphans, young]:
         orphan.write_bytes(b"half")
+    os.utime(orphans[0], (time.time() - ORPHAN_MIN_AGE_S - 1,) * 2)
     EmphysemaDatastore(base, base / ".drasclr")
-    assert not any(p.exists() for p in orphans)
+    assert not any(p.exists() for p in orphans) and young.exists()
     assert store.get_label_info("scan", "final")["revision"] == 2
 
 

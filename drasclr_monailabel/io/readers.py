@@ -111,8 +111,9 @@ def _check_nifti_complete(path: Path) -> None:
     """ITK zero-fills a truncated NIfTI silently, so compare the payload with what the header promises."""
     import nibabel
 
-    header = nibabel.load(str(path)).header
-    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    image = nibabel.load(str(path))
+    header = image.header  # its vox_offset reads 0 after loading; the data proxy keeps the real one
+    expected = int(image.dataobj.offset) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if _suffix(path) == ".nii":
         actual = path.stat().st_size
     else:

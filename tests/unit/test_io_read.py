@@ -92,6 +92,13 @@ def test_truncated_file_refused(small_ct: CTVolume, tmp_path: Path, suffix: str)
     assert message.startswith(str(path)) and "truncated or corrupt" in message
 
 
+def test_nifti_cut_by_less_than_its_header_is_refused(small_ct: CTVolume, tmp_path: Path) -> None:
+    path = tmp_path / "scan.nii"
+    sitk.WriteImage(small_ct.to_sitk(), str(path))
+    path.write_bytes(path.read_bytes()[:-300])  # fewer bytes missing than the 352-byte header holds
+    assert "truncated or corrupt" in _refusal(path)
+
+
 def test_2d_image_refused(small_ct: CTVolume, tmp_path: Path) -> None:
     path = tmp_path / "slice.nrrd"
     sitk.WriteImage(small_ct.to_sitk()[:, :, 10], str(path))

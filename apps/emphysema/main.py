@@ -19,8 +19,6 @@ import lib.configs
 import requests
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
@@ -28,10 +26,11 @@ from drasclr_monailabel.tasks.conf import connect_hint, parse_app_conf, resolve_
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
 from drasclr_monailabel.tasks.dicomweb import dicomweb_datastore
 from drasclr_monailabel.tasks.guards import require_infer_image, require_known
-from drasclr_monailabel.tasks.http import CONFLICT, refuse
+from drasclr_monailabel.tasks.http import CONFLICT, refuse, without_server_paths
 from drasclr_monailabel.tasks.infer import LungMaskCache
 from drasclr_monailabel.tasks.model_store import TrainingBusy
 from drasclr_monailabel.tasks.routes import install as install_checked_routes
+from drasclr_monailabel.tasks.strategies import FirstStrategy, RandomStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,8 @@ class EmphysemaApp(MONAILabelApp):
         return {name: config.trainer() for name, config in self.models.items() if config.trainer()}
 
     def init_strategies(self):
-        strategies = {"random": Random(), "first": First()}
+        reserve = self.resolved.conf.reserve_seconds
+        strategies = {"random": RandomStrategy(reserve), "first": FirstStrategy(reserve)}
         for config in self.models.values():
             strategies.update(config.strategy() or {})
         return strategies
@@ -102,10 +102,10 @@ class EmphysemaApp(MONAILabelApp):
         # Names ordered by label value: OHIF's MONAI Label panel reads a list (a dict breaks it);
         # 3D Slicer takes either, and each model's own labels stay {name: value}.
         info["labels"] = list(self.resolved.labels)
+        # Names, not server paths: any client may read /info/.
         info["drasclr"] = {
-            "pretrained": str(self.resolved.pretrained) if self.resolved.pretrained else None,
+            "pretrained": self.resolved.pretrained.name if self.resolved.pretrained else None,
             "device": self.resolved.device,
-            "model_dir": str(self.resolved.model_dir),
         }
         return info
 
@@ -115,7 +115,9 @@ class EmphysemaApp(MONAILabelApp):
         image = request.get("image")
         known = isinstance(image, str) and image in store.list_images()
         require_infer_image(image, known, self._sessions.store_path if self._sessions else None)
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        result["params"] = without_server_paths(result.get("params"))
+        return result
 
     def train(self, request: dict[str, Any]):
         require_known("model", request.get("model"), self._trainers)

@@ -2,22 +2,24 @@
 
 MONAI Label 0.8.5 answers an unknown model, strategy or scoring method with a bare 500, and its
 infer endpoint accepts any existing server path as "image" (``/infer/lung?image=/etc/passwd``
-would read that file). The app calls these checks first, so a bad request gets a 4xx naming the
-problem and reads or writes nothing.
+would read that file; so would ``?image=/tmp/tmpXYZ.nii.gz``, another client's upload). The app
+calls these checks first, so a bad request gets a 4xx naming the problem and reads or writes
+nothing. An uploaded image is accepted only as the file the checked infer route saved for this
+very request (:data:`CURRENT_UPLOAD`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from drasclr_monailabel.tasks.http import NOT_FOUND, UNPROCESSABLE, refuse
 
-UPLOAD_PREFIX = "tmp"
-"""Python's ``tempfile.NamedTemporaryFile`` names start with this; MONAI Label stores uploads so."""
+CURRENT_UPLOAD: ContextVar[str | None] = ContextVar("current_upload", default=None)
+"""The image file the current infer request uploaded (set by the checked infer route)."""
 
 
 def require_known(kind: str, name: Any, known: Iterable[str]) -> str:
@@ -30,10 +32,11 @@ def require_known(kind: str, name: Any, known: Iterable[str]) -> str:
 
 
 def is_upload(path: str, session_dir: str | None = None) -> bool:
-    """True for a file MONAI Label itself wrote for this request: an upload in the system
-    temporary folder, or an image of an upload session."""
+    """True for a file the server wrote for this request: this request's upload, or an image of
+    an upload session."""
     resolved = Path(os.path.realpath(path))
-    if resolved.parent == Path(os.path.realpath(tempfile.gettempdir())) and resolved.name.startswith(UPLOAD_PREFIX):
+    upload = CURRENT_UPLOAD.get()
+    if upload is not None and resolved == Path(os.path.realpath(upload)):
         return resolved.is_file()
     if session_dir:
         root = Path(os.path.realpath(session_dir))

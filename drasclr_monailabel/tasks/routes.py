@@ -4,7 +4,8 @@ MONAI Label 0.8.5 answers several client mistakes with a bare 500 (a NUL in an i
 ``image=`` on infer, a ``params`` or ``info`` field that is not a JSON object, an upload name
 whose suffix is too long for a file name), deletes an upload only after a successful answer,
 leaves every dataset zip in the temporary folder, checks train options only once the background
-task runs, answers an unknown model with 429 while a task runs, and lets anyone delete scans.
+task runs, answers an unknown model with 429 while a task runs, lets anyone delete scans, and
+shows server paths in next-sample answers and datastore listings.
 
 :func:`install` puts these routes in front of MONAI Label's own (same paths, same roles, same
 handlers underneath): each checks the request first, then calls MONAI Label's handler and runs the
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from monailabel.config import settings
+from monailabel.endpoints import activelearning as ml_activelearning
 from monailabel.endpoints import datastore as ml_datastore
 from monailabel.endpoints import infer as ml_infer
 from monailabel.endpoints import scoring as ml_scoring
@@ -33,7 +38,9 @@ from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file
 from starlette.background import BackgroundTask
 
-from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, refuse
+from drasclr_monailabel.tasks import auth
+from drasclr_monailabel.tasks.guards import CURRENT_UPLOAD
+from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, refuse, without_server_paths
 
 FORBIDDEN = 403
 MAX_SUFFIX_CHARS = 32
@@ -74,6 +81,16 @@ def require_changes_allowed(action: str) -> None:
         raise refuse(FORBIDDEN, f"{action} is disabled on this server (an admin enables it with --conf allow_datastore_changes true)")
 
 
+def saved_upload(upload: UploadFile, tasks: BackgroundTasks) -> str:
+    """Write ``upload`` to a new temporary file readable by the server only, removed after the request."""
+    suffix = "".join(pathlib.Path(upload.filename).suffixes) if upload.filename else ".nii.gz"
+    fd, path = tempfile.mkstemp(suffix=suffix)
+    tasks.add_task(remove_file, path)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(upload.file, out)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def cleaned_up(tasks: BackgroundTasks) -> AsyncIterator[None]:
     """Run the request's clean-up tasks (removal of uploads) also when the handler fails;
@@ -91,14 +108,20 @@ async def cleaned_up(tasks: BackgroundTasks) -> AsyncIterator[None]:
 async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", session_id: str = "",
                 params: str = Form("{}"), file: UploadFile = File(None), label: UploadFile = File(None),
                 output: Optional[ml_infer.ResultType] = None, user: User = Depends(RBAC(USER))):
-    """MONAI Label's infer, with ``params`` and upload names checked and uploads always removed."""
+    """MONAI Label's infer, with ``params`` and upload names checked and uploads always removed. An
+    uploaded image is saved here and is the only temporary file the infer guard accepts."""
     json_object("params", params)
     check_upload_name(file)
     check_upload_name(label)
     if not (image or file or session_id):
         raise refuse(UNPROCESSABLE, "no image given: pass ?image=<id>, upload a file or give a session_id")
     async with cleaned_up(background_tasks):
-        return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+        upload = saved_upload(file, background_tasks) if file else None
+        token = CURRENT_UPLOAD.set(upload)
+        try:
+            return ml_infer.run_inference(background_tasks, model, upload or image, session_id, params, None, label, output)
+        finally:
+            CURRENT_UPLOAD.reset(token)
 
 
 @router.put("/datastore/")
@@ -137,6 +160,27 @@ async def remove_label(id: str, tag: str, user: User = Depends(RBAC(ADMIN))):
     """MONAI Label's label removal, when enabled."""
     require_changes_allowed("deleting labels")
     return ml_datastore.remove_label(id, tag, user.username)
+
+
+@router.post("/activelearning/{strategy}")
+async def next_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(USER))):
+    """MONAI Label's next sample, without server paths (clients download the scan by id)."""
+    return without_server_paths(ml_activelearning.sample(strategy, params, user.username))
+
+
+@router.get("/datastore/")
+async def datastore_listing(output: Optional[ml_datastore.ResultType] = None, user: User = Depends(RBAC(USER))):
+    return without_server_paths(ml_datastore.datastore(output))
+
+
+@router.get("/datastore/image/info")
+async def image_info(image: str, user: User = Depends(RBAC(USER))):
+    return without_server_paths(ml_datastore.get_image_info(image))
+
+
+@router.get("/datastore/label/info")
+async def label_info(label: str, tag: str, user: User = Depends(RBAC(USER))):
+    return without_server_paths(ml_datastore.get_label_info(label, tag))
 
 
 @router.put("/datastore/image/info")
@@ -207,8 +251,9 @@ def _has_control_character(scope: dict) -> bool:
 
 
 def install(app: Any) -> None:
-    """Put the checked routes in front of MONAI Label's and wrap the app in the control-character
-    guard (once per process; the routes look the app instance up per request)."""
+    """Put the checked routes in front of MONAI Label's, wrap the app in the control-character
+    guard and make token checks work (once per process; routes look the app instance up per request)."""
+    auth.install()
     prefix = settings.MONAI_LABEL_API_STR
     if any(getattr(r, "endpoint", None) is infer for r in app.router.routes):
         return

@@ -21,7 +21,8 @@ registration, so diversity keeps working for scans the atlas cannot place.
 Uncertainty alone tends to pick near-duplicates (similar hard scans in a row); diversity alone
 ignores what the model already handles; the hybrid keeps both.
 
-Every strategy skips scans handed out within ``reserve_seconds`` (two annotators working at once
+``first`` (by id) and ``random`` replace MONAI Label's strategies of those names, which ignore
+reservations. Every strategy skips scans handed out within ``reserve_seconds`` (two annotators working at once
 get different scans) unless nothing else is left, and falls back to the first unlabelled scan,
 saying why, when its scores are not available yet.
 """
@@ -103,6 +104,31 @@ class _Selecting(Strategy):
     @staticmethod
     def fallback(candidates: list[str], reason: str) -> tuple[str, dict[str, Any]]:
         return candidates[0], {"fallback": "first", "reason": reason}
+
+
+class FirstStrategy(_Selecting):
+    """The first unlabelled scan by id that was not handed out recently."""
+
+    name = "first"
+
+    def __init__(self, reserve_seconds: float = 600) -> None:
+        super().__init__("First unlabelled scan (by id) not handed to another annotator", reserve_seconds)
+
+    def select(self, candidates, labelled, datastore):
+        return candidates[0], {}
+
+
+class RandomStrategy(_Selecting):
+    """A random unlabelled scan among those not handed out recently."""
+
+    name = "random"
+
+    def __init__(self, reserve_seconds: float = 600, seed: int | None = None) -> None:
+        super().__init__("Random unlabelled scan not handed to another annotator", reserve_seconds)
+        self.rng = np.random.default_rng(seed)
+
+    def select(self, candidates, labelled, datastore):
+        return candidates[int(self.rng.integers(len(candidates)))], {}
 
 
 class EpistemicStrategy(_Selecting):

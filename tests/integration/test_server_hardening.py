@@ -7,17 +7,22 @@ folder, an anonymous deletion): the app's checked routes (drasclr_monailabel.tas
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
-from tests.fixtures.app import FAST_CONF, free_port, in_process_app
+from tests.fixtures.app import FAST_CONF, AppServer, free_port, in_process_app
 from tests.fixtures.orthanc import require_orthanc
 from tests.integration.test_app_inprocess import label_bytes, save_label
 
@@ -161,3 +166,103 @@ def test_pacs_orthanc_stops_within_seconds_on_sigterm(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("strategy", ["first", "random"])
+def test_first_and_random_hand_different_scans_to_concurrent_annotators(phantom_studies, temp_dir, strategy):
+    with in_process_app(phantom_studies, {**CONF, "reserve_seconds": "600"}) as client:
+        served = [client.post(f"/activelearning/{strategy}", json={"client_id": f"reader{i}"}).json()["id"] for i in range(3)]
+        assert sorted(served) == ["case_a", "case_b", "case_c"], served
+
+
+def test_infer_reads_no_other_temporary_file_and_answers_show_no_server_path(client, phantom_studies, temp_dir):
+    other = temp_dir / "tmpother.nii.gz"  # another client's upload, as MONAI Label names them
+    other.write_bytes((phantom_studies / "case_a.nii.gz").read_bytes())
+    assert_refused(client.post(f"/infer/lung?image={other}"), 404, "not in the datastore")
+    upload = {"file": ("scan.nii.gz", other.read_bytes())}
+    assert_refused(client.post("/infer/lung", files=upload, data={"params": json.dumps({"image": str(other)})}), 404,
+                   "not in the datastore")
+    uploaded = client.post("/infer/lung?output=json", files=upload)
+    assert uploaded.status_code == 200, uploaded.text
+    assert sorted(p.name for p in temp_dir.iterdir()) == ["tmpother.nii.gz"]
+
+    server_paths = (str(phantom_studies), str(temp_dir), str(phantom_studies.parent))
+    answers = [uploaded, client.post("/infer/lung?image=case_a&output=json"), client.get("/info/"),
+               client.post("/activelearning/first", json={}), client.get("/datastore/image/info?image=case_a"),
+               client.get("/datastore/?output=train"), client.get("/datastore/?output=all"),
+               client.put("/datastore/image?image=fake", files={"file": ("fake.nii.gz", b"hello")})]
+    assert save_label(client, "case_a", zeros_label(phantom_studies)).status_code == 200
+    answers += [client.get("/datastore/label/info?label=case_a&tag=final"), client.get("/datastore/?output=train")]
+    for answer in answers:
+        assert not any(path in answer.text for path in server_paths), (answer.request.url, answer.text[:400])
+
+
+class RealmKey:
+    """An RSA realm key whose public half a loopback HTTP server publishes as Keycloak does
+    (``GET <realm> -> {"public_key": <base64 DER>}``); :meth:`token` signs access tokens."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        body = json.dumps({"realm": "test", "public_key": base64.b64encode(der).decode()}).encode()
+
+        class Realm(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.uri = f"http://127.0.0.1:{self.server.server_port}/realms/test"
+
+    def token(self, *roles: str, expires_in: int = 600, key=None) -> dict[str, str]:
+        import jwt
+
+        claims = {"preferred_username": "reader", "realm_access": {"roles": list(roles)}, "exp": int(time.time()) + expires_in}
+        return {"Authorization": "Bearer " + jwt.encode(claims, key or self.key, algorithm="RS256")}
+
+
+@pytest.mark.slow
+def test_monai_label_roles_guard_every_endpoint_on_a_real_server(phantom_studies, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    realm = RealmKey()
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "TMPDIR": str(tmp_path)}
+    server = AppServer(phantom_studies, CONF, phantom_studies.parent, env)
+    try:
+        # MONAI Label checks each endpoint's one role: a realm gives annotators and admins the lower roles too
+        user, annotator = realm.token("monailabel-user"), realm.token("monailabel-user", "monailabel-annotator")
+        admin = realm.token("monailabel-user", "monailabel-annotator", "monailabel-admin")
+        assert server.wait_ready(120, headers=admin), server.tail()
+        label = {"label": ("label.nii.gz", zeros_label(phantom_studies))}
+        forged = realm.token("monailabel-admin", key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        checks = [
+            (server.get("/info/"), 401),
+            (server.get("/info/", headers=realm.token("monailabel-admin", expires_in=-60)), 401),
+            (server.get("/info/", headers=forged), 401),
+            (server.get("/info/", headers=realm.token("monailabel-admin")), 403),  # a role missing
+            (server.get("/info/", headers=user), 200),
+            (server.post("/activelearning/first", json={}, headers=user), 200),
+            (server.put("/datastore/label?image=case_a", files=label, headers=user), 403),
+            (server.put("/datastore/label?image=case_a", files=label, headers=annotator), 200),
+            (server.post("/train/emphysema", json={"max_epochs": "three"}, headers=annotator), 403),
+            (server.post("/train/emphysema", json={"max_epochs": "three"}, headers=admin), 400),
+            (requests.delete(f"{server.url}/datastore/label?id=case_a&tag=final", headers=annotator, timeout=60), 403),
+            (requests.delete(f"{server.url}/datastore/image?id=case_c", headers=annotator, timeout=60), 403),
+            (requests.delete(f"{server.url}/datastore/image?id=case_c", headers=admin, timeout=60), 200),
+        ]
+        for number, (response, status) in enumerate(checks):
+            assert response.status_code == status, (number, response.status_code, response.text[:300])
+        assert (phantom_studies / "labels" / "final" / "case_a.nii.gz").exists()
+        assert not (phantom_studies / "case_c.nii.gz").exists()
+    finally:
+        server.stop()
+        realm.server.shutdown()

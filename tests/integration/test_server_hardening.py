@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,3 +267,83 @@ def test_monai_label_roles_guard_every_endpoint_on_a_real_server(phantom_studies
     finally:
         server.stop()
         realm.server.shutdown()
+
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {folder}/error.log;
+pid {folder}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {folder}/cert.pem;
+        ssl_certificate_key {folder}/key.pem;
+        client_max_body_size 2g;
+        location / {{
+            proxy_pass http://127.0.0.1:{app_port};
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_read_timeout 3600s;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+"""The reverse proxy of docs/hospital-deployment.md (security), with the test's folders and ports."""
+
+
+def self_signed_certificate(folder) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                   .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                       serialization.NoEncryption()))
+
+
+@pytest.mark.slow
+def test_slicer_round_through_nginx_with_tls(phantom_studies, tmp_path):
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    self_signed_certificate(folder)
+    server = AppServer(phantom_studies, CONF, phantom_studies.parent)
+    port = free_port()
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(folder=folder, port=port, app_port=server.port))
+    proxy = subprocess.Popen([nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
+                             stderr=subprocess.PIPE, text=True)
+    url, verify = f"https://127.0.0.1:{port}", str(folder / "cert.pem")
+    try:
+        assert server.wait_ready(120), server.tail()
+        assert requests.get(f"{url}/info/", verify=verify, timeout=60).json()["name"] == "drasclr emphysema"
+        image_id = requests.post(f"{url}/activelearning/first", json={}, verify=verify, timeout=60).json()["id"]
+        inferred = requests.post(f"{url}/infer/emphysema_laa?image={image_id}&output=image", verify=verify, timeout=300)
+        assert inferred.status_code == 200, inferred.text[:300]
+        saved = requests.put(f"{url}/datastore/label?image={image_id}&tag=final", verify=verify, timeout=120,
+                             files={"label": ("label.nii.gz", inferred.content)})
+        assert saved.status_code == 200, saved.text
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{url}/info/", timeout=30)  # an unknown certificate is refused by default
+        assert requests.get(f"{url}/datastore/?output=all", verify=verify, timeout=60).json()["objects"][image_id]["labels"]["final"]
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        server.stop()

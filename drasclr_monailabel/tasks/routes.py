@@ -10,7 +10,7 @@ shows server paths in next-sample answers and datastore listings.
 :func:`install` puts these routes in front of MONAI Label's own (same paths, same roles, same
 handlers underneath): each checks the request first, then calls MONAI Label's handler and runs the
 request's clean-up tasks whatever the outcome. A thin ASGI guard refuses control characters in
-the path or query of any request.
+the path or query and JSON bodies that are not UTF-8, for any request.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any, Optional
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as ml_activelearning
 from monailabel.endpoints import datastore as ml_datastore
 from monailabel.endpoints import infer as ml_infer
+from monailabel.endpoints import logs as ml_logs
 from monailabel.endpoints import scoring as ml_scoring
 from monailabel.endpoints import train as ml_train
 from monailabel.endpoints.user.auth import RBAC, User
@@ -212,6 +216,15 @@ async def download_dataset(limit_cases: Optional[int] = None, user: User = Depen
                         background=BackgroundTask(remove_file, path))
 
 
+@router.post("/train/", include_in_schema=False)
+async def train_all(params: Optional[dict] = None, run_sync: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
+    """MONAI Label's 'train every model', with each model's options checked first."""
+    instance = app_instance()
+    for model in instance.info()["trainers"]:
+        instance.check_train_request(model, (params or {}).get(model) or {})
+    return ml_train.run(params, run_sync)
+
+
 @router.post("/train/{model}")
 async def train(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                 enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
@@ -228,26 +241,94 @@ async def scoring(method: str, params: Optional[dict] = None, run_sync: Optional
     return ml_scoring.run_method(method, params, run_sync)
 
 
-class ControlCharacterGuard:
-    """ASGI wrapper: HTTP 400 for a request whose path or query holds a control character (a NUL
-    in an id reaches ``os.path`` calls and fails there with a 500)."""
+@router.get("/logs/gpu")
+async def gpu_info(user: User = Depends(RBAC(ADMIN))):
+    """MONAI Label's nvidia-smi listing; HTTP 404 on a server without it (MONAI Label: 500)."""
+    if shutil.which("nvidia-smi") is None:
+        raise refuse(NOT_FOUND, "no NVIDIA GPU tools (nvidia-smi) on this server")
+    return await ml_logs.gpu_info(user)
+
+
+async def validation_error(request: Any, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 answer without echoing the input (FastAPI's own handler fails with a 500 on an
+    input that is not UTF-8, such as a file sent where JSON is expected)."""
+    errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=UNPROCESSABLE)
+
+
+MAX_CHECKED_BODY = 1 << 20
+"""JSON bodies up to this size are checked for UTF-8 (train options, next-sample params are small)."""
+
+
+class RequestGuard:
+    """ASGI wrapper: HTTP 400 for a control character in the path or query (a NUL in an id fails
+    in ``os.path`` calls with a 500) and for a JSON body that is not UTF-8 (FastAPI answers 500)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and _has_control_character(scope):
-            answer = JSONResponse({"detail": "control characters are not allowed in the path or query"}, status_code=BAD_REQUEST)
-            await answer(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
+        if _has_control_character(scope):
+            await _bad_request("control characters are not allowed in the path or query")(scope, receive, send)
+            return
+        if _may_be_json(scope):
+            body, more = await _read_body(receive)
+            if not more and not _is_utf8(body):
+                await _bad_request("the request body is not UTF-8 JSON")(scope, receive, send)
+                return
+            receive = _replay(body, more, receive)
         await self.app(scope, receive, send)
 
 
-def _has_control_character(scope: dict) -> bool:
-    from urllib.parse import unquote_to_bytes
+def _bad_request(message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=BAD_REQUEST)
 
+
+def _has_control_character(scope: dict) -> bool:
     raw = scope.get("path", "").encode("utf-8", "surrogateescape") + unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
     return any(byte < 0x20 or byte == 0x7F for byte in raw)
+
+
+def _may_be_json(scope: dict) -> bool:
+    """FastAPI parses a body as JSON when it says so or says nothing."""
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    return scope.get("method") in ("POST", "PUT", "PATCH") and (not content_type or b"json" in content_type)
+
+
+async def _read_body(receive: Any) -> tuple[bytes, bool]:
+    """The body up to :data:`MAX_CHECKED_BODY` bytes, and whether more follows."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if not more or len(body) > MAX_CHECKED_BODY:
+            return body, more
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _replay(body: bytes, more: bool, receive: Any) -> Any:
+    """A ``receive`` that first hands back what was read, then the rest of the request."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    return replay
 
 
 def install(app: Any) -> None:
@@ -260,6 +341,5 @@ def install(app: Any) -> None:
     guarded = APIRouter()
     guarded.include_router(router, prefix=prefix)
     app.router.routes[:0] = guarded.routes
-    if app.middleware_stack is None:
-        app.middleware_stack = app.build_middleware_stack()
-    app.middleware_stack = ControlCharacterGuard(app.middleware_stack)
+    app.exception_handlers[RequestValidationError] = validation_error
+    app.middleware_stack = RequestGuard(app.build_middleware_stack())  # rebuilt: handlers are copied in

@@ -44,3 +44,17 @@ def test_training_options_are_bounded(key):
     check_training_options({key: 32 if key == "patch_size" else TRAINING_LIMITS[key]}, "train request")
     with pytest.raises(ConfigError, match=f"'{key}' must be at most"):
         check_training_options({key: TRAINING_LIMITS[key] + 32}, "train request")
+
+
+def test_token_check_takes_realm_key_signatures_only():
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from drasclr_monailabel.tasks.auth import decode
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert decode(jwt.encode({"sub": "a"}, key, algorithm="RS256"), public)["sub"] == "a"
+    with pytest.raises(jwt.InvalidTokenError):
+        decode(jwt.encode({"sub": "a"}, None, algorithm="none"), public)

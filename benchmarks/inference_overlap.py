@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import SIZES, make_cohorts, predicted_emphysema, prepare_cohort, pretrain  # noqa: E402
+from label_efficiency import SIZES, for_task, make_cohorts, predicted_emphysema, prepare_cohort, pretrain  # noqa: E402
 
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
+from drasclr_monailabel.segmentation.labels import BINARY  # noqa: E402
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json  # noqa: E402
 
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES["medium"]
     cohorts = make_cohorts(size, args.workdir)
     encoder = pretrain(size, cohorts["unlabelled"], args.workdir / "pretrain")
-    train_cases = prepare_cohort(cohorts["train"])[: args.labelled]
-    test_cases = prepare_cohort(cohorts["test"])
+    train_cases = for_task(prepare_cohort(cohorts["train"]), BINARY)[: args.labelled]
+    test_cases = for_task(prepare_cohort(cohorts["test"]), BINARY)
 
     torch.manual_seed(0)
     model, _ = build_model(["emphysema"], pretrained=encoder, device=args.device)

@@ -1,34 +1,41 @@
-"""Label efficiency of the emphysema model: Dice against the number of labelled scans,
-fine-tuned from the pretrained DrasCLR encoder versus from scratch, with the same step budget.
+"""Label efficiency of the emphysema model: Dice against the number of labelled scans, for every
+arm at the same fine-tuning budget, on a patient never seen in pretraining or fine-tuning.
 
-Data (all made in this run, seeded):
-  * labelled training pool: synthetic emphysema inserted into real CT ``lung1`` (``drasclr synth``);
-  * held-out test scans: the same generator on a different real CT, ``lung2``;
-  * unlabelled pretraining cohort: both real CTs, seeds disjoint from the two sets above.
-The encoder is pretrained here (``drasclr preprocess`` + ``drasclr pretrain``) unless ``--encoder``
-names an exported one. For every number of labelled scans and seed, one model is fine-tuned from
-scratch and one from the encoder, then both are evaluated by Dice of binary emphysema on the test
-scans' 1 mm lung grid, inferred as the app does (64^3 windows, each 32^3 block routed by its own
-location, as the 32^3 fine-tuning patches are), with overlap 0.25. The plain HU < -950 threshold
-on the same voxels is the baseline.
+Data (all made in this run, seeded, with the realistic synthetic emphysema of docs/data.md):
+  * fold A: the labelled training pool and the unlabelled pretraining cohort come from the real CTs
+    ``lung1`` and ``lung2``; the held-out test scans from another patient, LIDC-IDRI-0001;
+  * fold B: the roles rotated: pool and pretraining from ``lung1`` and LIDC-IDRI-0001, test from
+    ``lung2``. (``--size small`` uses phantoms with disjoint seeds.)
+Arms (every one fine-tuned with the same steps, batch and patches):
+  * ``scratch``: the DrasCLR U-Net with a random encoder;
+  * ``pretrained``: its encoder from DrasCLR pretraining on the fold's unlabelled cohort;
+  * ``unconditioned``: pretrained the same way with plain convolutions of the same shapes
+    (``model.encoder.conditioned=false``, the paper's no-anatomy ablation);
+  * ``no_neighbour``: pretrained without the neighbour loss (``moco.neighbour_weight=0``);
+  * ``monai_segresnet``: MONAI's SegResNet from scratch on the CT channel, the outside baseline.
+Tasks: ``binary`` (emphysema vs not: Dice of label > 0) and ``subtypes`` (centrilobular,
+panlobular, paraseptal: the mean over the three of each class's Dice pooled over the test scans;
+a class absent from every test label is left out). Test scans are predicted as the app does (64^3
+windows, each 32^3 block routed by its own location), with overlap 0.25 (0 at the CI size). The
+plain HU < -950 threshold on the same voxels is the binary baseline; it cannot tell subtypes apart
+(docs/data.md).
 
-Every finished run is kept as ``runs/<mode>_<count>_<seed>.json`` in the work folder, so a run that
-is stopped resumes where it was (same work folder, same encoder and recipe; scratch runs are also
-kept when only ``--encoder`` or the pretrained arm's recipe changes, since they use neither; the
-pretrained runs' records are then replaced, so give a variant its own work folder to keep both);
-``--jobs N`` fine-tunes N runs at once in separate processes (worth it on a GPU, where one
-small-patch run leaves it mostly idle).
+Every finished run is kept as ``runs/<fold>_<task>_<arm>_<count>_<seed>.json`` in the work folder,
+so a run that is stopped resumes where it was (same work folder, size, encoders and recipe; runs
+without an encoder are kept when only an encoder or the recipe changes); ``--jobs N`` fine-tunes N
+runs at once in separate processes (worth it on a GPU).
 
 Usage:
   python benchmarks/label_efficiency.py --size full --out benchmarks/results/label_efficiency.json
-  python benchmarks/label_efficiency.py --size full --device cuda --jobs 4 --out benchmarks/results/label_efficiency.json
-  python benchmarks/label_efficiency.py --size medium --out benchmarks/results/label_efficiency_medium.json
+  python benchmarks/label_efficiency.py --size gpu --device cuda --jobs 8 --out benchmarks/results/label_efficiency_gpu.json
   python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
-  python benchmarks/label_efficiency.py --size full --workdir W2 --encoder W/encoder --encoder-lr-scale 1 \
-      --freeze-encoder-epochs 0 --out benchmarks/results/label_efficiency_full_rate.json   # pretrained arm at full rate
+  python benchmarks/label_efficiency.py --size full --arms scratch pretrained --tasks binary --folds A --out /tmp/le_a.json
 
-Writes the JSON (``{"pretrained": {"1": {"mean", "std", "runs"}, ...}, "scratch": {...},
-"threshold_950": ..., "command": ...}``) and a PNG plot beside it (same name, ``.png``).
+Writes the JSON and a PNG plot beside it (same name, ``.png``). ``pretrained`` and ``scratch``
+(``{"1": {"mean", "std", "runs"}, ...}``, runs pooled over folds and seeds) report the subtype
+task; ``binary`` holds the binary task's arms in the same shape; ``arms`` every
+``{task: {arm: {count: ..}}}``; ``folds`` the same per fold; ``threshold_950`` the binary threshold
+Dice; ``pretraining`` the samples seen per landmark and the queue fill of every pretrained encoder.
 """
 
 from __future__ import annotations
@@ -41,26 +48,40 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from drasclr_monailabel.anatomy.atlas import Atlas
-from drasclr_monailabel.cli.main import main as drasclr
-from drasclr_monailabel.data.sample_data import fetch_sample_data
-from drasclr_monailabel.data.synth_cohort import threshold_dice
-from drasclr_monailabel.demo import DEMO_RECIPE
-from drasclr_monailabel.io import read_ct
-from drasclr_monailabel.metrics import dice
-from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
-from drasclr_monailabel.segmentation.checkpoint import build_model
-from drasclr_monailabel.segmentation.inference import WINDOW, window_probabilities
-from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
-from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune
-from drasclr_monailabel.utils.atomic import write_json, write_with
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretraining_signal import queue_fill  # noqa: E402
+
+from drasclr_monailabel.anatomy.atlas import Atlas  # noqa: E402
+from drasclr_monailabel.cli.main import main as drasclr  # noqa: E402
+from drasclr_monailabel.data.sample_data import fetch_sample_data  # noqa: E402
+from drasclr_monailabel.data.synth_cohort import threshold_dice  # noqa: E402
+from drasclr_monailabel.demo import DEMO_RECIPE  # noqa: E402
+from drasclr_monailabel.io import read_ct  # noqa: E402
+from drasclr_monailabel.metrics import dice  # noqa: E402
+from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case  # noqa: E402
+from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
+from drasclr_monailabel.segmentation.inference import WINDOW, window_probabilities  # noqa: E402
+from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
+from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noqa: E402
+from drasclr_monailabel.segmentation.network import ROUTING_BLOCK  # noqa: E402
+from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune  # noqa: E402
+from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
+
+PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.conditioned=false"],
+                    "no_neighbour": ["moco.neighbour_weight=0"]}
+"""Arms whose encoder comes from pretraining, with their recipe changes (same budget)."""
+ARMS = ("scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet")
+TASKS = {"subtypes": SUBTYPES, "binary": BINARY}
+FOLD_SOURCES = {"A": {"pool": ("lung1_image", "lung2_image"), "test": "lidc0001_image"},
+                "B": {"pool": ("lung1_image", "lidc0001_image"), "test": "lung2_image"}}
+"""Real CTs of each fold: the labelled pool and the pretraining cohort share ``pool``; ``test`` is the held-out patient."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +97,25 @@ class Size:
     finetune_epochs: int
     steps_per_epoch: int
     pretrain_steps: int
+    pretrain_batch: int = 4
+    pretrain_queue: int = 32
+    folds: tuple[str, ...] = ("A", "B")
+    overlap: float = 0.25  # of the 64^3 inference windows on the test scans
+    test_slab: int | None = None  # score only this many axial slices (1 mm) at the middle of each test scan's lungs
 
 
 SIZES = {
     "small": Size("phantom", train_scans=1, test_scans=1, unlabelled_scans=2, counts=(1,), seeds=(0,),
-                  finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2),
+                  finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2, folds=("A",), overlap=0.0, test_slab=64),
     "medium": Size("real", train_scans=4, test_scans=2, unlabelled_scans=8, counts=(1, 2, 4), seeds=(0, 1),
-                   finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200),
+                   finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200, folds=("A",)),
+    # about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
+    # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
-                 finetune_epochs=8, steps_per_epoch=25, pretrain_steps=600),
+                 finetune_epochs=8, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),
+    # about 10 minutes of one H100/H200 for the three pretrainings and the grid with --jobs 8
+    "gpu": Size("real", train_scans=8, test_scans=3, unlabelled_scans=32, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
+                finetune_epochs=8, steps_per_epoch=25, pretrain_steps=3000, pretrain_batch=32, pretrain_queue=32),
 }
 
 
@@ -92,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON result file (a PNG plot is written beside it)")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="benchmark size (default full)")
-    parser.add_argument("--workdir", type=Path, help="folder for cohorts, cache and pretraining (default: beside --out)")
-    parser.add_argument("--encoder", type=Path, help="use this exported encoder instead of pretraining one")
+    parser.add_argument("--workdir", type=Path, help="folder for cohorts, caches and pretraining (default: beside --out)")
+    parser.add_argument("--encoder", type=Path,
+                        help="exported encoder for the pretrained arm instead of pretraining one (its pretraining data must "
+                             "not include the test patient)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default all)")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="tasks (default both)")
+    parser.add_argument("--folds", nargs="+", choices=sorted(FOLD_SOURCES), help="folds (default: the size's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at once, each in its own process (default 1)")
     parser.add_argument("--encoder-lr-scale", type=float, default=FinetuneConfig.encoder_lr_scale,
-                        help=f"pretrained runs: encoder learning rate / decoder's (default {FinetuneConfig.encoder_lr_scale})")
+                        help=f"pretrained arms: encoder learning rate / decoder's (default {FinetuneConfig.encoder_lr_scale})")
     parser.add_argument("--freeze-encoder-epochs", type=int, default=FinetuneConfig.freeze_encoder_epochs,
-                        help=f"pretrained runs: first epochs with the encoder frozen (default {FinetuneConfig.freeze_encoder_epochs})")
+                        help=f"pretrained arms: first epochs with the encoder frozen (default {FinetuneConfig.freeze_encoder_epochs})")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -107,41 +143,85 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--encoder-lr-scale must be positive and --freeze-encoder-epochs at least 0")
     recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs)
     size = SIZES[args.size]
+    folds = tuple(args.folds or size.folds)
+    arms, tasks = tuple(dict.fromkeys(args.arms)), tuple(dict.fromkeys(args.tasks))
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     started = time.perf_counter()
 
-    cohorts = make_cohorts(size, workdir)
-    encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain")
-    grid = [Run(mode, count, seed) for mode in ("scratch", "pretrained") for count in size.counts for seed in size.seeds]
-    run_grid(grid, RunContext(cohorts["train"], cohorts["test"], encoder, size, args.device, workdir / "runs", recipe), args.jobs)
-    result: dict = {"scratch": {}, "pretrained": {}}
-    for mode in ("scratch", "pretrained"):
-        for count in size.counts:
-            runs = [read_run(workdir / "runs", Run(mode, count, seed))["dice"] for seed in size.seeds]
-            result[mode][str(count)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)), "runs": runs}
-            print(f"{mode:>10} with {count} labelled scan(s): Dice {np.mean(runs):.3f} +- {np.std(runs):.3f}", flush=True)
-    test_cases = _worker_cases.get("test") or prepare_cohort(cohorts["test"])  # already prepared when --jobs 1
-    result["threshold_950"] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
+    threshold, pretraining = {}, {}
+    for fold in folds:
+        folder = workdir / f"fold_{fold}"
+        cohorts = make_cohorts(size, folder, fold)
+        encoders = {arm: pretrain(size, cohorts["unlabelled"], folder / f"pretrain_{arm}", overrides=PRETRAINING_ARMS[arm],
+                                  device=args.device)
+                    for arm in arms if arm in PRETRAINING_ARMS and not (arm == "pretrained" and args.encoder)}
+        pretraining[fold] = {arm: pretraining_record(size, folder / f"pretrain_{arm}") for arm in encoders}
+        if args.encoder and "pretrained" in arms:
+            encoders["pretrained"] = args.encoder
+        context = RunContext(cohorts["train"], cohorts["test"], encoders, size, args.device, workdir / "runs", recipe)
+        grid = [Run(fold, task, arm, count, seed) for task in tasks for arm in arms for count in size.counts for seed in size.seeds]
+        run_grid(grid, context, args.jobs)
+        test_cases = _worker_cases.get(str(cohorts["test"])) or prepare_cohort(cohorts["test"])
+        threshold[fold] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
+        _worker_cases.clear()
+
+    result = summarise(workdir / "runs", size, folds, tasks, arms)
+    result["threshold_950"] = float(np.mean(list(threshold.values())))
+    result["threshold_950_folds"] = threshold
+    result["pretraining"] = pretraining
     result["command"] = " ".join(["python", "benchmarks/label_efficiency.py", *(argv if argv is not None else sys.argv[1:])])
-    result["settings"] = {**asdict(size), **asdict(recipe), "encoder": str(encoder), "device": args.device, "jobs": args.jobs,
+    result["settings"] = {**asdict(size), **asdict(recipe), "folds": list(folds), "fold_sources": FOLD_SOURCES, "device": args.device,
+                          "jobs": args.jobs,
                           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
-    print(f"threshold -950 HU: Dice {result['threshold_950']:.3f}; wrote {args.out}")
+    print(f"threshold -950 HU (binary): Dice {result['threshold_950']:.3f}; wrote {args.out}")
     return 0
 
 
-def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
-    """Three synthetic cohorts: labelled training pool, held-out test, unlabelled pretraining."""
+def summarise(runs_dir: Path, size: Size, folds: tuple[str, ...], tasks: tuple[str, ...], arms: tuple[str, ...]) -> dict:
+    """The JSON's Dice blocks: per task and arm, per number of labelled scans, runs pooled over
+    folds and seeds (and per fold under ``folds``)."""
+    def block(values: list[float]) -> dict:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": values}
+
+    result: dict = {"arms": {}, "folds": {}}
+    for task in tasks:
+        result["arms"][task] = {}
+        for arm in arms:
+            result["arms"][task][arm] = {}
+            for count in size.counts:
+                per_fold = {fold: [read_run(runs_dir, Run(fold, task, arm, count, seed))["dice"] for seed in size.seeds]
+                            for fold in folds}
+                result["arms"][task][arm][str(count)] = block([d for values in per_fold.values() for d in values])
+                for fold, values in per_fold.items():
+                    result["folds"].setdefault(fold, {}).setdefault(task, {}).setdefault(arm, {})[str(count)] = block(values)
+                print(f"{task:>8} {arm:>16} with {count} labelled scan(s): Dice "
+                      f"{result['arms'][task][arm][str(count)]['mean']:.3f} +- {result['arms'][task][arm][str(count)]['std']:.3f}",
+                      flush=True)
+    headline = "subtypes" if "subtypes" in tasks else tasks[0]
+    for arm in ("pretrained", "scratch"):
+        if arm in arms:
+            result[arm] = result["arms"][headline][arm]
+    if "binary" in tasks:
+        result["binary"] = result["arms"]["binary"]
+    result["headline_task"] = headline
+    return result
+
+
+def make_cohorts(size: Size, workdir: Path, fold: str = "A") -> dict[str, Path]:
+    """Three synthetic cohorts of one fold: labelled training pool, held-out test, unlabelled pretraining."""
     if size.source == "real":
-        samples = fetch_sample_data(["lung1_image", "lung2_image"])
-        sources = {"train": [samples["lung1_image"]], "test": [samples["lung2_image"]],
-                   "unlabelled": [samples["lung1_image"], samples["lung2_image"]]}
+        names = FOLD_SOURCES[fold]
+        samples = fetch_sample_data([*names["pool"], names["test"]])
+        pool = [samples[name] for name in names["pool"]]
+        sources = {"train": pool, "test": [samples[names["test"]]], "unlabelled": pool}
     else:
         sources = {"train": ["phantom"], "test": ["phantom"], "unlabelled": ["phantom"]}
     scans = {"train": size.train_scans, "test": size.test_scans, "unlabelled": size.unlabelled_scans}
-    seeds = {"train": 100, "test": 200, "unlabelled": 300}
+    offset = 1000 * sorted(FOLD_SOURCES).index(fold)
+    seeds = {"train": 100 + offset, "test": 200 + offset, "unlabelled": 300 + offset}
     cohorts = {}
     for name, n in scans.items():
         folder = workdir / name
@@ -152,34 +232,52 @@ def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
     return cohorts
 
 
-def pretrain(size: Size, unlabelled: Path, run: Path, atlas: Path | None = None) -> Path:
-    """Preprocess the unlabelled cohort (to ``atlas``, default the shipped one) and pretrain DrasCLR
-    on it; returns the export folder."""
+def pretrain(size: Size, unlabelled: Path, run: Path, atlas: Path | None = None, overrides: list[str] | None = None,
+             device: str = "cpu") -> Path:
+    """Preprocess the unlabelled cohort (to ``atlas``, default the shipped one; one cache per fold)
+    and pretrain DrasCLR on it with the size's budget and ``overrides``; returns the export folder."""
     cache = run.parent / "cache"
     atlas_option = ["--atlas", str(atlas)] if atlas is not None else []
     run_step(["preprocess", str(unlabelled / "manifest.csv"), "--out", str(cache), "--no-progress", *atlas_option])
-    export = run.parent / "encoder"
+    export = run.parent / ("encoder" if run.name == "pretrain" else f"encoder_{run.name.removeprefix('pretrain_')}")
     if not (export / "encoder.json").is_file():
         final = run / "checkpoints" / "final.pt"
         if not final.is_file():
             resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
+            settings = [f"train.max_steps={size.pretrain_steps}", f"train.batch_size={size.pretrain_batch}",
+                        f"moco.queue_size={size.pretrain_queue}", "train.progress=false", f"train.device={device}",
+                        *(overrides or [])]
             run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume, *atlas_option,
-                      "--set", f"train.max_steps={size.pretrain_steps}", "--set", "train.progress=false"])
+                      *[a for o in settings for a in ("--set", o)]])
         run_step(["export", "--checkpoint", str(final), "--out", str(export)])
     return export
 
 
+def pretraining_record(size: Size, run: Path) -> dict:
+    """Samples seen per landmark (median) and the queue fill (planned and reached) of one pretraining run."""
+    plan = json.loads((run / "plan.json").read_text())["queue_fill"]
+    return {"steps": size.pretrain_steps, "batch": size.pretrain_batch,
+            "samples_per_landmark_median": plan["keys_per_landmark_in_run_median"], "queue_fill": queue_fill(run)}
+
+
 def prepare_cohort(cohort: Path, atlas: Atlas | None = None) -> list[PreparedCase]:
-    """Every scan of a synthetic cohort on its 1 mm lung grid with its labels (coordinates in
-    ``atlas``, default the shipped one)."""
+    """Every scan of a synthetic cohort on its 1 mm lung grid with its subtype labels (class 0-3;
+    coordinates in ``atlas``, default the shipped one)."""
     with open(cohort / "manifest.csv") as fh:
         rows = list(csv.DictReader(fh))
     cases = []
     for row in rows:
         volume = read_ct(cohort / row["image"])
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["label"])))
-        cases.append(prepare_case(volume, label_map=label, atlas=atlas, case_id=row["id"]))
+        cases.append(prepare_case(volume, label_map=label, atlas=atlas, case_id=row["id"], label_set=LabelSet(SUBTYPES)))
     return cases
+
+
+def for_task(cases: list[PreparedCase], labels: tuple[str, ...]) -> list[PreparedCase]:
+    """The cases with class indices of ``labels`` (subtype cases as prepared; binary: label > 0)."""
+    if tuple(labels) == SUBTYPES:
+        return cases
+    return [replace(case, labels=(case.labels > 0).astype(np.uint8)) for case in cases]
 
 
 INFERENCE = {"window": WINDOW, "routing_block": ROUTING_BLOCK}
@@ -188,20 +286,22 @@ INFERENCE = {"window": WINDOW, "routing_block": ROUTING_BLOCK}
 
 @dataclass(frozen=True)
 class Run:
-    """One cell of the grid: fine-tuning mode, number of labelled scans and seed."""
+    """One cell of the grid: fold, task, arm, number of labelled scans and seed."""
 
-    mode: str
+    fold: str
+    task: str
+    arm: str
     count: int
     seed: int
 
     @property
     def file_name(self) -> str:
-        return f"{self.mode}_{self.count}_{self.seed}.json"
+        return f"{self.fold}_{self.task}_{self.arm}_{self.count}_{self.seed}.json"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a pretrained encoder is fine-tuned (scratch runs train every layer at the full rate)."""
+    """How a pretrained encoder is fine-tuned (the other arms train every layer at the full rate)."""
 
     encoder_lr_scale: float = FinetuneConfig.encoder_lr_scale
     freeze_encoder_epochs: int = FinetuneConfig.freeze_encoder_epochs
@@ -209,12 +309,12 @@ class Recipe:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every run shares: cohorts, encoder, budget, device, the folder of finished runs and
-    the pretrained runs' fine-tuning recipe."""
+    """What every run of one fold shares: cohorts, the pretrained arms' encoders, budget, device,
+    the folder of finished runs and the pretrained arms' fine-tuning recipe."""
 
     train: Path
     test: Path
-    encoder: Path
+    encoders: dict[str, Path]
     size: Size
     device: str
     runs_dir: Path
@@ -247,23 +347,40 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 def _is_done(run: Run, context: RunContext) -> bool:
     """A run counts as done when its record exists and was made with the same size and inference
-    (window, routing) and, for a pretrained run, the same encoder and recipe (scratch runs use
+    (window, routing) and, for a pretrained arm, the same encoder and recipe (the other arms use
     neither, so they carry over to a rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
     same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
-    if run.mode == "scratch":
+    if run.arm not in PRETRAINING_ARMS:
         return same_size
     same_recipe = record.get("recipe", asdict(Recipe())) == asdict(context.recipe)
-    return same_size and same_recipe and record.get("encoder") == str(context.encoder)
+    return same_size and same_recipe and record.get("encoder") == str(context.encoders.get(run.arm))
 
 
 def _load_cases(context: RunContext, threads: int) -> None:
     torch.set_num_threads(threads)
-    _worker_cases["train"] = prepare_cohort(context.train)
-    _worker_cases["test"] = prepare_cohort(context.test)
+    if str(context.train) not in _worker_cases:
+        _worker_cases[str(context.train)] = prepare_cohort(context.train)
+    if str(context.test) not in _worker_cases:
+        test = prepare_cohort(context.test)
+        slab = context.size.test_slab
+        _worker_cases[str(context.test)] = test if slab is None else [central_slab(case, slab) for case in test]
+
+
+def central_slab(case: PreparedCase, slices: int) -> PreparedCase:
+    """The ``slices`` axial slices of ``case`` centred on its lungs' z extent (origin and landmarks
+    moved with them): the CI size scores a fifth of a phantom's 1 mm grid instead of all of it."""
+    z = np.flatnonzero(case.lungs.any(axis=(1, 2)))
+    start = int(np.clip((z[0] + z[-1] + 1 - slices) // 2, 0, max(case.lungs.shape[0] - slices, 0)))
+    cut = slice(start, start + slices)
+    scan = case.scan
+    origin = (scan.origin[0], scan.origin[1], scan.origin[2] + start * scan.spacing[2])
+    scan = replace(scan, image=scan.image[cut], lungs=scan.lungs[cut], origin=origin,
+                   landmarks=scan.landmarks - np.array([start, 0, 0], dtype=scan.landmarks.dtype))
+    return replace(case, scan=scan, coordinates=case.coordinates[:, cut], labels=case.labels[cut])
 
 
 def _score_run_with(job: tuple[Run, RunContext]) -> dict:
@@ -273,18 +390,22 @@ def _score_run_with(job: tuple[Run, RunContext]) -> dict:
 def _score_run(run: Run, context: RunContext) -> dict:
     """Fine-tune and score one run; its record is written to ``runs_dir`` before returning."""
     started = time.perf_counter()
-    scores = finetune_and_score(run.mode, context.encoder, _worker_cases["train"], _worker_cases["test"], run.count,
-                                run.seed, context.size, context.device, context.recipe)
-    record = {**asdict(run), "dice": float(np.mean(scores)), "dice_per_test_scan": scores,
-              "seconds": round(time.perf_counter() - started, 1), "encoder": str(context.encoder),
+    encoder = context.encoders.get(run.arm)
+    labels = TASKS[run.task]
+    config = finetune_config(context.size, context.device, run.seed, context.recipe)
+    model, _ = fine_tuned_model(run.arm, encoder, for_task(_worker_cases[str(context.train)], labels), run.count, config,
+                                labels=labels)
+    score = score_on_test(model, for_task(_worker_cases[str(context.test)], labels), context.device, len(labels),
+                          context.size.overlap)
+    record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder),
               "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE}
     write_json(context.runs_dir / run.file_name, record)
     return record
 
 
 def _report(record: dict) -> None:
-    print(f"  {record['mode']:>10} {record['count']} scan(s) seed {record['seed']}: Dice {record['dice']:.3f} "
-          f"({record['seconds']:.0f} s)", flush=True)
+    print(f"  fold {record['fold']} {record['task']:>8} {record['arm']:>16} {record['count']} scan(s) seed {record['seed']}: "
+          f"Dice {record['dice']:.3f} ({record['seconds']:.0f} s)", flush=True)
 
 
 def read_run(runs_dir: Path, run: Run) -> dict:
@@ -292,11 +413,31 @@ def read_run(runs_dir: Path, run: Run) -> dict:
         return json.load(fh)
 
 
-def finetune_and_score(mode: str, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
-                       count: int, seed: int, size: Size, device: str, recipe: Recipe = Recipe()) -> list[float]:
-    """Fine-tune on ``count`` seeded-random training scans; Dice of binary emphysema per test scan."""
-    model, _ = fine_tuned_model(mode, encoder, train_cases, count, finetune_config(size, device, seed, recipe))
-    return [float(dice(predicted_emphysema(model, case, device, overlap=0.25), case.labels > 0)) for case in test_cases]
+def score_on_test(model: torch.nn.Module, cases: list[PreparedCase], device: str, foreground: int, overlap: float) -> dict:
+    """``dice`` of ``model`` on the test cases: binary (one foreground class) the mean over scans;
+    subtypes :func:`pooled_class_dice` averaged over the classes (and the binary Dice beside it)."""
+    predictions = [np.argmax(window_probabilities(model, case, device, mc_dropout=False, window=WINDOW, overlap=overlap,
+                                                  batch_size=None), axis=0) for case in cases]
+    truths = [case.labels for case in cases]
+    binary = [float(dice(p > 0, t > 0)) for p, t in zip(predictions, truths)]
+    if foreground == 1:
+        return {"dice": float(np.mean(binary)), "dice_per_test_scan": binary}
+    per_class = pooled_class_dice(predictions, truths, SUBTYPES)
+    return {"dice": float(np.mean(list(per_class.values()))), "dice_per_class": per_class, "binary_dice": float(np.mean(binary))}
+
+
+def pooled_class_dice(predictions: list[np.ndarray], truths: list[np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
+    """Dice of each class ``k`` = 1..len(names) pooled over the scans (class-index maps of equal
+    shapes per scan); a class absent from every truth is left out, so a model is neither rewarded
+    for leaving it out nor, on a per-scan mean, for the scans that lack it."""
+    per_class = {}
+    for k, name in enumerate(names, start=1):
+        truth = sum(int(np.count_nonzero(t == k)) for t in truths)
+        if truth:
+            shared = sum(int(np.count_nonzero((p == k) & (t == k))) for p, t in zip(predictions, truths))
+            predicted = sum(int(np.count_nonzero(p == k)) for p in predictions)
+            per_class[name] = 2.0 * shared / (truth + predicted)
+    return per_class
 
 
 def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe()) -> FinetuneConfig:
@@ -305,47 +446,59 @@ def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe(
                           encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
 
 
-def fine_tuned_model(mode: str, encoder: Path, train_cases: list[PreparedCase], count: int, config: FinetuneConfig,
-                     routing_block: int | None = ROUTING_BLOCK, atlas: Atlas | None = None) -> tuple[EmphysemaUNet, dict]:
-    """A model fine-tuned on ``count`` training scans picked by ``config.seed``, from scratch or from
-    ``encoder`` (made for ``atlas``, default the shipped one), and the fine-tuning statistics."""
+def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[PreparedCase], count: int, config: FinetuneConfig,
+                     routing_block: int | None = ROUTING_BLOCK, atlas: Atlas | None = None,
+                     labels: tuple[str, ...] = BINARY) -> tuple[torch.nn.Module, dict]:
+    """A model of arm ``mode`` fine-tuned on ``count`` training scans picked by ``config.seed`` (their
+    labels already class indices of ``labels``): the DrasCLR U-Net from scratch or from ``encoder``
+    (made for ``atlas``, default the shipped one), or MONAI's SegResNet; and the fine-tuning statistics."""
     torch.manual_seed(config.seed)
     chosen = [train_cases[i] for i in np.random.default_rng(config.seed).permutation(len(train_cases))[:count]]
-    model, _ = build_model(["emphysema"], pretrained=encoder if mode == "pretrained" else None, device=config.device,
-                           routing_block=routing_block, atlas=atlas)
-    return model, finetune(model, chosen, config, pretrained=mode == "pretrained")
+    pretrained = mode in PRETRAINING_ARMS
+    if mode == "monai_segresnet":
+        model = MonaiSegResNet(LabelSet(tuple(labels)).num_classes).to(config.device)
+    else:
+        model, _ = build_model(list(labels), pretrained=encoder if pretrained else None, device=config.device,
+                               routing_block=routing_block, atlas=atlas)
+    return model, finetune(model, chosen, config, pretrained=pretrained)
 
 
-def predicted_emphysema(model: EmphysemaUNet, case: PreparedCase, device: str, overlap: float,
+def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str, overlap: float,
                         window: int = WINDOW) -> np.ndarray:
     """Binary emphysema (Z, Y, X) on the case's 1 mm lung grid."""
     probabilities = window_probabilities(model, case, device, mc_dropout=False, window=window, overlap=overlap, batch_size=None)
     return np.argmax(probabilities, axis=0) > 0
 
 
+COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",
+           "monai_segresnet": "tab:brown"}
+
+
 def plot(result: dict, path: Path) -> None:
-    """Dice (mean +- std over seeds) against labelled scans, both modes and the threshold line."""
+    """One panel per task: Dice (mean +- std over folds and seeds) against labelled scans for every
+    arm, and the binary threshold line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for mode, colour in (("pretrained", "tab:orange"), ("scratch", "tab:blue")):
-        counts = sorted(result[mode], key=int)
-        means = [result[mode][c]["mean"] for c in counts]
-        stds = [result[mode][c]["std"] for c in counts]
-        axis.errorbar([int(c) for c in counts], means, yerr=stds, marker="o", capsize=3, color=colour,
-                      label=f"{mode} encoder" if mode == "pretrained" else "from scratch")
-    axis.axhline(result["threshold_950"], color="grey", linestyle="--", label="HU < -950 threshold")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("labelled training scans")
-    axis.set_ylabel("Dice, held-out scans (other real CT)")
-    axis.set_title("Emphysema segmentation: label efficiency")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    tasks = list(result["arms"])
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for arm, curve in result["arms"][task].items():
+            counts = sorted(curve, key=int)
+            axis.errorbar([int(c) for c in counts], [curve[c]["mean"] for c in counts], yerr=[curve[c]["std"] for c in counts],
+                          marker="o", capsize=3, color=COLOURS[arm], label=arm)
+        if task == "binary":
+            axis.axhline(result["threshold_950"], color="grey", linestyle="--", label="HU < -950 threshold")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("labelled training scans")
+        axis.set_ylabel("Dice, held-out patient" + (" (mean of 3 subtypes)" if task == "subtypes" else ""))
+        axis.set_title(f"Label efficiency: {task}")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
     figure.tight_layout()
-    write_with(path, lambda tmp: figure.savefig(tmp, dpi=120))
+    write_with(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
 
 

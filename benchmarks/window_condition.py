@@ -57,6 +57,7 @@ from label_efficiency import (  # noqa: E402
     Size,
     fine_tuned_model,
     finetune_config,
+    for_task,
     make_cohorts,
     predicted_emphysema,
     prepare_cohort,
@@ -68,6 +69,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas, load_atlas, load_default_atl
 from drasclr_monailabel.errors import InputError  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.case import PreparedCase  # noqa: E402
+from drasclr_monailabel.segmentation.labels import BINARY  # noqa: E402
 from drasclr_monailabel.segmentation.network import EmphysemaUNet  # noqa: E402
 from drasclr_monailabel.segmentation.training import FinetuneConfig  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cohorts = make_cohorts(size, workdir)
     encoder = args.encoder or pretrain(size, cohorts["unlabelled"], workdir / "pretrain", args.atlas)
-    train_cases, test_cases = prepare_cohort(cohorts["train"], atlas), prepare_cohort(cohorts["test"], atlas)
+    train_cases, test_cases = (for_task(prepare_cohort(cohorts[name], atlas), BINARY) for name in ("train", "test"))
     if plan.test_box is not None:
         test_cases = [lung_box(case, plan.test_box) for case in test_cases]
     settings = {"size": asdict(size), "plan": asdict(plan), "threads": args.threads, "budget": args.budget,

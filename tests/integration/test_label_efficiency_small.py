@@ -1,4 +1,5 @@
-"""benchmarks/label_efficiency.py runs end to end at its CI size and writes the agreed JSON shape."""
+"""benchmarks/label_efficiency.py runs end to end at its CI size, every arm and both tasks, and
+writes the agreed JSON shape."""
 
 from __future__ import annotations
 
@@ -12,18 +13,32 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
+ARMS = {"scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet"}
 
 
+@pytest.mark.timeout(1800)
 def test_small_label_efficiency_run(tmp_path: Path) -> None:
     out = tmp_path / "le.json"
     run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--out", str(out)],
                          capture_output=True, text=True, timeout=1800, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    for mode in ("pretrained", "scratch"):
-        entry = result[mode]["1"]
-        assert set(entry) == {"mean", "std", "runs"} and len(entry["runs"]) == 1
-        assert 0.0 <= entry["mean"] <= 1.0
+    assert set(result["arms"]) == {"binary", "subtypes"} and result["headline_task"] == "subtypes"
+    for task, arms in result["arms"].items():
+        assert set(arms) == ARMS, task
+        for arm, curve in arms.items():
+            entry = curve["1"]
+            assert set(entry) == {"mean", "std", "runs"} and len(entry["runs"]) == 1, (task, arm)
+            assert 0.0 <= entry["mean"] <= 1.0
+    assert result["pretrained"] == result["arms"]["subtypes"]["pretrained"]
+    assert result["scratch"] == result["arms"]["subtypes"]["scratch"]
+    assert result["binary"] == result["arms"]["binary"] and set(result["folds"]) == {"A"}
     assert 0.0 < result["threshold_950"] < 1.0
+    for arm in ("pretrained", "unconditioned", "no_neighbour"):
+        record = result["pretraining"]["A"][arm]
+        assert record["samples_per_landmark_median"] >= 0 and 0.0 <= record["queue_fill"]["reached_mean"] <= 1.0
+    runs = tmp_path / "le_work" / "runs"
+    subtype_run = json.loads((runs / "A_subtypes_pretrained_1_0.json").read_text())
+    assert set(subtype_run["dice_per_class"]) <= {"centrilobular", "panlobular", "paraseptal"}
     assert result["command"].startswith("python benchmarks/label_efficiency.py --size small")
     assert out.with_suffix(".png").stat().st_size > 10_000

@@ -1,11 +1,14 @@
-"""benchmarks/label_efficiency.py keeps finished runs and resumes from them (no fine-tuning here)."""
+"""benchmarks/label_efficiency.py keeps finished runs and resumes from them; its subtype Dice and
+binary labels (no fine-tuning here)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
@@ -22,20 +25,21 @@ def bench():
 
 
 def _context(bench, tmp_path: Path, encoder: str, size: str = "small", recipe=None):
-    return bench.RunContext(tmp_path / "train", tmp_path / "test", Path(encoder), bench.SIZES[size], "cpu", tmp_path / "runs",
+    encoders = {arm: Path(encoder) / arm for arm in bench.PRETRAINING_ARMS}
+    return bench.RunContext(tmp_path / "train", tmp_path / "test", encoders, bench.SIZES[size], "cpu", tmp_path / "runs",
                             recipe or bench.Recipe())
 
 
 def _finish(bench, run, context, dice: float) -> None:
     """Write the record a finished run leaves, as _score_run does."""
     bench.write_json(context.runs_dir / run.file_name,
-                     {**bench.asdict(run), "dice": dice, "encoder": str(context.encoder),
+                     {**bench.asdict(run), "dice": dice, "encoder": str(context.encoders.get(run.arm)),
                       "size": bench.asdict(context.size), "recipe": bench.asdict(context.recipe), "device": "cpu",
                       "inference": bench.INFERENCE})
 
 
 def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encoder_or_recipe(bench, tmp_path: Path) -> None:
-    scratch, pretrained = bench.Run("scratch", 1, 0), bench.Run("pretrained", 1, 0)
+    scratch, pretrained = bench.Run("A", "binary", "scratch", 1, 0), bench.Run("A", "binary", "pretrained", 1, 0)
     first = _context(bench, tmp_path, "/encoders/a")
     assert not bench._is_done(scratch, first)
     _finish(bench, scratch, first, 0.5)
@@ -43,6 +47,11 @@ def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encode
     assert bench._is_done(scratch, first) and bench._is_done(pretrained, first)
     other_encoder = _context(bench, tmp_path, "/encoders/b")
     assert bench._is_done(scratch, other_encoder)  # scratch runs never read the encoder
+    monai = bench.Run("A", "binary", "monai_segresnet", 1, 0)
+    _finish(bench, monai, first, 0.4)
+    assert bench._is_done(monai, other_encoder)
+    assert not bench._is_done(bench.Run("B", "binary", "scratch", 1, 0), first)  # another fold is another run
+    assert not bench._is_done(bench.Run("A", "subtypes", "scratch", 1, 0), first)  # and so is another task
     assert not bench._is_done(pretrained, other_encoder)
     full_rate = _context(bench, tmp_path, "/encoders/a", recipe=bench.Recipe(encoder_lr_scale=1.0, freeze_encoder_epochs=0))
     assert bench._is_done(scratch, full_rate) and not bench._is_done(pretrained, full_rate)
@@ -53,17 +62,60 @@ def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encode
 
 def test_a_grid_with_every_run_finished_trains_nothing(bench, tmp_path: Path, capsys) -> None:
     context = _context(bench, tmp_path, "/encoders/a")
-    grid = [bench.Run(mode, 1, 0) for mode in ("scratch", "pretrained")]
+    grid = [bench.Run("A", "subtypes", arm, 1, 0) for arm in bench.ARMS]
     for run in grid:
         _finish(bench, run, context, 0.5)
     bench.run_grid(grid, context, jobs=2)  # would fail preparing the (missing) cohorts if it trained
-    assert "2 already done, 0 to do" in capsys.readouterr().out
+    assert f"{len(bench.ARMS)} already done, 0 to do" in capsys.readouterr().out
 
 
 def test_runs_scored_before_the_inference_was_recorded_are_redone(bench, tmp_path: Path) -> None:
     context = _context(bench, tmp_path, "/encoders/a")
-    run = bench.Run("scratch", 1, 0)
+    run = bench.Run("A", "binary", "scratch", 1, 0)
     _finish(bench, run, context, 0.5)
     record = bench.read_run(context.runs_dir, run)
     bench.write_json(context.runs_dir / run.file_name, {k: v for k, v in record.items() if k != "inference"})
     assert not bench._is_done(run, context)  # scored with one location per 64^3 window
+
+
+def test_subtype_dice_is_pooled_over_scans_and_skips_classes_no_scan_has(bench) -> None:
+    truth = [np.array([1, 1, 2, 0]), np.array([1, 0, 0, 0])]
+    predicted = [np.array([1, 2, 2, 0]), np.array([1, 1, 0, 3])]
+    per_class = bench.pooled_class_dice(predicted, truth, ("centrilobular", "panlobular", "paraseptal"))
+    # class 1: 2 overlapping voxels of 3 true and 3 predicted; class 2: 1 of 1 true and 2 predicted;
+    # class 3 is in no truth: left out although it was predicted once
+    assert per_class == pytest.approx({"centrilobular": 4 / 6, "panlobular": 2 / 3})
+
+
+def test_binary_cases_are_made_from_the_subtype_labels(bench) -> None:
+    labels = np.array([0, 1, 2, 3], dtype=np.uint8)
+    binary = bench.for_task([_Case(labels)], bench.BINARY)[0]
+    assert binary.labels.tolist() == [0, 1, 1, 1] and binary.labels.dtype == np.uint8
+    same = [_Case(labels)]
+    assert bench.for_task(same, bench.SUBTYPES) is same
+
+
+@dataclass(frozen=True)
+class _Case:
+    """The one field of a PreparedCase that for_task reads."""
+
+    labels: np.ndarray
+
+
+def test_the_central_slab_keeps_image_lungs_labels_and_coordinates_aligned(bench) -> None:
+    from drasclr_monailabel.anatomy.pipeline import PreprocessedScan
+    from drasclr_monailabel.segmentation.case import PreparedCase
+
+    depth = 40
+    lungs = np.zeros((depth, 4, 4), np.uint8)
+    lungs[10:30] = 1  # lung z extent 10..29, centre 20
+    z = np.arange(depth, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    scan = PreprocessedScan(image=z.astype(np.int16), lungs=lungs, origin=(0.0, 0.0, 100.0), spacing=(1.0, 1.0, 2.0),
+                            direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), registration=None, landmarks=np.array([[20, 1, 1]], np.int32),
+                            valid=np.array([True]), timings={}, warnings=[])
+    case = PreparedCase("c", scan, coordinates=np.stack([z, z, z]), labels=z.astype(np.uint8), lungs_native=lungs)
+    slab = bench.central_slab(case, 8)
+    assert slab.scan.image[:, 0, 0].tolist() == list(range(16, 24))
+    assert slab.labels[:, 0, 0].tolist() == list(range(16, 24)) and slab.coordinates[2, :, 0, 0].tolist() == list(range(16, 24))
+    assert slab.lungs.shape == (8, 4, 4) and slab.scan.origin[2] == 100.0 + 16 * 2.0
+    assert slab.scan.landmarks.tolist() == [[4, 1, 1]]

@@ -56,10 +56,10 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from drasclr_steps import step_runner  # noqa: E402
 from pretraining_signal import queue_fill  # noqa: E402
 
 from drasclr_monailabel.anatomy.atlas import Atlas  # noqa: E402
-from drasclr_monailabel.cli.main import main as drasclr  # noqa: E402
 from drasclr_monailabel.data.sample_data import fetch_sample_data  # noqa: E402
 from drasclr_monailabel.data.synth_cohort import threshold_dice  # noqa: E402
 from drasclr_monailabel.demo import DEMO_RECIPE  # noqa: E402
@@ -73,6 +73,8 @@ from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noq
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK  # noqa: E402
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
+
+run_step = step_runner(__file__)
 
 PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.conditioned=false"],
                     "no_neighbour": ["moco.neighbour_weight=0"]}
@@ -501,11 +503,6 @@ def plot(result: dict, path: Path) -> None:
     write_with(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
 
-
-def run_step(argv: list[str]) -> None:
-    code = drasclr(argv)
-    if code != 0:
-        raise SystemExit(f"label_efficiency: 'drasclr {argv[0]}' failed with exit status {code}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ from sklearn.model_selection import GroupKFold
 
 from drasclr_monailabel.anatomy.atlas import load_default_atlas
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, STEP
-from drasclr_monailabel.cli.main import main as drasclr
 from drasclr_monailabel.data.sample_data import fetch_sample_data
 from drasclr_monailabel.embed.patient import landmark_embeddings
 from drasclr_monailabel.io import read_ct
@@ -71,6 +70,11 @@ from drasclr_monailabel.ssl.drasclr import DrasclrMethod
 from drasclr_monailabel.ssl.patches import read_crop
 from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.utils.atomic import write_json, write_with
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from drasclr_steps import step_runner  # noqa: E402
+
+run_step = step_runner(__file__)
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "drasclr_demo.yaml"
 # Trained arms and their recipe changes (all at the same budget).
@@ -362,11 +366,6 @@ def plot(result: dict, path: Path) -> None:
     write_with(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
 
-
-def run_step(argv: list[str]) -> None:
-    code = drasclr(argv)
-    if code != 0:
-        raise SystemExit(f"pretraining_signal: 'drasclr {argv[0]}' failed with exit status {code}")
 
 
 if __name__ == "__main__":

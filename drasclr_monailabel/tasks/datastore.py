@@ -151,8 +151,29 @@ class EmphysemaDatastore(LocalDatastore):
         return image_id
 
     def remove_image(self, image_id: str) -> None:
-        """Remove an image and its labels (label history is kept); unknown ids get HTTP 404."""
+        """Remove an image and its labels (MONAI Label removes each through :meth:`remove_label`, so
+        every label's last revision joins the label history). Unknown ids get HTTP 404."""
         super().remove_image(self.require_image(image_id))
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Remove a label; its current revision goes to the label history first, as a save keeps
+        the revision it replaces, so a delete never loses an annotation. HTTP 404 when there is
+        no such label. The file goes only after the index no longer lists it (a failed index write
+        leaves the label in place)."""
+        image_id, tag = self.require_image(label_id), self.require_tag(label_tag)
+        removed: list[Path] = []
+
+        def apply(objects: dict[str, ImageLabelModel]) -> None:
+            label = objects[image_id].labels.get(tag) if image_id in objects else None
+            if label is None:
+                raise refuse(NOT_FOUND, f"image '{image_id}' has no '{tag}' label")
+            self._keep_previous(image_id, tag, label, self._next_revision(image_id, tag, label) - 1)
+            removed.append(Path(self._datastore.label_path(tag)) / f"{image_id}{label.ext}")
+            del objects[image_id].labels[tag]
+
+        self._mutate(apply)
+        removed[0].unlink(missing_ok=True)
+        logger.info(f"Removed label {tag}/{image_id}; its last revision is in the label history")
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         """Merge ``info`` into the image's info (read-modify-write under the lock); HTTP 413 if the

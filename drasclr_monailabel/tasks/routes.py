@@ -161,11 +161,9 @@ async def save_label(background_tasks: BackgroundTasks, image: str, params: str 
 
 @router.delete("/datastore/label")
 async def remove_label(id: str, tag: str, user: User = Depends(RBAC(ADMIN))):
-    """MONAI Label's label removal, when enabled; a label that is not stored is 404 (MONAI Label
-    answers 200 and removes nothing)."""
+    """MONAI Label's label removal, when enabled (the datastore keeps the removed revision in the
+    label history and answers 404 for a label that is not stored)."""
     require_changes_allowed("deleting labels")
-    if not app_instance().datastore().get_label_uri(id, tag):
-        raise refuse(NOT_FOUND, f"no '{tag}' label for image '{id}'")
     return ml_datastore.remove_label(id, tag, user.username)
 
 

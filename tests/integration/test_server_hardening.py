@@ -154,13 +154,22 @@ def test_destructive_requests_are_off_unless_enabled(phantom_studies, temp_dir):
         objects = client.get("/datastore/?output=all").json()["objects"]
         assert "final" in objects["case_a"]["labels"] and "copy" not in objects
         assert (phantom_studies / "case_a.nii.gz").exists() and not leftovers(temp_dir)
+    history = phantom_studies / ".drasclr" / "label_history" / "final"
     with in_process_app(phantom_studies, CONF) as client:
-        for unknown in ("/datastore/label?id=case_b&tag=final", "/datastore/label?id=final/../../x&tag=final"):
-            assert_refused(client.delete(unknown), 404, "no 'final' label")
+        assert_refused(client.delete("/datastore/label?id=case_b&tag=final"), 404, "has no 'final' label")
+        assert_refused(client.delete("/datastore/label?id=final/../../x&tag=final"), 404, "not in the datastore")
+        kept = (phantom_studies / "labels" / "final" / "case_a.nii.gz").read_bytes()
         assert client.delete("/datastore/label?id=case_a&tag=final").status_code == 200
-        assert_refused(client.delete("/datastore/label?id=case_a&tag=final"), 404, "no 'final' label")
+        assert (history / "case_a" / "1.nii.gz").read_bytes() == kept  # the deleted revision is kept
+        assert "final" not in client.get("/datastore/?output=all").json()["objects"]["case_a"]["labels"]
+        assert_refused(client.delete("/datastore/label?id=case_a&tag=final"), 404, "has no 'final' label")
+        assert save_label(client, "case_c", zeros_label(phantom_studies)).status_code == 200
+        before = sorted((history / "case_c").glob("*")) if (history / "case_c").is_dir() else []
+        current = (phantom_studies / "labels" / "final" / "case_c.nii.gz").read_bytes()
         assert client.delete("/datastore/image?id=case_c").status_code == 200
         assert not (phantom_studies / "case_c.nii.gz").exists()
+        added = sorted(set((history / "case_c").glob("*")) - set(before))  # and an image's labels too
+        assert [p.read_bytes() for p in added] == [current]
 
 
 def test_pacs_orthanc_stops_within_seconds_on_sigterm(tmp_path):

@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -149,18 +150,26 @@ def test_the_slurm_template_runs_two_nodes_with_the_same_torchrun_command_line(e
                          'status=0; for p in "${pids[@]}"; do wait $p || status=$?; done; exit $status\n')
     _shim(shims, "scontrol", 'if [[ $1 == show ]]; then echo 127.0.0.1; else echo "$@" >> "$SCONTROL_LOG"; fi\n')
     shutil.copy(Path(sys.executable).with_name("torchrun"), shims / "torchrun")
-    job_id = str(_job_id_with_free_port())
-    env = {**_environment(), "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_NNODES": str(NODES),
-           "SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1",
-           "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
-    run_dir = tmp_path / "run"
     overrides = [*EASY, "train.max_steps=3", "moco.queue_size=16", "precise_bn.samples=16", "train.device=cpu",
                  f"data.atlas={easy_atlas}"]
-    result = subprocess.run(["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml", str(easy_cache),
-                             str(run_dir), *[a for o in overrides for a in ("--set", o)]],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # One retry, on a fresh port and run folder: once in CI (not reproducible here, also on one
+    # loaded core) an agent lost the c10d rendezvous store at the end of a run, a race of
+    # torchrun's shutdown between agents on one machine (pytorch/pytorch#123678). The first
+    # failure stays visible as a warning with its first traceback.
+    for attempt in (1, 2):
+        job_id = str(_job_id_with_free_port())
+        env = {**_environment(), "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_NNODES": str(NODES),
+               "SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1",
+               "SCONTROL_LOG": str(tmp_path / f"scontrol{attempt}.log")}
+        run_dir = tmp_path / f"run{attempt}"
+        result = subprocess.run(["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml",
+                                 str(easy_cache), str(run_dir), *[a for o in overrides for a in ("--set", o)]],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode == 0 or attempt == 2:
+            break
+        warnings.warn("two-node SLURM run failed once, retrying: " + _failure_report(result.stdout + result.stderr))
     assert result.returncode == 0, _failure_report(result.stdout + result.stderr)
     assert (run_dir / "encoder.json").is_file()
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
     assert final["world_size"] == NODES and final["step"] == 3
-    assert not (tmp_path / "scontrol.log").exists()  # finished: no requeue
+    assert not (tmp_path / f"scontrol{attempt}.log").exists()  # finished: no requeue

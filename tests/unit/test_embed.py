@@ -23,12 +23,7 @@ from drasclr_monailabel.ssl.cache import read_atlas_landmarks
 from tests.fixtures.embed import export_random_encoder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures/threads.py
 
 
 def embed(encoder: Path, cache: Path, atlas: Path, out: Path, *extra: str) -> int:

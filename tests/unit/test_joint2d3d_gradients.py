@@ -18,12 +18,7 @@ from drasclr_monailabel.ssl.joint2d3d.network import Joint2d3dNetwork, StepPlan
 ONLY = {"inter": "{intra: 0.0, masked: 0.0, inter: 1.0}", "masked": "{intra: 0.0, masked: 1.0, inter: 0.0}"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures/threads.py
 
 
 def _trunk_gradients(tiny_recipe, volumes: Path, stage: str, *overrides: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -16,14 +16,7 @@ from drasclr_monailabel.ssl.joint2d3d.embed import JointEmbedder, embed_images, 
 from drasclr_monailabel.ssl.trainer import run_pretraining
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one intra-op thread is faster than several (and far faster when
-    other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures/threads.py
 
 
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:

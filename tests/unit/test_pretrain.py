@@ -34,14 +34,7 @@ EASY = [
 NO_AUGMENTATION = ["augment.affine_p=0", "augment.noise_p=0", "augment.contrast_p=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These runs are many tiny ops: one thread is as fast as two on free cores, and far faster
-    when other processes compete for them (OpenMP threads spin-wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures/threads.py
 
 
 def easy_config(atlas: Path, *overrides: str):

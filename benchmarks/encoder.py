@@ -5,7 +5,8 @@ In one run, on the same random batch (default 32 patches) and the same layer sha
 * ``cond_shared``: the conditional encoder with the whole batch at one landmark (one mixed kernel
   and one ordinary convolution per layer; DrasCLR training batches are like this);
 * ``cond_grouped``: the conditional encoder with a different location per sample (one grouped
-  convolution per layer, the batch folded into channels);
+  convolution per layer, the batch folded into channels; on the 2^3 and 1^3 maps of the last
+  layers the experts go first: one matrix product, then a per-sample weighted sum);
 * ``plain``: the same network with ordinary ``nn.Conv3d`` layers (no conditioning): the floor;
 * ``loop``: the original formulation, a Python loop with one kernel and one convolution per sample.
 

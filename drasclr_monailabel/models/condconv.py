@@ -12,7 +12,11 @@ That makes the per-sample Python loop of the original implementation unnecessary
   run one ordinary ``conv3d``;
 * ``G`` equal groups of consecutive samples, each group sharing a location (``G == N``: every
   sample its own): mix ``G`` kernels and run one grouped convolution with the groups folded into
-  the channel axis;
+  the channel axis. Where a group has at most ``E`` output voxels in all (the 2^3 and 1^3 maps at
+  the end of the encoder when every patch has its own location) the experts go first instead:
+  one matrix product of all ``E`` experts with the patches' columns, then each sample's weighted
+  sum. That costs ``E`` times a plain convolution, which on those maps is less than writing,
+  reordering and reading back ``G`` mixed kernels of ``out * in * k^3`` numbers each;
 * a grid of locations per sample, ``(N, 3, gz, gy, gx)``: the output map is split into
   ``gz x gy x gx`` equal blocks and each block uses its own location's kernel. Each block's input
   (with the kernel's halo, so receptive fields cross block borders exactly as in one convolution)
@@ -109,8 +113,11 @@ class CondConv3d(nn.Module):
 
     def _forward_groups(self, x: torch.Tensor, location: torch.Tensor, padding: int) -> torch.Tensor:
         """``location`` (G, 3): G equal groups of consecutive samples, each with its own kernel."""
+        groups = location.shape[0]
+        out_voxels = math.prod((s + 2 * padding - self.kernel_size) // self.stride + 1 for s in x.shape[2:])
+        if groups > 1 and out_voxels * (x.shape[0] // groups) <= self.num_experts:
+            return self._forward_experts_first(x, location, padding)
         kernels = self.mixed_kernels(location.to(self.routing.weight.dtype))
-        groups = kernels.shape[0]
         if groups == 1:
             return F.conv3d(x, kernels[0].to(x.dtype), _cast(self.bias, x), self.stride, padding)
         per_group = x.shape[0] // groups
@@ -119,6 +126,20 @@ class CondConv3d(nn.Module):
         bias = None if self.bias is None else _cast(self.bias, x).repeat(groups)
         out = F.conv3d(folded, weight, bias, self.stride, padding, groups=groups)
         return _unfold_groups(out, groups, per_group)
+
+    def _forward_experts_first(self, x: torch.Tensor, location: torch.Tensor, padding: int) -> torch.Tensor:
+        """Every expert on every sample, then each group's routing-weighted sum of the E outputs.
+
+        ``x`` (N, in, D, H, W), ``location`` (G, 3) -> (N, out, D', H', W'); equal to convolving
+        with the mixed kernel because the convolution is linear in its kernel.
+        """
+        groups, batch = location.shape[0], x.shape[0]
+        weights = self.routing_weights(location.to(self.routing.weight.dtype)).to(x.dtype)  # (G, E)
+        columns, size = _im2col(x, self.kernel_size, self.stride, padding)  # (N, in * k^3, L)
+        experts = torch.matmul(self.weight.view(self.num_experts * self.out_channels, -1).to(x.dtype), columns)  # (N, E * out, L)
+        experts = experts.view(groups, batch // groups, self.num_experts, self.out_channels, -1)
+        out = torch.einsum("ge,gneol->gnol", weights, experts).reshape(batch, self.out_channels, *size)
+        return out if self.bias is None else out + _cast(self.bias, x).view(-1, 1, 1, 1)
 
     def _forward_blocks(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """One location per output block: ``x`` (N, in, D, H, W), ``grid`` (N, 3, gz, gy, gx).
@@ -171,6 +192,27 @@ def _as_groups(location: torch.Tensor, batch: int) -> torch.Tensor:
     if location.dim() != 2 or location.shape[0] == 0 or batch % location.shape[0] != 0:
         raise ValueError(f"location must be (3,) or (G, 3) with G dividing the batch size {batch}, got {tuple(location.shape)}")
     return location
+
+
+def _im2col(x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> tuple[torch.Tensor, list[int]]:
+    """Receptive fields as columns: (N, C, D, H, W) -> (N, C * k^3, L) and the output size (3 ints).
+
+    Row ``c * k^3 + tap`` (taps in C order, as in a weight's flattening), column = output voxel.
+    One ``index_select`` on the zero-padded input, so the backward is one ``index_add``.
+    """
+    padded = F.pad(x, (padding,) * 6)
+    dims = padded.shape[2:]
+    size = [(d - kernel_size) // stride + 1 for d in dims]
+    taps = torch.arange(kernel_size, device=x.device)
+    starts = [torch.arange(n, device=x.device) * stride for n in size]
+    index = _flat_offsets([taps] * 3, dims)[:, None] + _flat_offsets(starts, dims)[None, :]  # (k^3, L)
+    columns = padded.flatten(2).index_select(2, index.flatten())
+    return columns.view(x.shape[0], -1, index.shape[1]), size
+
+
+def _flat_offsets(axes: list[torch.Tensor], dims: torch.Size) -> torch.Tensor:
+    """Flat C-order offsets in an array of shape ``dims`` of the grid ``axes[0] x axes[1] x axes[2]``."""
+    return ((axes[0][:, None, None] * dims[1] + axes[1][None, :, None]) * dims[2] + axes[2][None, None, :]).flatten()
 
 
 def _cast(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:

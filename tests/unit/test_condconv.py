@@ -1,4 +1,4 @@
-"""CondConv3d: the batched paths (one shared location, grouped locations) equal the per-sample loop."""
+"""CondConv3d: the batched paths (one shared location, grouped locations, experts first) equal the per-sample loop."""
 
 from __future__ import annotations
 
@@ -54,6 +54,40 @@ def test_grouped_path_equals_per_sample_reference(groups: int) -> None:
     upstream = torch.randn_like(fast)
     for a, b in zip(gradients(conv, x, fast, upstream), gradients(conv, x, slow, upstream)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def assert_equals_reference(conv: CondConv3d, x: torch.Tensor, fast: torch.Tensor, per_sample: torch.Tensor) -> None:
+    """Output and gradients (input, experts, bias, routing) equal those of :func:`naive_reference`."""
+    slow = naive_reference(conv, x, per_sample)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(fast)
+    for a, b in zip(gradients(conv, x, fast, upstream), gradients(conv, x, slow, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("stride", "groups"), [(1, 6), (2, 6), (2, 3), (1, 1)])
+def test_experts_first_equals_per_sample_reference(stride: int, groups: int) -> None:
+    """The experts-first formulation on any map size (here one the dispatcher would not give it)."""
+    conv, x = make(stride)
+    group_locations = torch.randn(groups, 3, dtype=torch.float64)
+    fast = conv._forward_experts_first(x, group_locations, conv.padding)
+    assert_equals_reference(conv, x, fast, group_locations.repeat_interleave(x.shape[0] // groups, dim=0))
+
+
+@pytest.mark.parametrize(("size", "stride", "groups"), [((2, 2, 2), 2, 6), ((2, 2, 2), 2, 2), ((2, 1, 2), 1, 6), ((3, 3, 3), 3, 3)])
+def test_small_maps_take_the_experts_first_path(monkeypatch: pytest.MonkeyPatch, size: tuple[int, int, int], stride: int,
+                                                groups: int) -> None:
+    """At most E output voxels per group: experts first, with outputs and gradients of the definition."""
+    torch.manual_seed(2)
+    conv = CondConv3d(3, 5, 3, stride=stride, num_experts=4).double()
+    x = torch.randn(6, 3, *size, dtype=torch.float64, requires_grad=True)
+    calls = []
+    experts_first = conv._forward_experts_first
+    monkeypatch.setattr(conv, "_forward_experts_first", lambda *args: calls.append(args[0].shape) or experts_first(*args))
+    group_locations = torch.randn(groups, 3, dtype=torch.float64)
+    fast = conv(x, group_locations)
+    assert calls
+    assert_equals_reference(conv, x, fast, group_locations.repeat_interleave(x.shape[0] // groups, dim=0))
 
 
 def test_forward_per_sample_matches_batched_paths() -> None:

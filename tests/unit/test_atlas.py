@@ -149,8 +149,8 @@ def test_build_atlas_usage_errors(argv, tmp_path, capsys):
 def test_a_full_chest_ct_held_out_of_the_atlas_registers(sample_files, tmp_path):
     """An atlas built like the shipped one from lung1 and lung2 only, and LIDC-IDRI-0001 (not in it) registered to it.
 
-    Issue 15 asks for lung Dice 0.85; 0.848 is measured (docs/anatomy.md: the affine cannot follow
-    heart-size differences), so this guards the measured quality rather than the goal.
+    Issue 15 asks for lung Dice 0.85 (affine): mutual information alone reached 0.848, the overlap
+    refinement 0.853 (docs/anatomy.md).
     """
     from drasclr_monailabel.anatomy.build_atlas import cohort_subjects, sample_entries
     from drasclr_monailabel.anatomy.pipeline import preprocess_volume
@@ -159,7 +159,7 @@ def test_a_full_chest_ct_held_out_of_the_atlas_registers(sample_files, tmp_path)
     entries = [e for e in sample_entries() if e.scan_id != "lidc0001"]
     atlas = build_atlas(list(cohort_subjects(entries)), tmp_path / "atlas", "held-out", progress=False)
     scan = preprocess_volume(read_ct(sample_files["lidc0001_image"]), atlas)
-    assert scan.registration.dice >= 0.84
+    assert scan.registration.dice >= 0.85
     assert scan.valid.mean() >= 0.9
     assert np.mean(patch_fractions(scan.lungs > 0, scan.landmarks[scan.valid]) > 0.1) >= 0.93
 

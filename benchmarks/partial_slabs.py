@@ -1,0 +1,87 @@
+"""Partial coverage: landmarks of slabs cut from LIDC-IDRI-0001 against where the whole scan puts them.
+
+Apex-only, base-only and middle slabs are cut from the full chest CT (sample data) and go through
+the same pipeline as ``drasclr preprocess`` with the shipped atlas. A slab's lungs reach its first
+or last slice, so it is registered with the atlas restricted to the scanned range (a similarity);
+for every landmark valid in both the slab and the whole scan, the distance between the two
+positions (mm) is reported. Issue 15's line: within 10 mm.
+
+    python benchmarks/partial_slabs.py --out benchmarks/results/partial_slabs.json --qa-dir docs/images
+
+``--qa-dir`` also writes the QA pictures of the whole scan and of the 100 mm base slab that
+docs/anatomy.md shows (``preprocess_qa_lidc0001.png``, ``preprocess_qa_lidc0001_base_slab.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lung_mask_real import reference_case  # noqa: E402
+
+LUNG_ABOVE_MM = 30.0  # a base slab also holds this much of the upper abdomen, an apex slab of the neck
+
+
+def landmark_world(scan: Any) -> np.ndarray:
+    """(L, 3) world position (x, y, z mm) of every landmark centre of a preprocessed scan."""
+    return np.asarray(scan.origin) + scan.landmarks[:, ::-1] * np.asarray(scan.spacing)
+
+
+def slabs(base: float, apex: float) -> list[tuple[str, float, float]]:
+    """(name, low z, high z) in world mm, from the reference lungs' lowest and highest slice."""
+    middle = (base + apex) / 2.0
+    out = [(f"apex, {h:.0f} mm of lung", apex - h, apex + LUNG_ABOVE_MM) for h in (40.0, 60.0, 100.0)]
+    out += [(f"base, {h:.0f} mm (with upper abdomen)", base - LUNG_ABOVE_MM, base + h) for h in (40.0, 60.0, 100.0)]
+    out += [(f"middle, {h:.0f} mm", middle - h / 2.0, middle + h / 2.0) for h in (80.0, 120.0)]
+    out += [("upper half", middle, apex + LUNG_ABOVE_MM), ("lower half", base - LUNG_ABOVE_MM, middle)]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--qa-dir", type=Path, help="also write the QA pictures of the whole scan and the 100 mm base slab here")
+    args = parser.parse_args()
+
+    from drasclr_monailabel.anatomy.atlas import load_default_atlas
+    from drasclr_monailabel.anatomy.pipeline import preprocess_volume
+    from drasclr_monailabel.anatomy.qa import write_qa_png
+    from drasclr_monailabel.data.sections import cut_slab
+    from drasclr_monailabel.utils.atomic import write_json
+
+    atlas = load_default_atlas()
+    volume, lungs, _, _ = reference_case()
+    z = volume.origin[2] + volume.spacing[2] * np.arange(volume.hu.shape[0])
+    lung_z = z[lungs.any(axis=(1, 2))]
+    full = preprocess_volume(volume, atlas)
+    if args.qa_dir:
+        write_qa_png(args.qa_dir / "preprocess_qa_lidc0001.png", full.image, full.lungs, full.landmarks, full.valid,
+                     f"LIDC-IDRI-0001, atlas {atlas.atlas_id}: Dice {full.registration.dice:.3f}, {int(full.valid.sum())} of {len(full.valid)} landmarks valid")
+    rows: list[dict[str, Any]] = []
+    for name, low, high in slabs(float(lung_z[0]), float(lung_z[-1])):
+        slab = preprocess_volume(cut_slab(volume, low, high, source=name), atlas)
+        if args.qa_dir and name.startswith("base, 100 mm"):
+            write_qa_png(args.qa_dir / "preprocess_qa_lidc0001_base_slab.png", slab.image, slab.lungs, slab.landmarks, slab.valid,
+                         f"LIDC-IDRI-0001 {name}: Dice {slab.registration.dice:.3f}, {int(slab.valid.sum())} of {len(slab.valid)} landmarks valid")
+        both = slab.valid & full.valid
+        distance = np.linalg.norm(landmark_world(slab)[both] - landmark_world(full)[both], axis=1)
+        rows.append({"slab": name, "z_mm": [round(low, 1), round(high, 1)], "dice": round(slab.registration.dice, 3),
+                     "valid": int(slab.valid.sum()), "valid_in_both": int(both.sum()),
+                     "median_mm": round(float(np.median(distance)), 1), "p95_mm": round(float(np.percentile(distance, 95)), 1),
+                     "max_mm": round(float(distance.max()), 1), "within_10_mm": round(float(np.mean(distance <= 10.0)), 3)})
+        row = rows[-1]
+        print(f"{name:32s} Dice {row['dice']:.3f} valid {row['valid']:3d} median {row['median_mm']:4.1f} "
+              f"p95 {row['p95_mm']:4.1f} max {row['max_mm']:4.1f} mm, within 10 mm {row['within_10_mm']:.3f}", file=sys.stderr)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, {"benchmark": "partial_slabs", "command": "python benchmarks/partial_slabs.py --out " + args.out,
+                          "atlas": atlas.atlas_id, "full_scan_dice": round(full.registration.dice, 3), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,8 @@ Apex-only, base-only and middle slabs are cut from the full chest CT (sample dat
 the same pipeline as ``drasclr preprocess`` with the shipped atlas. A slab's lungs reach its first
 or last slice, so it is registered with the atlas restricted to the scanned range (a similarity);
 for every landmark valid in both the slab and the whole scan, the distance between the two
-positions (mm) is reported. Issue 15's line: within 10 mm.
+positions (mm) is reported. Issue 15's line: within 10 mm. A slab that the pipeline refuses (a
+partial scan with less than 50 mm of lung) is reported with its reason.
 
     python benchmarks/partial_slabs.py --out benchmarks/results/partial_slabs.json --qa-dir docs/images
 
@@ -52,6 +53,7 @@ def main() -> int:
     from drasclr_monailabel.anatomy.pipeline import preprocess_volume
     from drasclr_monailabel.anatomy.qa import write_qa_png
     from drasclr_monailabel.data.sections import cut_slab
+    from drasclr_monailabel.errors import InputError
     from drasclr_monailabel.utils.atomic import write_json
 
     atlas = load_default_atlas()
@@ -64,7 +66,12 @@ def main() -> int:
                      f"LIDC-IDRI-0001, atlas {atlas.atlas_id}: Dice {full.registration.dice:.3f}, {int(full.valid.sum())} of {len(full.valid)} landmarks valid")
     rows: list[dict[str, Any]] = []
     for name, low, high in slabs(float(lung_z[0]), float(lung_z[-1])):
-        slab = preprocess_volume(cut_slab(volume, low, high, source=name), atlas)
+        try:
+            slab = preprocess_volume(cut_slab(volume, low, high, source=name), atlas)
+        except InputError as error:
+            rows.append({"slab": name, "z_mm": [round(low, 1), round(high, 1)], "refused": str(error)})
+            print(f"{name:32s} refused: {error}", file=sys.stderr)
+            continue
         if args.qa_dir and name.startswith("base, 100 mm"):
             write_qa_png(args.qa_dir / "preprocess_qa_lidc0001_base_slab.png", slab.image, slab.lungs, slab.landmarks, slab.valid,
                          f"LIDC-IDRI-0001 {name}: Dice {slab.registration.dice:.3f}, {int(slab.valid.sum())} of {len(slab.valid)} landmarks valid")

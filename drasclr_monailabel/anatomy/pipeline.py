@@ -25,7 +25,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas
 from drasclr_monailabel.anatomy.grid import IDENTITY, make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, patch_fractions
 from drasclr_monailabel.anatomy.lung_mask import LABEL_SMOOTHING_MM, lung_labels_working_grid
-from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, prepare_atlas, register_to_atlas
+from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, covers_part_of_lungs, prepare_atlas, register_to_atlas
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 
@@ -33,6 +33,10 @@ PAD_HU = -1024
 CACHE_SPACING_MM = 1.0
 MARGIN_MM = PATCH_SIZE // 2 + 12
 MIN_LUNG_EXTENT_MM = 30.0
+# A scan whose lungs reach its first or last slice needs more: slabs with 40 mm of lung put their
+# landmarks a median 11 mm from where the whole scan puts them, slabs with 60 mm 4-6 mm
+# (benchmarks/partial_slabs.py, docs/anatomy.md).
+MIN_PARTIAL_LUNG_EXTENT_MM = 50.0
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 
 
@@ -102,8 +106,9 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
 
     Raises:
         NoLungsError: no lungs in the scan.
-        InputError: less than 30 mm of lung from top to bottom, or a registration to the atlas too
-            poor to place landmarks (Dice below ``settings.refuse_dice``).
+        InputError: less than 30 mm of lung from top to bottom (50 mm when the lungs reach the first
+            or last slice), or a registration to the atlas too poor to place landmarks (Dice below
+            ``settings.refuse_dice``).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -115,6 +120,9 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     if extent < MIN_LUNG_EXTENT_MM:
         raise InputError(source, f"the scan holds only {extent:.0f} mm of lung from top to bottom; at least "
                                  f"{MIN_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks")
+    if extent < MIN_PARTIAL_LUNG_EXTENT_MM and covers_part_of_lungs(labels):
+        raise InputError(source, f"the scan covers only part of the lungs ({extent:.0f} mm of lung, cut by its first or last "
+                                 f"slice); at least {MIN_PARTIAL_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks in a partial scan")
 
     clock = time.perf_counter()
     atlas_image = atlas.cached(f"registration-{settings.registration.spacing_mm}", lambda: prepare_atlas(atlas.lungs, settings.registration))

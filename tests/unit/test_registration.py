@@ -170,3 +170,16 @@ def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
     thin = cut_slab(lidc_case.volume, middle - 12.0, middle + 12.0, source="thin.nii.gz")  # 10 slices of 2.5 mm
     with pytest.raises(InputError, match=r"^thin\.nii\.gz: the scan holds only \d+ mm of lung .* at least 30 mm"):
         preprocess_volume(thin, default_atlas)
+
+
+@pytest.mark.parametrize("part", ["apex", "base"])
+def test_partial_slab_with_40_mm_of_lung_is_refused(lidc_case, default_atlas, part):
+    """Slabs with 40 mm of lung put landmarks a median 11 mm off (docs/anatomy.md): refused, not silently wrong."""
+    from drasclr_monailabel.data.sections import cut_slab
+    from drasclr_monailabel.errors import InputError
+
+    base, apex = lidc_case.lung_z_range()
+    low, high = (apex - 40.0, apex + 30.0) if part == "apex" else (base - 30.0, base + 40.0)
+    with pytest.raises(InputError, match=rf"^{part}\.nii\.gz: the scan covers only part of the lungs \(\d+ mm of lung, cut .* at least 50 mm"):
+        preprocess_volume(cut_slab(lidc_case.volume, low, high, source=f"{part}.nii.gz"), default_atlas)
+

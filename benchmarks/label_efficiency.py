@@ -212,14 +212,15 @@ def summarise(runs_dir: Path, size: Size, folds: tuple[str, ...], tasks: tuple[s
     return result
 
 
-def make_cohorts(size: Size, workdir: Path, fold: str = "A") -> dict[str, Path]:
-    """Three synthetic cohorts of one fold: labelled training pool, held-out test, unlabelled pretraining."""
-    if size.source == "real":
+def make_cohorts(size: Size, workdir: Path, fold: str = "A", sources: dict[str, list[Path]] | None = None) -> dict[str, Path]:
+    """Three synthetic cohorts of one fold: labelled training pool, held-out test, unlabelled pretraining.
+    ``sources`` replaces the size's source CTs (``{"train", "test", "unlabelled"}: CT files``)."""
+    if sources is None and size.source == "real":
         names = FOLD_SOURCES[fold]
         samples = fetch_sample_data([*names["pool"], names["test"]])
         pool = [samples[name] for name in names["pool"]]
         sources = {"train": pool, "test": [samples[names["test"]]], "unlabelled": pool}
-    else:
+    elif sources is None:
         sources = {"train": ["phantom"], "test": ["phantom"], "unlabelled": ["phantom"]}
     scans = {"train": size.train_scans, "test": size.test_scans, "unlabelled": size.unlabelled_scans}
     offset = 1000 * sorted(FOLD_SOURCES).index(fold)

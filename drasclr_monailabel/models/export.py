@@ -149,3 +149,21 @@ def load_encoder(
                     f"unexpected {', '.join(result.unexpected_keys[:3])}" if result.unexpected_keys else ""]
         raise InputError(weights_path, "weights do not fit the architecture in encoder.json: " + "; ".join(p for p in problems if p))
     return encoder.to(map_location).eval(), metadata
+
+
+def save_random_encoder(out_dir: str | Path, architecture: EncoderArchitecture, seed: int, note: str) -> Path:
+    """Export a randomly initialised (``seed``) DrasCLR encoder for the shipped atlas, laid out as a
+    pretrained one (for tests and for benchmark sizes too small to pretrain); returns ``out_dir``.
+    ``note`` goes to ``training.note`` in ``encoder.json``."""
+    from drasclr_monailabel.anatomy.atlas import load_default_atlas
+    from drasclr_monailabel.models.intensity import LUNG_WINDOW
+
+    torch.manual_seed(seed)
+    atlas = load_default_atlas()
+    save_encoder(out_dir, DrasclrEncoder(architecture).state_dict(), {
+        "method": "drasclr", "architecture": architecture.to_dict(),
+        "atlas": {"id": atlas.atlas_id, "n_landmarks": atlas.n_landmarks},
+        "intensity": LUNG_WINDOW.to_dict(), "patch_size": 32, "embedding_dim": architecture.embedding_dim,
+        "training": {"note": note},
+    })
+    return Path(out_dir)

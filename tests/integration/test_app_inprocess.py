@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from requests_toolbelt.multipart.decoder import MultipartDecoder
 
+from drasclr_monailabel.tasks.in_process import image_bytes, infer_all, label_bytes, read_bytes, save_label
 from tests.fixtures.app import FAST_CONF, in_process_app
 
 pytestmark = pytest.mark.integration
@@ -28,42 +28,6 @@ def client(phantom_studies, tiny_encoder):
     conf = {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
     with in_process_app(phantom_studies, conf) as test_client:
         yield test_client
-
-
-def image_bytes(image: sitk.Image) -> bytes:
-    """The bytes of ``image`` written as a compressed NIfTI file."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "image.nii.gz"
-        sitk.WriteImage(image, str(path), useCompression=True)
-        return path.read_bytes()
-
-
-def read_bytes(data: bytes) -> np.ndarray:
-    """The voxels (Z, Y, X) of NIfTI file bytes."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "image.nii.gz"
-        path.write_bytes(data)
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def label_bytes(array: np.ndarray, like: sitk.Image) -> bytes:
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.CopyInformation(like)
-    return image_bytes(image)
-
-
-def infer_all(client, model: str, image: str) -> tuple[dict, np.ndarray]:
-    """POST /infer as Slicer does (multipart answer: JSON params + label file)."""
-    response = client.post(f"/infer/{model}?image={image}")
-    assert response.status_code == 200, response.text
-    parts = {p.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0]: p
-             for p in MultipartDecoder(response.content, response.headers["content-type"]).parts}
-    return json.loads(parts[b"params"].text), read_bytes(parts[b"image"].content)
-
-
-def save_label(client, image: str, data: bytes, tag: str = "final"):
-    return client.put(f"/datastore/label?image={image}&tag={tag}", files={"label": ("label.nii.gz", data)},
-                      data={"params": json.dumps({"label_info": [{"name": "emphysema", "idx": 1}]})})
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ Sizes:
     runs (diversity and hybrid need the encoder) and the pretraining make about 55 hours of that CPU.
 
 Strategies diversity and hybrid exist in the app only with a pretrained encoder: without one they
-are recorded as skipped. The random strategy draws from the app's own unseeded generator, so its
-picks differ between reruns; the seed sets the app's training seed (``--conf seed``).
+are recorded as skipped. The seed is the app's ``--conf seed``: it seeds training and the random
+strategy's picks, so a rerun repeats a session.
 
 Output (``--out``, written atomically): ``strategies`` -> ``"<strategy>/<encoder>"`` -> per-round
 lists (index r = after r + 1 labelled scans) averaged over seeds: ``dice`` (mean test Dice),

@@ -86,7 +86,7 @@ class EmphysemaApp(MONAILabelApp):
 
     def init_strategies(self):
         reserve = self.resolved.conf.reserve_seconds
-        strategies = {"random": RandomStrategy(reserve), "first": FirstStrategy(reserve)}
+        strategies = {"random": RandomStrategy(reserve, seed=self.resolved.conf.seed), "first": FirstStrategy(reserve)}
         for config in self.models.values():
             strategies.update(config.strategy() or {})
         return strategies

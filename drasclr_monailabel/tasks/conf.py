@@ -58,7 +58,8 @@ class AppConf:
             unset: 0 on a CPU (about 2.5 times fewer windows: a chest CT in under 30 s on two
             cores, docs/benchmarks.md), 0.25 on a GPU (blends window seams away).
         amp: mixed precision in training; ``auto`` turns it on only on a GPU, never on a CPU.
-        seed: random seed of training and patch sampling.
+        seed: random seed of training, patch sampling and the ``random`` strategy (a rerun proposes the
+            same scans in the same order).
         skip_training: serve infer only (no trainer is offered to clients).
         skip_scoring: offer no scoring methods (and so no uncertainty or diversity strategies).
         auto_update_scoring: re-score after each training round and each next-sample request.

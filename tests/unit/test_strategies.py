@@ -17,7 +17,7 @@ from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
 from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_fingerprint
 from drasclr_monailabel.tasks.kcenter import k_center_greedy, min_distances, normalise
 from drasclr_monailabel.tasks.scoring import mc_dropout_score, mutual_information
-from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY, DiversityStrategy, EpistemicStrategy, HybridStrategy
+from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY, DiversityStrategy, EpistemicStrategy, HybridStrategy, RandomStrategy
 
 
 def make_store(tmp_path, ids, labelled=()):
@@ -160,6 +160,18 @@ def test_a_scan_handed_out_recently_goes_to_nobody_else_while_others_remain(tmp_
     assert second != first
     store.update_image_info(second, {"strategy": {"diversity": {"ts": int(time.time())}}})
     assert ask(strategy, store, "diversity")["id"] in {"a", "b"}
+
+
+def test_random_strategy_with_a_seed_repeats_its_picks(tmp_path):
+    """The app seeds ``random`` with its ``seed`` option, so a rerun of a session proposes the same scans."""
+    store = make_store(tmp_path, [f"s{i:02d}" for i in range(20)])
+
+    def picks(seed):
+        strategy = RandomStrategy(reserve_seconds=0, seed=seed)
+        return [ask(strategy, store, "random")["id"] for _ in range(6)]
+
+    assert picks(3) == picks(3)
+    assert picks(3) != picks(4)
 
 
 def test_no_unlabelled_scans_means_no_answer(tmp_path):

@@ -41,6 +41,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from drasclr_monailabel.tasks import auth
 from drasclr_monailabel.tasks.guards import CURRENT_UPLOAD
@@ -223,7 +224,7 @@ async def train_all(params: Optional[dict] = None, run_sync: Optional[bool] = Fa
     instance = app_instance()
     for model in instance.info()["trainers"]:
         instance.check_train_request(model, (params or {}).get(model) or {})
-    return ml_train.run(params, run_sync)
+    return await _off_the_event_loop(run_sync, ml_train.run, params, run_sync)
 
 
 @router.post("/train/{model}")
@@ -231,7 +232,7 @@ async def train(model: str, params: Optional[dict] = None, run_sync: Optional[bo
                 enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
     """MONAI Label's train, with the model and the options checked before any task starts."""
     app_instance().check_train_request(model, params or {})
-    return ml_train.run_model(model, params, run_sync, enqueue)
+    return await _off_the_event_loop(run_sync, ml_train.run_model, model, params, run_sync, enqueue)
 
 
 @router.post("/scoring/{method}")
@@ -239,7 +240,18 @@ async def scoring(method: str, params: Optional[dict] = None, run_sync: Optional
                   user: User = Depends(RBAC(ANNOTATOR))):
     """MONAI Label's scoring, with the method checked before the busy check."""
     app_instance().check_scoring_request(method)
-    return ml_scoring.run_method(method, params, run_sync)
+    return await _off_the_event_loop(run_sync, ml_scoring.run_method, method, params, run_sync)
+
+
+async def _off_the_event_loop(run_sync: Optional[bool], call: Any, *args: Any) -> Any:
+    """``call(*args)``, in a worker thread when ``run_sync`` asks MONAI Label to train or score in the request.
+
+    MONAI Label runs a synchronous round inside the route, which would hold the server's event loop
+    for the whole round: every other request (``/info/``, an annotator's infer) waited minutes.
+    """
+    if run_sync:
+        return await run_in_threadpool(call, *args)
+    return call(*args)
 
 
 @router.get("/logs/gpu")

@@ -10,6 +10,7 @@ round): the published model must stay intact. After a restart, the label (with i
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +117,27 @@ def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_
     assert {k: v["image"]["info"]["epistemic"]["score"] for k, v in objects.items() if "epistemic" in v["image"]["info"]} == scores_before
     again = restarted.post("/activelearning/epistemic", json={}).json()
     assert again["id"] != image_id and "fallback" not in again["selection"]
+
+
+def test_a_synchronous_training_round_leaves_the_server_answering(start_server, phantom_studies, tiny_encoder):
+    """``/train/emphysema?run_sync=true`` trains inside the request; other requests must not wait for it."""
+    server = start_server(phantom_studies, {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"})
+    image_id = server.post("/activelearning/first", json={}).json()["id"]
+    label = read_bytes(server.post(f"/infer/emphysema_laa?image={image_id}&output=image").content)
+    image = sitk.ReadImage(str(phantom_studies / f"{image_id}.nii.gz"))
+    assert server.put(f"/datastore/label?image={image_id}&tag=final", files={"label": ("label.nii.gz", label_bytes(label, image))}).status_code == 200
+
+    answer: dict[str, requests.Response] = {}
+    training = threading.Thread(target=lambda: answer.update(train=server.post("/train/emphysema?run_sync=true",
+                                                                               json={"max_epochs": 60})))
+    training.start()
+    time.sleep(2.0)  # the round is under way (it takes about 20 s)
+    started = time.monotonic()
+    info = server.get("/info/")
+    waited = time.monotonic() - started
+    still_training = training.is_alive()
+    training.join(TRAIN_TIMEOUT_S)
+    assert info.status_code == 200 and still_training, f"/info/ took {waited:.1f} s; training still running: {still_training}; {answer}\n{server.tail()}"
+    assert waited < 5.0
+    assert answer["train"].status_code == 200, answer["train"].text
+

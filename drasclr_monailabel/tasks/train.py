@@ -27,7 +27,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from drasclr_monailabel.config import from_mapping
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.tasks.conf import TRAINING_KEYS, ResolvedConf, check_training_options, training_overrides
-from drasclr_monailabel.tasks.http import CONFLICT, as_http_errors, refuse
+from drasclr_monailabel.tasks.http import BAD_REQUEST, CONFLICT, as_http_errors, refuse
 from drasclr_monailabel.tasks.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,11 @@ class EmphysemaTrainTask(TrainTask):
         prepare_s = time.perf_counter() - start
         model, meta, pretrained = self._starting_model()
         config = FinetuneConfig(**options, device=self.resolved.device, amp=self.resolved.amp)
+        if not pretrained and config.batch_size < 2:
+            # Without a pretrained encoder its BatchNorm layers train, and one patch's 1^3 bottleneck
+            # holds a single value per channel: torch would raise mid-round (HTTP 500 before).
+            raise refuse(BAD_REQUEST, "'batch_size' must be at least 2 when the model trains from scratch (no pretrained "
+                                      "encoder): BatchNorm needs more than one patch per step")
         logger.info("train: round %d on %d scan(s), %d epochs, device %s, %s", meta["round"], len(cases),
                     config.max_epochs, config.device, "from pretrained encoder" if pretrained else "from scratch")
         result = finetune(model, cases, config, pretrained=pretrained, progress=_log_progress)

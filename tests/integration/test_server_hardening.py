@@ -117,6 +117,14 @@ def test_train_options_are_checked_on_the_async_path(client, monkeypatch):
     assert len(started) == 1 and started[0]["max_epochs"] == 2
 
 
+def test_training_from_scratch_with_one_patch_per_step_is_a_400(client, phantom_studies):
+    """Without a pretrained encoder (this app's conf) a batch of one cannot train BatchNorm: refused, not a 500."""
+    label = {"label": ("label.nii.gz", zeros_label(phantom_studies))}
+    assert client.put("/datastore/label?image=case_a&tag=final", files=label).status_code == 200
+    assert_refused(client.post("/train/emphysema?run_sync=true", json={"batch_size": 1}), 400,
+                   "'batch_size' must be at least 2 when the model trains from scratch")
+
+
 def test_uploads_and_exports_leave_no_file_behind(client, phantom_studies, temp_dir, monkeypatch):
     label = zeros_label(phantom_studies)
     image = (phantom_studies / "case_a.nii.gz").read_bytes()

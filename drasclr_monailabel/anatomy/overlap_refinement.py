@@ -94,7 +94,7 @@ def refine_overlap(fixed: sitk.Image, moving: sitk.Image, subject_to_atlas: sitk
 def _fixed_sample(fixed: sitk.Image, settings: OverlapSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World points (N, 3) of a seeded sample of ``fixed``, their labels (N,) and region weights (N,)."""
     labels = sitk.GetArrayViewFromImage(fixed)
-    lungs = (sitk.GetArrayViewFromImage(fixed) > 0).astype(np.float32)
+    lungs = (labels > 0).astype(np.float32)
     near = ndimage.gaussian_filter(lungs, settings.band_sigma_mm / fixed.GetSpacing()[0], truncate=3.0)
     band = (near > 0.02) & (near < 0.98)
     rng = np.random.default_rng(settings.seed)

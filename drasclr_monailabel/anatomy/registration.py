@@ -58,8 +58,8 @@ class RegistrationSettings:
     within about 10 mm of the full scan's, against up to 24 mm with an affine (docs/anatomy.md).
     ``overlap`` refines the affine of a scan that covers the whole lungs by maximising the lungs'
     soft Dice (``anatomy.overlap_refinement``; None: mutual information only); the fit with the
-    higher lung Dice is kept. Partial scans keep their similarity: the overlap of a slab would
-    pull shear and scale as an affine does.
+    higher lung Dice is kept. Partial scans keep the mutual-information similarity: refining a
+    slab's overlap (as a similarity) put its landmarks farther from the full scan's (docs/anatomy.md).
     """
 
     metric: Literal["mattes", "meansquares"] = "mattes"

@@ -75,6 +75,10 @@ class AppConf:
         cache_dir: per-scan caches such as embeddings (default: ``<studies>/.drasclr/cache``).
         allow_datastore_changes: let clients upload images and delete images or labels (off: those
             requests get HTTP 403; saving labels is always allowed).
+        background_nice: scheduling priority (Unix nice, 0-19) of MONAI Label's training, scoring
+            and batch-infer subprocesses; 19 (default) lets an annotator's request take the cores
+            first, 0 runs background work at the server's priority
+            (:mod:`~drasclr_monailabel.tasks.background`).
         server_mode: MONAI Label's own key (set by the server); accepted and passed through.
     """
 
@@ -104,6 +108,7 @@ class AppConf:
     model_dir: Path | None = None
     cache_dir: Path | None = None
     allow_datastore_changes: bool = False
+    background_nice: int = 19
     server_mode: bool = False
 
 
@@ -231,6 +236,8 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
     if conf.infer_overlap is not None and not 0.0 <= conf.infer_overlap <= 0.5:
         raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
+    if not 0 <= conf.background_nice <= 19:
+        raise ConfigError(SOURCE, f"'background_nice' must be between 0 and 19, got {conf.background_nice}")
     minimum = {"epistemic_samples": 2, "epistemic_windows": 1, "epistemic_max_images": 0, "embedding_landmarks": 0, "reserve_seconds": 0}
     for key, low in minimum.items():
         if getattr(conf, key) < low:

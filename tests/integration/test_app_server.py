@@ -10,11 +10,13 @@ round): the published model must stay intact. After a restart, the label (with i
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 import SimpleITK as sitk
@@ -67,6 +69,22 @@ def wait_for_log(server: AppServer, text: str) -> None:
     pytest.fail(f"'{text}' not seen in {TRAIN_TIMEOUT_S} s:\n{server.tail()}")
 
 
+def thread_nice_values(process: psutil.Process) -> list[int]:
+    values = []
+    for thread in process.threads():
+        try:
+            values.append(os.getpriority(os.PRIO_PROCESS, thread.id))
+        except ProcessLookupError:
+            continue
+    return values
+
+
+def background_task_processes(server: AppServer) -> list[psutil.Process]:
+    """The server's MONAI Label task subprocesses (``python -m monailabel.interfaces.utils.app``)."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return [child for child in children if "monailabel.interfaces.utils.app" in " ".join(child.cmdline())]
+
+
 def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_encoder):
     conf = {**FAST_CONF, "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
     server = start_server(phantom_studies, conf)
@@ -92,6 +110,10 @@ def test_round_over_http_survives_a_restart(start_server, phantom_studies, tiny_
     # Slicer's auto-update stops a running round before it starts the next: the model must survive.
     assert server.post("/train/emphysema", json={"max_epochs": 50}).status_code == 200
     wait_for_log(server, "train: round 2")
+    # The round yields the cores to annotators' requests (--conf background_nice, default 19), the server does not.
+    background = background_task_processes(server)
+    assert background and all(nice == 19 for task in background for nice in thread_nice_values(task))
+    assert set(thread_nice_values(psutil.Process(server.process.pid))) == {os.getpriority(os.PRIO_PROCESS, 0)}
     stopped = requests.delete(f"{server.url}/train/", timeout=60).json()
     assert stopped["status"] == "STOPPED"
     assert server.get("/model/info/emphysema").json()["checksum"] == model_before["checksum"]

@@ -47,6 +47,8 @@ def test_defaults_serve_every_model():
     ({"nnunet_model": "/tmp"}, "nnunet_model"),
     ({"backend": "nnunet", "nnunet_model": "/nonexistent/model"}, "nnunet_model"),
     ({"patch_size": "48"}, "patch_size"),
+    ({"background_nice": "20"}, "background_nice"),
+    ({"background_nice": "-5"}, "background_nice"),
 ])
 def test_bad_options_are_refused_naming_the_key(raw, named):
     with pytest.raises(ConfigError) as info:

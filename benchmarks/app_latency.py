@@ -12,7 +12,17 @@ server, no HTTP, with the same lung-mask cache: the ratio is what MONAI Label ad
 (the ratio is what an infer adds). The encoder is ``--encoder`` if given, otherwise a randomly
 initialised encoder of the default architecture (same compute as a pretrained one).
 
+``--interference`` measures instead what background work costs an annotator: for each
+``--conf background_nice`` value (19, the default, and 0, background work at the server's
+priority, the baseline), a fresh server publishes a model with a short round (lung1's LAA-950
+label), times ``/infer/emphysema`` on lung2 and ``/infer/emphysema_laa`` on lung1 idle, then again
+while a long training round runs in MONAI Label's background subprocess, then while an
+epistemic scoring run does (each stopped afterwards); the slowdown is busy / idle median.
+Training steps done by the background round during the timed requests are recorded too (how
+much background work still progressed).
+
     python benchmarks/app_latency.py --out benchmarks/results/app_latency.json
+    python benchmarks/app_latency.py --interference --out benchmarks/results/app_latency_interference.json
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +45,10 @@ from pathlib import Path
 
 import psutil
 import requests
+
+EPOCH_LINE = re.compile(r"train: epoch (\d+)/")
+BACKGROUND_ROUND = {"max_epochs": 1000, "steps_per_epoch": 2}
+"""The background round: short epochs, so its progress (one log line per epoch) can be counted."""
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "apps" / "emphysema"
@@ -103,7 +118,9 @@ def start_server(studies: Path, conf: dict[str, str], log: Path) -> tuple[subpro
                "start_server", "--app", str(APP_DIR), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in conf.items():
         command += ["--conf", key, value]
-    env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # MONAI Label's launcher runs ``python`` from PATH: this interpreter's, as if the venv were activated.
+    env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     with open(log, "wb") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -142,7 +159,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="warm /infer calls per model")
     parser.add_argument("--emphysema-repeats", type=int, default=1, help="warm /infer calls of the fine-tuned model (slow on a CPU)")
     parser.add_argument("--skip-training", action="store_true", help="only time lung and emphysema_laa")
+    parser.add_argument("--interference", action="store_true",
+                        help="measure infer latency during a background training round, at nice 19 and 0 (see above)")
     args = parser.parse_args()
+    if args.interference:
+        measure_interference(args)
+        return
 
     from drasclr_monailabel.data.sample_data import fetch_sample_data
     from drasclr_monailabel.tasks.infer import LaaInferTask, LungInferTask, LungMaskCache
@@ -202,6 +224,119 @@ def main() -> None:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
+    write_json(args.out, report)
+    print(json.dumps(report, indent=2))
+
+
+def copy_studies(folder: Path) -> Path:
+    """The real sample CTs as a studies folder (``lung1.nrrd``, ``lung2.nrrd``)."""
+    from drasclr_monailabel.data.sample_data import fetch_sample_data
+
+    samples = fetch_sample_data(SAMPLES)
+    folder.mkdir()
+    for name in SAMPLES:
+        shutil.copy(samples[name], folder / f"{name.split('_')[0]}.nrrd")
+    return folder
+
+
+def training_steps(url: str) -> int:
+    """Optimiser steps the running background round has logged so far (epochs x steps per epoch)."""
+    details = requests.get(f"{url}/train/", timeout=30).json().get("details", [])
+    epochs = [int(m.group(1)) for line in details for m in [EPOCH_LINE.search(line)] if m]
+    return (epochs[-1] if epochs else 0) * BACKGROUND_ROUND["steps_per_epoch"]
+
+
+def wait_for_training_line(url: str, text: str, timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = requests.get(f"{url}/train/", timeout=30).json()
+        if any(text in line for line in task.get("details", [])):
+            return
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            raise SystemExit(f"background round ended before '{text}': {task.get('status')}")
+        time.sleep(1)
+    raise SystemExit(f"'{text}' not seen in {timeout_s} s")
+
+
+def timed_requests(url: str, repeats: int) -> dict[str, list[float]]:
+    """``/infer/emphysema`` on lung2 and ``/infer/emphysema_laa`` on lung1, ``repeats`` times each (seconds)."""
+    times: dict[str, list[float]] = {"emphysema": [], "emphysema_laa": []}
+    for _ in range(repeats):
+        times["emphysema"].append(round(timed_infer(url, "emphysema", "lung2")[0], 2))
+        times["emphysema_laa"].append(round(timed_infer(url, "emphysema_laa", "lung1")[0], 2))
+    return times
+
+
+def wait_for_task_cpu(server_pid: int, method: str, cpu_seconds: float, timeout_s: float = 600) -> None:
+    """Wait until the server's background ``method`` subprocess (``... app -m scoring``) has used
+    ``cpu_seconds`` of CPU: past its start-up (imports, building the app) and into its work."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in psutil.Process(server_pid).children(recursive=True):
+            try:
+                command, times = child.cmdline(), child.cpu_times()
+            except psutil.Error:
+                continue
+            if "monailabel.interfaces.utils.app" in command and method in command and times.user + times.system >= cpu_seconds:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"no busy background {method} subprocess in {timeout_s} s")
+
+
+def interference_at(nice: int, encoder: Path, workdir: Path, repeats: int) -> dict:
+    """Idle and busy infer times on a fresh server whose background tasks run at ``nice``: busy
+    during a training round, then during an epistemic scoring run (made long with 200 MC passes)."""
+    studies = copy_studies(workdir / "studies")
+    conf = {"pretrained": str(encoder), "device": "cpu", "auto_update_scoring": "false", "reserve_seconds": "0",
+            "background_nice": str(nice), "epistemic_samples": "200"}
+    process, url = start_server(studies, conf, workdir / "server.log")
+    try:
+        laa = requests.post(f"{url}/infer/emphysema_laa?image=lung1&output=image", timeout=1800)
+        laa.raise_for_status()
+        requests.put(f"{url}/datastore/label?image=lung1&tag=final", files={"label": ("label.nii.gz", laa.content)},
+                     timeout=300).raise_for_status()
+        publish = requests.post(f"{url}/train/emphysema?run_sync=true", json={"max_epochs": 1, "steps_per_epoch": 2}, timeout=3600)
+        publish.raise_for_status()
+        timed_infer(url, "emphysema", "lung2")  # warm-up: lung mask cache, first model load
+        idle = timed_requests(url, repeats)
+        requests.post(f"{url}/train/emphysema", json=BACKGROUND_ROUND, timeout=60).raise_for_status()
+        wait_for_training_line(url, "train: epoch 1/")  # the subprocess is past its preparation and training
+        steps_before = training_steps(url)
+        training = timed_requests(url, repeats)
+        steps_during = training_steps(url) - steps_before
+        requests.delete(f"{url}/train/", timeout=120)
+        requests.post(f"{url}/scoring/epistemic", timeout=60).raise_for_status()
+        wait_for_task_cpu(process.pid, "scoring", cpu_seconds=20)
+        scoring = timed_requests(url, repeats)
+        scoring_running = requests.get(f"{url}/scoring/", timeout=30).json().get("status") == "RUNNING"
+        requests.delete(f"{url}/scoring/", timeout=120)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+    def slowdown(busy: dict[str, list[float]]) -> dict[str, float]:
+        return {model: round(statistics.median(busy[model]) / statistics.median(idle[model]), 3) for model in idle}
+
+    return {"background_nice": nice, "idle_seconds": idle,
+            "during_training": {"seconds": training, "slowdown": slowdown(training), "background_steps": steps_during},
+            "during_scoring": {"seconds": scoring, "slowdown": slowdown(scoring), "still_running_at_end": scoring_running}}
+
+
+def measure_interference(args: argparse.Namespace) -> None:
+    from drasclr_monailabel.utils.atomic import write_json
+
+    report: dict = {"benchmark": "app_latency_interference", "device": "cpu", "cpu_count": os.cpu_count(),
+                    "command": " ".join(["python", "benchmarks/app_latency.py", *sys.argv[1:]]),
+                    "load_average_before": os.getloadavg(), "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        encoder = args.encoder or default_encoder(tmp_path / "encoder")
+        for nice in (19, 0):
+            workdir = tmp_path / f"nice{nice}"
+            workdir.mkdir()
+            report["runs"].append(interference_at(nice, encoder, workdir, args.repeats))
+            print(json.dumps(report["runs"][-1]), flush=True)
+    report["load_average_after"] = os.getloadavg()
     write_json(args.out, report)
     print(json.dumps(report, indent=2))
 

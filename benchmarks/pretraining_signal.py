@@ -32,14 +32,24 @@ Measures, on the un-augmented 32^3 patches of every valid landmark of every held
 * linear probe: ridge regression of each patch's emphysema fraction (labelled emphysema voxels /
   lung voxels in the patch) on the embedding, cross-validated by subject (out-of-fold R^2 pooled
   over folds). ``hu_features`` (mean HU, %LAA-950, %LAA-910, HU spread in the patch's lung) is
-  the density baseline on the same folds.
+  the density baseline on the same folds;
+* density probes (``density_probe_r2``): the same ridge probe of the patch lung's mean HU and HU
+  standard deviation, what a patch embedding must carry before it can carry emphysema; a
+  sceptic's check that a trained arm learnt more than a random one even where the emphysema
+  probe shows nothing;
+* pyramid probes (``pyramid_probe_r2``): the same ridge probes (emphysema fraction, mean HU,
+  %LAA-950) of the encoder's feature pyramid, each map averaged over the patch and concatenated
+  (8 + 16 + 32 + 64 + 128 + 128 = 376 values with the default widths): the features the
+  segmentation decoder reads through its skip connections, where the embedding ``h`` is one
+  128-value summary of them.
 
 Usage:
   python benchmarks/pretraining_signal.py --out benchmarks/results/pretraining_signal.json
   python benchmarks/pretraining_signal.py --size small --out /tmp/signal.json   # CI-sized, phantoms
 
 Writes the JSON (``{"retrieval": {arm: ..}, "retrieval_exact": {..}, "probe_r2": {..},
-"queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
+"density_probe_r2": {"mean_hu": {arm: ..}, "hu_std": {..}}, "pyramid_probe_r2": {"emphysema": {arm: ..},
+"mean_hu": {..}, "laa950": {..}}, "queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -84,6 +94,15 @@ TRAINED_ARMS = {
     "shuffle_bn": ["moco.key_bn_splits=2"],
     "other_landmark_negatives": ["moco.other_landmark_negatives=256"],
 }
+
+DENSITY_TARGETS = {"mean_hu": 0, "hu_std": 3}
+"""Density probe targets: their columns of :attr:`HeldoutPatches.hu_features`."""
+PYRAMID_TARGETS = {
+    "emphysema": lambda patches: patches.emphysema,
+    "mean_hu": lambda patches: patches.hu_features[:, 0],
+    "laa950": lambda patches: patches.hu_features[:, 1],
+}
+"""Pyramid probe targets, each read from :class:`HeldoutPatches`."""
 
 
 @dataclass(frozen=True)
@@ -145,15 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter()
     patches = heldout_patches(prepare_cohort(cohorts["heldout"]), measured_landmarks(size))
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
-    result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {}}
+    result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {},
+                    "density_probe_r2": {name: {} for name in DENSITY_TARGETS},
+                    "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS}}
     splits = subject_splits(patches.subjects)
     for arm, folder in encoders.items():
         embeddings = embed(folder, patches)
         result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
         result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
         result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits).pooled["r2"]
+        for name, column in DENSITY_TARGETS.items():
+            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, patches.hu_features[:, column], splits).pooled["r2"]
+        pyramid = embed(folder, patches, pooled_pyramid=True)
+        for name, target in PYRAMID_TARGETS.items():
+            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, target(patches), splits).pooled["r2"]
         print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
-              f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f}", flush=True)
+              f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
+              f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "
+              f"{result['pyramid_probe_r2']['emphysema'][arm]:.3f}", flush=True)
     result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits).pooled["r2"]
     result["retrieval_chance"] = chance_retrieval(patches)
     result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in arms}
@@ -280,11 +308,25 @@ def heldout_patches(cases: list[PreparedCase], keep: np.ndarray) -> HeldoutPatch
     return HeldoutPatches(cases, np.asarray(subjects), np.asarray(landmarks), np.asarray(emphysema), np.asarray(features))
 
 
-def embed(folder: Path, patches: HeldoutPatches, same_location: bool = False) -> np.ndarray:
+class PooledPyramid(torch.nn.Module):
+    """An encoder's feature maps, each averaged over the patch, concatenated: (N, sum of channels)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+        return torch.cat([level.mean(dim=(2, 3, 4)) for level in self.encoder.forward_features(x, location)], dim=1)
+
+
+def embed(folder: Path, patches: HeldoutPatches, same_location: bool = False, pooled_pyramid: bool = False) -> np.ndarray:
     """The encoder output h (P, D) of every held-out patch, with its landmark's location (or,
-    with ``same_location``, the atlas centre's for every patch)."""
+    with ``same_location``, the atlas centre's for every patch); with ``pooled_pyramid`` the
+    pooled feature pyramid (P, sum of channels) instead of h."""
     encoder, _ = load_encoder(folder)
     encoder.eval()
+    if pooled_pyramid:
+        encoder = PooledPyramid(encoder)
     coordinates = load_default_atlas().landmarks.normalised.astype(np.float32)
     if same_location:
         coordinates = np.zeros_like(coordinates)
@@ -342,30 +384,37 @@ def queue_fill(run: Path) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Two bar charts: landmark retrieval (with chance) and probe R^2 (with the HU baseline)."""
+    """Three bar charts: landmark retrieval (with chance); the emphysema-fraction probe and the
+    patch lung's mean-HU probe, each of the embedding h and of the pooled feature pyramid (the
+    emphysema one with the HU-features baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = list(result["retrieval"])
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(arms, [result["retrieval"][a] for a in arms], color="tab:blue")
+    place = np.arange(len(arms))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
+    left.bar(place, [result["retrieval"][a] for a in arms], color="tab:blue")
     left.axhline(result["retrieval_chance"], color="grey", linestyle="--", label="chance")
     left.set_ylabel("share of held-out patches")
     left.set_title("Landmark retrieval (same or adjacent)")
     left.legend()
-    names = [*arms, "hu_features"]
-    right.bar(names, [result["probe_r2"][a] for a in names], color=["tab:orange"] * len(arms) + ["tab:grey"])
-    right.set_ylabel("out-of-fold R^2")
-    right.set_title("Linear probe: patch emphysema fraction")
-    for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
+    panels = ((middle, result["probe_r2"], result["pyramid_probe_r2"]["emphysema"], "Probe: patch emphysema fraction"),
+              (right, result["density_probe_r2"]["mean_hu"], result["pyramid_probe_r2"]["mean_hu"], "Probe: patch lung mean HU"))
+    for axis, from_h, from_pyramid, title in panels:
+        axis.bar(place - 0.2, [from_h[a] for a in arms], width=0.4, color="tab:orange", label="embedding h")
+        axis.bar(place + 0.2, [from_pyramid[a] for a in arms], width=0.4, color="tab:green", label="pooled feature pyramid")
+        axis.set_ylabel("out-of-fold R^2")
+        axis.set_title(title)
+    middle.axhline(result["probe_r2"]["hu_features"], color="grey", linestyle="--", label="4 HU features")
+    middle.legend(fontsize=8)
+    for axis in (left, middle, right):
+        axis.set_xticks(place, arms, rotation=30, ha="right")
         axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     write_with(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
-
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ def test_small_pretraining_signal_run(tmp_path: Path) -> None:
     # R^2 is finite and at most 1 for every arm; its sign is the benchmark's finding, not a property
     # of the code (the truth is no longer density-defined: docs/data.md)
     assert all(math.isfinite(v) and v <= 1.0 for v in result["probe_r2"].values()), result["probe_r2"]
+    for family, targets in (("density_probe_r2", {"mean_hu", "hu_std"}), ("pyramid_probe_r2", {"emphysema", "mean_hu", "laa950"})):
+        assert set(result[family]) == targets
+        assert all(set(per_arm) == arms and all(math.isfinite(v) and v <= 1.0 for v in per_arm.values())
+                   for per_arm in result[family].values()), result[family]
     assert 0.0 < result["retrieval_chance"] < min(result["retrieval"].values())
     for arm in ("pretrained", "unconditioned"):
         fill = result["queue_fill"][arm]

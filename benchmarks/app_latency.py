@@ -166,17 +166,12 @@ def main() -> None:
         measure_interference(args)
         return
 
-    from drasclr_monailabel.data.sample_data import fetch_sample_data
     from drasclr_monailabel.tasks.infer import LaaInferTask, LungInferTask, LungMaskCache
     from drasclr_monailabel.utils.atomic import write_json
 
-    samples = fetch_sample_data(SAMPLES)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        studies = tmp_path / "studies"
-        studies.mkdir()
-        for name in SAMPLES:
-            shutil.copy(samples[name], studies / f"{name.split('_')[0]}.nrrd")
+        studies = copy_studies(tmp_path / "studies")
         encoder = args.encoder or default_encoder(tmp_path / "encoder")
         conf = {"pretrained": str(encoder), "device": "cpu", "auto_update_scoring": "false", "reserve_seconds": "0"}
         process, url = start_server(studies, conf, tmp_path / "server.log")
@@ -202,11 +197,7 @@ def main() -> None:
                 infer[model]["direct_call_seconds"] = round(baseline, 2)
                 infer[model]["ratio_http_to_direct"] = round(infer[model]["median_seconds"] / baseline, 2)
             if not args.skip_training:
-                laa = requests.post(f"{url}/infer/emphysema_laa?image=lung1&output=image", timeout=1800)
-                laa.raise_for_status()
-                saved = requests.put(f"{url}/datastore/label?image=lung1&tag=final",
-                                     files={"label": ("label.nii.gz", laa.content)}, timeout=300)
-                saved.raise_for_status()
+                label_lung1_with_laa(url)
                 with MemorySampler(process.pid) as train_sampler:
                     start = time.perf_counter()
                     stats = requests.post(f"{url}/train/emphysema?run_sync=true", json={}, timeout=7200).json()
@@ -237,6 +228,14 @@ def copy_studies(folder: Path) -> Path:
     for name in SAMPLES:
         shutil.copy(samples[name], folder / f"{name.split('_')[0]}.nrrd")
     return folder
+
+
+def label_lung1_with_laa(url: str) -> None:
+    """Submit lung1's LAA-950 pseudo-label as its final label (what a round trains on)."""
+    laa = requests.post(f"{url}/infer/emphysema_laa?image=lung1&output=image", timeout=1800)
+    laa.raise_for_status()
+    requests.put(f"{url}/datastore/label?image=lung1&tag=final", files={"label": ("label.nii.gz", laa.content)},
+                 timeout=300).raise_for_status()
 
 
 def training_steps(url: str) -> int:
@@ -291,10 +290,7 @@ def interference_at(nice: int, encoder: Path, workdir: Path, repeats: int) -> di
             "background_nice": str(nice), "epistemic_samples": "200"}
     process, url = start_server(studies, conf, workdir / "server.log")
     try:
-        laa = requests.post(f"{url}/infer/emphysema_laa?image=lung1&output=image", timeout=1800)
-        laa.raise_for_status()
-        requests.put(f"{url}/datastore/label?image=lung1&tag=final", files={"label": ("label.nii.gz", laa.content)},
-                     timeout=300).raise_for_status()
+        label_lung1_with_laa(url)
         publish = requests.post(f"{url}/train/emphysema?run_sync=true", json={"max_epochs": 1, "steps_per_epoch": 2}, timeout=3600)
         publish.raise_for_status()
         timed_infer(url, "emphysema", "lung2")  # warm-up: lung mask cache, first model load

@@ -95,14 +95,17 @@ TRAINED_ARMS = {
     "other_landmark_negatives": ["moco.other_landmark_negatives=256"],
 }
 
-DENSITY_TARGETS = {"mean_hu": 0, "hu_std": 3}
-"""Density probe targets: their columns of :attr:`HeldoutPatches.hu_features`."""
-PYRAMID_TARGETS = {
+TARGETS = {
     "emphysema": lambda patches: patches.emphysema,
     "mean_hu": lambda patches: patches.hu_features[:, 0],
     "laa950": lambda patches: patches.hu_features[:, 1],
+    "hu_std": lambda patches: patches.hu_features[:, 3],
 }
-"""Pyramid probe targets, each read from :class:`HeldoutPatches`."""
+"""Every probe target by name, each read from :class:`HeldoutPatches`."""
+DENSITY_TARGETS = ("mean_hu", "hu_std")
+"""Targets of the density probes of h."""
+PYRAMID_TARGETS = ("emphysema", "mean_hu", "laa950")
+"""Targets of the pyramid probes."""
 
 
 @dataclass(frozen=True)
@@ -173,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
         result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
         result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits).pooled["r2"]
-        for name, column in DENSITY_TARGETS.items():
-            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, patches.hu_features[:, column], splits).pooled["r2"]
+        for name in DENSITY_TARGETS:
+            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits).pooled["r2"]
         pyramid = embed(folder, patches, pooled_pyramid=True)
-        for name, target in PYRAMID_TARGETS.items():
-            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, target(patches), splits).pooled["r2"]
+        for name in PYRAMID_TARGETS:
+            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, TARGETS[name](patches), splits).pooled["r2"]
         print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
               f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
               f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "

@@ -175,17 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         embeddings = embed(folder, patches)
         result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
         result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
-        result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits).pooled["r2"]
+        result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits, patches.subjects).pooled["r2"]
         for name in DENSITY_TARGETS:
-            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits).pooled["r2"]
+            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
         pyramid = embed(folder, patches, pooled_pyramid=True)
+        save_embeddings(workdir / f"embeddings_{arm}.npz", embeddings, pyramid, patches)
         for name in PYRAMID_TARGETS:
-            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, TARGETS[name](patches), splits).pooled["r2"]
+            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
         print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
               f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
               f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "
               f"{result['pyramid_probe_r2']['emphysema'][arm]:.3f}", flush=True)
-    result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits).pooled["r2"]
+    result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits, patches.subjects).pooled["r2"]
     result["retrieval_chance"] = chance_retrieval(patches)
     result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in arms}
     result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
@@ -199,6 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"HU features probe R^2 {result['probe_r2']['hu_features']:.3f}; chance retrieval {result['retrieval_chance']:.3f}; "
           f"wrote {args.out}")
     return 0
+
+
+def save_embeddings(path: Path, h: np.ndarray, pyramid: np.ndarray, patches: HeldoutPatches) -> None:
+    """One arm's held-out embeddings (h (n, 128), pooled pyramid (n, 376)) with each patch's subject,
+    landmark and targets, for probes beyond this script's."""
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as file:  # a file object: np.savez would add ".npz" to a path
+            np.savez(file, h=h, pyramid=pyramid, subjects=patches.subjects, landmarks=patches.landmarks,
+                     emphysema=patches.emphysema, hu_features=patches.hu_features)
+    write_with(path, writer)
 
 
 def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -77,14 +77,20 @@ def make_splits(n: int, folds: int, seed: int, strata: np.ndarray | None = None)
     return [(train, test) for train, test in KFold(folds, shuffle=True, random_state=seed).split(np.zeros((n, 1)))]
 
 
-def ridge_probe(features: np.ndarray, target: np.ndarray, splits: Splits) -> ProbeResult:
-    """Ridge regression of ``target`` (n,) on ``features`` (n, d); alpha by inner leave-one-out
-    (scikit-learn's efficient LOO over :data:`RIDGE_ALPHAS`). Metrics: R^2 and Pearson r."""
+def ridge_probe(features: np.ndarray, target: np.ndarray, splits: Splits, groups: np.ndarray | None = None) -> ProbeResult:
+    """Ridge regression of ``target`` (n,) on ``features`` (n, d). Metrics: R^2 and Pearson r.
+
+    Alpha (:data:`RIDGE_ALPHAS`) by inner leave-one-out (scikit-learn's efficient LOO), or, with
+    ``groups`` (n,) (e.g. the subject of each patch), by inner folds of whole groups: rows of one
+    subject predict each other far better than another subject's, so leave-one-row-out would pick
+    an alpha that fits subjects rather than the target and fails on held-out subjects.
+    """
     target = np.asarray(target, dtype=np.float64)
     predicted, fold_of, alphas = np.zeros_like(target), np.zeros(len(target), dtype=int), []
     metrics: dict[str, list[float]] = {"r2": [], "pearson_r": []}
     for number, (train, test) in enumerate(splits):
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(features[train], target[train])
+        inner = None if groups is None else _group_folds(np.asarray(groups)[train])
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=inner)).fit(features[train], target[train])
         predicted[test], fold_of[test] = model.predict(features[test]), number
         alphas.append(float(model[-1].alpha_))
         metrics["r2"].append(float(r2_score(target[test], predicted[test])))
@@ -171,6 +177,14 @@ def inner_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) -> An
     if not splits:
         raise ValueError("no inner split by group holds every class on both sides: too few groups")
     return splits
+
+
+def _group_folds(groups: np.ndarray) -> Splits:
+    """Inner folds of whole groups (at most :data:`INNER_FOLDS`, at least 2 groups needed)."""
+    count = len(np.unique(groups))
+    if count < 2:
+        raise ValueError("a grouped inner split needs at least 2 groups in every training fold")
+    return list(GroupKFold(min(INNER_FOLDS, count)).split(np.zeros((len(groups), 1)), groups=groups))
 
 
 def _inner_folds(strata: np.ndarray) -> int:

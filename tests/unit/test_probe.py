@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.model_selection import GroupKFold
 
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.probe.probes import (
@@ -56,6 +57,33 @@ def test_features_are_standardised_inside_the_folds():
     scaled = x * np.logspace(-4, 4, x.shape[1])  # wildly different column scales change nothing
     splits = make_splits(len(y), 5, seed=0)
     np.testing.assert_allclose(ridge_probe(scaled, y, splits).predictions, ridge_probe(x, y, splits).predictions, rtol=1e-6, atol=1e-6)
+
+
+def subject_confounded_data(seed: int, subjects: int = 20, rows: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of subjects (e.g. patches) whose features identify the subject and whose target has a
+    per-subject level that nothing in the features predicts for a new subject."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(subjects), rows)
+    identity = 3 * rng.standard_normal((subjects, 60))[groups]
+    signal = rng.standard_normal(len(groups))
+    target = signal + rng.standard_normal(subjects)[groups]
+    features = np.column_stack([signal + 0.5 * rng.standard_normal(len(groups)), identity + 0.1 * rng.standard_normal(identity.shape)])
+    return features, target, groups
+
+
+def test_ridge_probe_chooses_alpha_by_whole_subjects_when_given_groups():
+    by_row, by_subject, alpha_row, alpha_subject = [], [], [], []
+    for seed in range(8):  # one draw is noisy (5 inner folds of 3-4 subjects); the average is not
+        x, y, groups = subject_confounded_data(seed)
+        splits = list(GroupKFold(5).split(x, groups=groups))
+        row, subject = ridge_probe(x, y, splits), ridge_probe(x, y, splits, groups=groups)
+        by_row.append(row.pooled["r2"])
+        by_subject.append(subject.pooled["r2"])
+        alpha_row.append(np.mean(np.log10(row.regularisation)))
+        alpha_subject.append(np.mean(np.log10(subject.regularisation)))
+    # leave-one-row-out rewards reading the subject back, so it shrinks too little for new subjects
+    assert np.mean(alpha_subject) > np.mean(alpha_row) + 0.5
+    assert np.mean(by_subject) > np.mean(by_row) + 0.05
 
 
 def test_logistic_probe_separates_classes():

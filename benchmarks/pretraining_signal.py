@@ -31,8 +31,9 @@ Measures, on the un-augmented 32^3 patches of every valid landmark of every held
   (the atlas centre), which leaves only what the image carries;
 * linear probe: ridge regression of each patch's emphysema fraction (labelled emphysema voxels /
   lung voxels in the patch) on the embedding, cross-validated by subject (out-of-fold R^2 pooled
-  over folds). ``hu_features`` (mean HU, %LAA-950, %LAA-910, HU spread in the patch's lung) is
-  the density baseline on the same folds;
+  over folds; alpha chosen by inner folds of whole subjects). ``hu_features`` (mean HU, %LAA-950,
+  %LAA-910, HU spread in the patch's lung) is the density baseline on the same folds, and
+  ``single_hu_feature_probe_r2`` the same probe of mean HU alone and of %LAA-950 alone;
 * density probes (``density_probe_r2``): the same ridge probe of the patch lung's mean HU and HU
   standard deviation, what a patch embedding must carry before it can carry emphysema; a
   sceptic's check that a trained arm learnt more than a random one even where the emphysema
@@ -41,7 +42,15 @@ Measures, on the un-augmented 32^3 patches of every valid landmark of every held
   %LAA-950) of the encoder's feature pyramid, each map averaged over the patch and concatenated
   (8 + 16 + 32 + 64 + 128 + 128 = 376 values with the default widths): the features the
   segmentation decoder reads through its skip connections, where the embedding ``h`` is one
-  128-value summary of them.
+  128-value summary of them;
+* ``within_subject_r``: the mean over held-out subjects of the correlation between the emphysema
+  probe's out-of-fold predictions and the truth inside one subject (does it rank one patient's
+  patches); ``lung_core_probe_r2``: the emphysema probes on the patches that are at least 90 %
+  lung only (the embedding sees the whole patch, the target counts lung voxels).
+
+Every arm's held-out embeddings are saved in the work folder (``embeddings_<arm>.npz``). Run again
+with the same ``--workdir``, the command reuses its cohorts and trained encoders (listed in
+``reused_encoders``) and measures again, so new probes need no new pretraining.
 
 Usage:
   python benchmarks/pretraining_signal.py --out benchmarks/results/pretraining_signal.json
@@ -49,7 +58,8 @@ Usage:
 
 Writes the JSON (``{"retrieval": {arm: ..}, "retrieval_exact": {..}, "probe_r2": {..},
 "density_probe_r2": {"mean_hu": {arm: ..}, "hu_std": {..}}, "pyramid_probe_r2": {"emphysema": {arm: ..},
-"mean_hu": {..}, "laa950": {..}}, "queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
+"mean_hu": {..}, "laa950": {..}}, "within_subject_r": {"h": {arm: ..}, "pyramid": {..}, "hu_features": ..},
+"lung_core_probe_r2": {..}, "single_hu_feature_probe_r2": {..}, "queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -106,6 +116,8 @@ DENSITY_TARGETS = ("mean_hu", "hu_std")
 """Targets of the density probes of h."""
 PYRAMID_TARGETS = ("emphysema", "mean_hu", "laa950")
 """Targets of the pyramid probes."""
+LUNG_CORE = 0.9
+"""Lung share of a patch above which it counts as inside the lung (``lung_core_probe_r2``)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = recipe_overrides(size, args.overrides)
     encoders: dict[str, Path] = {}
     arms = ["pretrained", *(arm for arm in args.arms if arm != "pretrained")]
+    reused = [arm for arm in [*arms, "random"] if (workdir / arm / "encoder.json").is_file()]
     for arm in arms:
         clock = time.perf_counter()
         encoders[arm] = pretrain(workdir / "cache", workdir / arm, [*overrides, *TRAINED_ARMS[arm]])
@@ -169,24 +182,37 @@ def main(argv: list[str] | None = None) -> int:
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
     result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {},
                     "density_probe_r2": {name: {} for name in DENSITY_TARGETS},
-                    "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS}}
+                    "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS},
+                    "within_subject_r": {"h": {}, "pyramid": {}}, "lung_core_probe_r2": {"h": {}, "pyramid": {}}}
     splits = subject_splits(patches.subjects)
+    core = patches.lung_fraction >= LUNG_CORE
     for arm, folder in encoders.items():
         embeddings = embed(folder, patches)
         result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
         result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
-        result["probe_r2"][arm] = ridge_probe(embeddings, patches.emphysema, splits, patches.subjects).pooled["r2"]
+        emphysema_probe = ridge_probe(embeddings, patches.emphysema, splits, patches.subjects)
+        result["probe_r2"][arm] = emphysema_probe.pooled["r2"]
         for name in DENSITY_TARGETS:
             result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
         pyramid = embed(folder, patches, pooled_pyramid=True)
         save_embeddings(workdir / f"embeddings_{arm}.npz", embeddings, pyramid, patches)
         for name in PYRAMID_TARGETS:
             result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
+        pyramid_probe = ridge_probe(pyramid, patches.emphysema, splits, patches.subjects)
+        for name, features, probe in (("h", embeddings, emphysema_probe), ("pyramid", pyramid, pyramid_probe)):
+            result["within_subject_r"][name][arm] = within_subject_r(probe.predictions, patches)
+            result["lung_core_probe_r2"][name][arm] = lung_core_r2(features, patches, core)
         print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
               f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
               f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "
               f"{result['pyramid_probe_r2']['emphysema'][arm]:.3f}", flush=True)
-    result["probe_r2"]["hu_features"] = ridge_probe(patches.hu_features, patches.emphysema, splits, patches.subjects).pooled["r2"]
+    hu_probe = ridge_probe(patches.hu_features, patches.emphysema, splits, patches.subjects)
+    result["probe_r2"]["hu_features"] = hu_probe.pooled["r2"]
+    result["within_subject_r"]["hu_features"] = within_subject_r(hu_probe.predictions, patches)
+    result["lung_core_probe_r2"]["hu_features"] = lung_core_r2(patches.hu_features, patches, core)
+    result["lung_core_probe_r2"]["patches"] = int(core.sum())
+    result["single_hu_feature_probe_r2"] = {name: ridge_probe(TARGETS[name](patches)[:, None], patches.emphysema, splits,
+                                                              patches.subjects).pooled["r2"] for name in ("mean_hu", "laa950")}
     result["retrieval_chance"] = chance_retrieval(patches)
     result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in arms}
     result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
@@ -195,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = {**asdict(size), "overrides": overrides, "device": "cpu", "device_name": platform.processor(),
                           "threads": torch.get_num_threads()}
     result["seconds"] = {**timings, "total": round(time.perf_counter() - started, 1)}
+    result["reused_encoders"] = reused  # found in --workdir from an earlier run: their pretrain seconds are not this run's
     write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
     print(f"HU features probe R^2 {result['probe_r2']['hu_features']:.3f}; chance retrieval {result['retrieval_chance']:.3f}; "
@@ -208,7 +235,7 @@ def save_embeddings(path: Path, h: np.ndarray, pyramid: np.ndarray, patches: Hel
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as file:  # a file object: np.savez would add ".npz" to a path
             np.savez(file, h=h, pyramid=pyramid, subjects=patches.subjects, landmarks=patches.landmarks,
-                     emphysema=patches.emphysema, hu_features=patches.hu_features)
+                     emphysema=patches.emphysema, hu_features=patches.hu_features, lung_fraction=patches.lung_fraction)
     write_with(path, writer)
 
 
@@ -285,6 +312,7 @@ class HeldoutPatches:
         emphysema: float (P,) labelled emphysema voxels / lung voxels in the 32^3 patch.
         hu_features: float (P, 4) mean HU, %LAA-950, %LAA-910 and HU standard deviation in the
             patch's lung.
+        lung_fraction: float (P,) lung voxels / all voxels of the patch.
     """
 
     cases: list[PreparedCase]
@@ -292,6 +320,7 @@ class HeldoutPatches:
     landmarks: np.ndarray
     emphysema: np.ndarray
     hu_features: np.ndarray
+    lung_fraction: np.ndarray
 
 
 def measured_landmarks(size: Size) -> np.ndarray:
@@ -306,7 +335,7 @@ def measured_landmarks(size: Size) -> np.ndarray:
 
 def heldout_patches(cases: list[PreparedCase], keep: np.ndarray) -> HeldoutPatches:
     """The patches of every valid landmark in ``keep`` (bool (L,)) of every held-out scan."""
-    subjects, landmarks, emphysema, features = [], [], [], []
+    subjects, landmarks, emphysema, features, lung_fraction = [], [], [], [], []
     for number, case in enumerate(cases):
         for landmark in np.flatnonzero(case.scan.valid & keep):
             centre = case.scan.landmarks[landmark]
@@ -319,7 +348,9 @@ def heldout_patches(cases: list[PreparedCase], keep: np.ndarray) -> HeldoutPatch
             landmarks.append(landmark)
             emphysema.append(label.mean())
             features.append([hu.mean(), (hu < -950).mean() * 100, (hu < -910).mean() * 100, hu.std()])
-    return HeldoutPatches(cases, np.asarray(subjects), np.asarray(landmarks), np.asarray(emphysema), np.asarray(features))
+            lung_fraction.append(lung.mean())
+    return HeldoutPatches(cases, np.asarray(subjects), np.asarray(landmarks), np.asarray(emphysema), np.asarray(features),
+                          np.asarray(lung_fraction))
 
 
 class PooledPyramid(torch.nn.Module):
@@ -377,6 +408,24 @@ def chance_retrieval(patches: HeldoutPatches) -> float:
         mine = patches.landmarks[patches.subjects == subject]
         rates.append(near[np.ix_(mine, others)].mean(axis=1))
     return float(np.concatenate(rates).mean())
+
+
+def within_subject_r(predicted: np.ndarray, patches: HeldoutPatches) -> float:
+    """Mean over held-out subjects of the Pearson r between a probe's out-of-fold predictions and
+    the emphysema fraction of that subject's patches: does the probe rank one patient's patches,
+    whatever it makes of the differences between patients."""
+    rates = [np.corrcoef(predicted[patches.subjects == s], patches.emphysema[patches.subjects == s])[0, 1]
+             for s in np.unique(patches.subjects)]
+    return float(np.nanmean(rates))
+
+
+def lung_core_r2(features: np.ndarray, patches: HeldoutPatches, core: np.ndarray) -> float | None:
+    """The emphysema probe's R^2 on the patches ``core`` (bool (P,)) only; None when they come from
+    fewer than 3 subjects (a subject-grouped probe needs 2 in every training fold)."""
+    subjects = patches.subjects[core]
+    if len(np.unique(subjects)) < 3:
+        return None
+    return ridge_probe(features[core], patches.emphysema[core], subject_splits(subjects), subjects).pooled["r2"]
 
 
 def subject_splits(subjects: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -9,10 +9,12 @@ fold (mean and standard deviation) and on all out-of-fold predictions pooled.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.linalg import LinAlgWarning
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
@@ -90,7 +92,10 @@ def ridge_probe(features: np.ndarray, target: np.ndarray, splits: Splits, groups
     metrics: dict[str, list[float]] = {"r2": [], "pearson_r": []}
     for number, (train, test) in enumerate(splits):
         inner = None if groups is None else _group_folds(np.asarray(groups)[train])
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=inner)).fit(features[train], target[train])
+        with warnings.catch_warnings():  # the smallest alphas are ill-conditioned on wide features; they lose the inner CV
+            warnings.simplefilter("ignore", LinAlgWarning)
+            warnings.filterwarnings("ignore", "Singular matrix in solving dual problem", UserWarning)
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=inner)).fit(features[train], target[train])
         predicted[test], fold_of[test] = model.predict(features[test]), number
         alphas.append(float(model[-1].alpha_))
         metrics["r2"].append(float(r2_score(target[test], predicted[test])))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,9 +35,27 @@ def test_small_pretraining_signal_run(tmp_path: Path) -> None:
         assert set(result[family]) == targets
         assert all(set(per_arm) == arms and all(math.isfinite(v) and v <= 1.0 for v in per_arm.values())
                    for per_arm in result[family].values()), result[family]
+    for name in ("h", "pyramid"):
+        assert set(result["within_subject_r"][name]) == arms
+        assert all(-1.0 <= v <= 1.0 for v in result["within_subject_r"][name].values()), result["within_subject_r"]
+        assert set(result["lung_core_probe_r2"][name]) == arms
+    assert -1.0 <= result["within_subject_r"]["hu_features"] <= 1.0
+    assert set(result["single_hu_feature_probe_r2"]) == {"mean_hu", "laa950"}
     assert 0.0 < result["retrieval_chance"] < min(result["retrieval"].values())
     for arm in ("pretrained", "unconditioned"):
         fill = result["queue_fill"][arm]
         assert abs(fill["reached_mean"] - fill["planned_mean_at_end"]) < 0.05, fill
     assert result["command"].startswith("python benchmarks/pretraining_signal.py --size small")
     assert out.with_suffix(".png").stat().st_size > 10_000
+    assert result["reused_encoders"] == []
+    saved = np.load(tmp_path / "signal_work" / "embeddings_pretrained.npz")
+    assert len(saved["h"]) == len(saved["subjects"]) == len(saved["lung_fraction"]) == result["heldout"]["patches"]
+
+    # again on the same work folder: the trained encoders are reused and measure the same
+    again = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained", "unconditioned",
+                            "--out", str(tmp_path / "again.json"), "--workdir", str(tmp_path / "signal_work")],
+                           capture_output=True, text=True, timeout=1800, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    repeated = json.loads((tmp_path / "again.json").read_text())
+    assert sorted(repeated["reused_encoders"]) == ["pretrained", "random", "unconditioned"]
+    assert repeated["retrieval"] == result["retrieval"]

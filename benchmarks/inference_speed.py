@@ -78,7 +78,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     # Window stage alone, the same MONAI call on both sides: lung windows only (ours) vs every window.
     counter = LungWindowPredictor(_NoNetwork(model.num_classes))
     with torch.inference_mode():
-        with_lung_channel = torch.from_numpy(np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)]))[None].to(device)
+        with_lung_channel = torch.from_numpy(network_input(case, lung_channel=True))[None].to(device)
         image_only = with_lung_channel[:, :-1].contiguous()
         sliding_window_inference(with_lung_channel, (64,) * 3, 2, counter, overlap=0.25, mode="gaussian", padding_mode="replicate")
         clock = time.perf_counter()

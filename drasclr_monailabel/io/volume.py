@@ -65,9 +65,18 @@ class CTVolume:
 
     @classmethod
     def from_sitk(cls, image: sitk.Image, **fields: object) -> "CTVolume":
-        """Wrap a 3D ``SimpleITK.Image`` already in HU (it is cast to int16 with clipping)."""
+        """Wrap a 3D ``SimpleITK.Image`` already in HU (it is cast to int16 with clipping).
+
+        Rounding and clipping work in place on the array copy SimpleITK returns, and int16 voxels
+        pass through: a float scan of 512x512x133 costs one float copy, not three (280 MB less)."""
         array = sitk.GetArrayFromImage(image)
-        hu = np.clip(np.rint(array), -32768, 32767).astype(np.int16, copy=False)
+        if array.dtype == np.int16:
+            hu = array
+        elif np.issubdtype(array.dtype, np.integer):
+            hu = np.clip(array, -32768, 32767).astype(np.int16)
+        else:
+            np.rint(array, out=array)
+            hu = np.clip(array, -32768, 32767, out=array).astype(np.int16)
         return cls(
             hu=hu,
             spacing=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]

@@ -121,10 +121,18 @@ def atlas_coordinates(scan: PreprocessedScan, atlas: Atlas) -> np.ndarray:
     return coordinates
 
 
-def network_input(case: PreparedCase) -> np.ndarray:
-    """float32 (4, Z, Y, X): the CT in network units (lung window) and the three coordinates."""
-    image = LUNG_WINDOW(_as_tensor(case.scan.image)).numpy()
-    return np.concatenate([image[None], case.coordinates], axis=0)
+def network_input(case: PreparedCase, lung_channel: bool = False) -> np.ndarray:
+    """float32 (4, Z, Y, X): the CT in network units (lung window) and the three coordinates;
+    with ``lung_channel`` a fifth channel, the lung mask as 0/1 (what sliding-window inference
+    carries along to skip windows without lung). Filled in place: one array of the whole grid,
+    no concatenated copies (about 0.5 GB less at the peak of a full chest CT)."""
+    image = case.scan.image
+    inputs = np.empty((5 if lung_channel else 4, *image.shape), dtype=np.float32)
+    inputs[0] = LUNG_WINDOW(_as_tensor(image)).numpy()
+    inputs[1:4] = case.coordinates
+    if lung_channel:
+        np.greater(case.lungs, 0, out=inputs[4])
+    return inputs
 
 
 def _to_grid(classes: np.ndarray, volume: CTVolume, grid: sitk.Image) -> np.ndarray:

@@ -114,8 +114,7 @@ def window_probabilities(
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout3d):
                 module.train()
-    lungs = (case.lungs > 0).astype(np.float32)[None]
-    inputs = torch.from_numpy(np.concatenate([network_input(case), lungs]))[None].to(device)
+    inputs = torch.from_numpy(network_input(case, lung_channel=True))[None].to(device)
     try:
         with torch.inference_mode():
             logits = sliding_window_inference(
@@ -124,6 +123,7 @@ def window_probabilities(
             )
     finally:
         model.train(was_training)
+    del inputs  # the whole-grid input is freed before the softmax allocates the probabilities
     probabilities = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
     outside = case.lungs == 0
     probabilities[:, outside] = 0.0

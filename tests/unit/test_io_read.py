@@ -213,3 +213,15 @@ def test_cli_info_prints_and_refuses(small_ct: CTVolume, tmp_path: Path) -> None
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkInt32, sitk.sitkInt16])
+def test_from_sitk_rounds_and_clips_to_int16_for_every_pixel_type(pixel_type):
+    values = np.array([[[-1.0e6, -1000.4, -999.6, 0.5, 1.5, 40.0, 32767.4, 1.0e6]]])
+    image = sitk.Cast(sitk.GetImageFromArray(values), pixel_type) if pixel_type != sitk.sitkInt16 else \
+        sitk.GetImageFromArray(np.clip(np.rint(values), -32768, 32767).astype(np.int16))
+    hu = CTVolume.from_sitk(image).hu
+    assert hu.dtype == np.int16
+    expected = np.clip(np.rint(sitk.GetArrayFromImage(image).astype(np.float64)), -32768, 32767)
+    assert np.array_equal(hu, expected)
+    assert hu[0, 0, 0] == -32768 and hu[0, 0, -1] == 32767

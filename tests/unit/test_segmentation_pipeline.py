@@ -131,7 +131,8 @@ def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepare
     model = EmphysemaUNet(DrasclrEncoder(narrow), num_classes=2, dropout=0.0).eval()
     case = prepared_phantom
     counter = LungWindowPredictor(model)
-    inputs = np.concatenate([network_input(case), (case.lungs > 0)[None].astype(np.float32)])
+    inputs = network_input(case, lung_channel=True)
+    assert np.array_equal(inputs[:4], network_input(case)) and np.array_equal(inputs[4], (case.lungs > 0).astype(np.float32))
     with torch.inference_mode():
         sliding_window_inference(torch.from_numpy(inputs)[None], (32,) * 3, 4, counter, overlap=0.25, mode="gaussian")
         every_window = sliding_window_inference(torch.from_numpy(network_input(case))[None], (32,) * 3, 4, model,

@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
         pyramid = embed(folder, patches, pooled_pyramid=True)
         save_embeddings(workdir / f"embeddings_{arm}.npz", embeddings, pyramid, patches)
-        for name in PYRAMID_TARGETS:
-            result["pyramid_probe_r2"][name][arm] = ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
-        pyramid_probe = ridge_probe(pyramid, patches.emphysema, splits, patches.subjects)
-        for name, features, probe in (("h", embeddings, emphysema_probe), ("pyramid", pyramid, pyramid_probe)):
+        pyramid_probes = {name: ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects) for name in PYRAMID_TARGETS}
+        for name, probe in pyramid_probes.items():
+            result["pyramid_probe_r2"][name][arm] = probe.pooled["r2"]
+        for name, features, probe in (("h", embeddings, emphysema_probe), ("pyramid", pyramid, pyramid_probes["emphysema"])):
             result["within_subject_r"][name][arm] = within_subject_r(probe.predictions, patches)
             result["lung_core_probe_r2"][name][arm] = lung_core_r2(features, patches, core)
         print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "

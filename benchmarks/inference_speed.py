@@ -6,12 +6,12 @@ Cases (each in a fresh process, so its peak resident memory is that scan's):
 - ``large``: a full-chest phantom at 512 x 512 x 400, 0.7 x 0.7 x 0.8 mm (benchmarks/preprocess.py).
 
 Ours is :func:`~drasclr_monailabel.segmentation.inference.predict_volume` as the app runs it:
-prepare (lung mask, registration, atlas coordinates), 64^3 windows with 25% overlap on the 1 mm
-lung grid, only windows that contain lung, two windows per forward pass, back to the input grid,
-quantification; and the same with overlap 0 (the app's ``infer_overlap`` CPU option). The
-baseline, timed on the same prepared case, is MONAI's sliding-window inference over every window
-of the lung's bounding box with two windows per pass (the first version of this code); both sides
-of that window-stage comparison are the same bare MONAI call, after a warm-up. The JSON reports
+prepare (lung mask, registration, atlas coordinate map), 64^3 windows with 25% overlap on the 1 mm
+lung grid, only windows that contain lung, each built from the case, two windows per forward
+pass, back to the input grid, quantification; and the same with overlap 0 (the app's
+``infer_overlap`` CPU option). The baseline, timed on the same prepared case after the model has
+run, is MONAI's sliding-window inference over every window of the whole-grid network input (the
+first version of this code), two windows per pass. The JSON reports
 the ratio baseline/ours of the window stage and checks that both give the same probabilities
 inside the lung. The goal is 30 s per full chest CT on 2 CPU
 cores. The network has random weights: speed does not depend on them.
@@ -53,7 +53,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     from drasclr_monailabel.io.readers import read_ct
     from drasclr_monailabel.segmentation.case import network_input, prepare_case
     from drasclr_monailabel.segmentation.checkpoint import build_model
-    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, predict_volume
+    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, lung_window_logits, predict_volume
 
     torch.manual_seed(0)
     model, _ = build_model(device=device)
@@ -78,18 +78,17 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     predict_overlap0_s = time.perf_counter() - clock
     save_s = write_label_seconds(prediction_overlap0.labels, volume)
 
-    # Window stage alone, the same MONAI call on both sides: lung windows only (ours) vs every window.
-    counter = LungWindowPredictor(_NoNetwork(model.num_classes))
+    # Window stage alone, MONAI's sliding window on both sides: lung windows only, each built from the
+    # case (ours), vs every window of the whole-grid network input.
+    counter = LungWindowPredictor(_NoNetwork(model.num_classes), case, 64)
+    lung_window_logits(counter, case, 64, 0.25, 2, device)
+    clock = time.perf_counter()
+    ours_logits = lung_window_logits(LungWindowPredictor(model, case, 64), case, 64, 0.25, 2, device)
+    ours_windows_s = time.perf_counter() - clock
     with torch.inference_mode():
-        with_lung_channel = torch.from_numpy(network_input(case, lung_channel=True))[None].to(device)
-        image_only = with_lung_channel[:, :-1].contiguous()
-        sliding_window_inference(with_lung_channel, (64,) * 3, 2, counter, overlap=0.25, mode="gaussian", padding_mode="replicate")
+        image = torch.from_numpy(network_input(case))[None].to(device)
         clock = time.perf_counter()
-        ours_logits = sliding_window_inference(with_lung_channel, (64,) * 3, 2, LungWindowPredictor(model), overlap=0.25,
-                                               mode="gaussian", padding_mode="replicate")
-        ours_windows_s = time.perf_counter() - clock
-        clock = time.perf_counter()
-        logits = sliding_window_inference(image_only, (64,) * 3, 2, model, overlap=0.25, mode="gaussian", padding_mode="replicate")
+        logits = sliding_window_inference(image, (64,) * 3, 2, model, overlap=0.25, mode="gaussian", padding_mode="replicate")
         baseline_windows_s = time.perf_counter() - clock
     ours = torch.softmax(ours_logits[0].float(), dim=0).cpu().numpy()
     baseline = torch.softmax(logits[0].float(), dim=0).cpu().numpy()

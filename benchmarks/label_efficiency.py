@@ -378,12 +378,7 @@ def central_slab(case: PreparedCase, slices: int) -> PreparedCase:
     moved with them): the CI size scores a fifth of a phantom's 1 mm grid instead of all of it."""
     z = np.flatnonzero(case.lungs.any(axis=(1, 2)))
     start = int(np.clip((z[0] + z[-1] + 1 - slices) // 2, 0, max(case.lungs.shape[0] - slices, 0)))
-    cut = slice(start, start + slices)
-    scan = case.scan
-    origin = (scan.origin[0], scan.origin[1], scan.origin[2] + start * scan.spacing[2])
-    scan = replace(scan, image=scan.image[cut], lungs=scan.lungs[cut], origin=origin,
-                   landmarks=scan.landmarks - np.array([start, 0, 0], dtype=scan.landmarks.dtype))
-    return replace(case, scan=scan, coordinates=case.coordinates[:, cut], labels=case.labels[cut])
+    return case.cropped((slice(start, start + slices), slice(None), slice(None)))
 
 
 def _score_run_with(job: tuple[Run, RunContext]) -> dict:

@@ -199,13 +199,7 @@ def lung_box(case: PreparedCase, edge: int) -> PreparedCase:
     shape = np.array(case.lungs.shape)
     centre = np.argwhere(case.lungs > 0).mean(axis=0).astype(int)
     start = np.clip(centre - edge // 2, 0, np.maximum(shape - edge, 0))
-    box = tuple(slice(int(a), int(a) + edge) for a in start)
-    scan = case.scan
-    shift = np.asarray(scan.direction).reshape(3, 3) @ (np.asarray(scan.spacing) * start[::-1])
-    scan = dataclasses.replace(scan, image=scan.image[box], lungs=scan.lungs[box], origin=tuple(np.asarray(scan.origin) + shift),
-                               landmarks=scan.landmarks - start.astype(scan.landmarks.dtype))
-    return dataclasses.replace(case, scan=scan, coordinates=case.coordinates[(slice(None), *box)],
-                               labels=None if case.labels is None else case.labels[box])
+    return case.cropped(tuple(slice(int(a), int(a) + edge) for a in start))
 
 
 def budget_config(base: FinetuneConfig, patch: int, rule: str = "voxels") -> FinetuneConfig:

@@ -18,7 +18,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.anatomy.grid import array_to_image, resample_labels
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.segmentation.case import prepare_case
-from drasclr_monailabel.segmentation.inference import probabilities_on_grid
+from drasclr_monailabel.segmentation.inference import labels_on_grid
 from drasclr_monailabel.segmentation.labels import LabelSet
 
 
@@ -44,9 +44,10 @@ class LungGridCase:
     lungs_native: np.ndarray
     atlas_id: str
 
-    def to_native(self, probabilities: np.ndarray, volume: CTVolume) -> np.ndarray:
-        """Class probabilities (C, Z, Y, X) on this grid -> on ``volume``'s grid (linear)."""
-        return probabilities_on_grid(probabilities, self.grid, volume)
+    def native_labels(self, probabilities: np.ndarray, volume: CTVolume) -> np.ndarray:
+        """Class probabilities (C, Z, Y, X) on this grid -> uint8 class labels on ``volume``'s grid
+        (linear resampling, then the arg-max)."""
+        return labels_on_grid(probabilities, self.grid, volume)
 
 
 def lung_grid_case(volume: CTVolume, spacing_mm: int = 1, atlas: Atlas | None = None,

@@ -25,7 +25,7 @@ from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.nnunet.dataset import DRASCLR_KEY, dataset_label_names
 from drasclr_monailabel.nnunet.environment import use_drasclr_trainers
 from drasclr_monailabel.nnunet.lung_grid import lung_grid_case
-from drasclr_monailabel.segmentation.inference import Prediction
+from drasclr_monailabel.segmentation.inference import Prediction, background_outside_lungs
 
 CHECKPOINT = "checkpoint_final.pth"
 
@@ -100,14 +100,11 @@ class NnunetEmphysemaModel:
             _, probabilities_grid = self.predictor.predict_single_npy_array(np.stack(channels), {"spacing": spacing_zyx},
                                                                             None, None, True)
         probabilities_grid = np.asarray(probabilities_grid, dtype=np.float32)
-        outside = case.lungs == 0
-        probabilities_grid[:, outside] = 0.0
-        probabilities_grid[0, outside] = 1.0
-        probabilities = case.to_native(probabilities_grid, volume)
-        labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        background_outside_lungs(probabilities_grid, case.lungs)
+        labels = case.native_labels(probabilities_grid, volume)
         labels[case.lungs_native == 0] = 0
         report = quantify(volume, case.lungs_native, emphysema_mask=labels > 0).to_dict()
-        return Prediction(labels=labels, probabilities=probabilities, lungs=case.lungs_native, report=report)
+        return Prediction(labels=labels, lungs=case.lungs_native, report=report)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

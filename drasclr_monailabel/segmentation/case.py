@@ -9,16 +9,18 @@ normalisation of the landmark locations the encoder was pretrained with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.anatomy.grid import make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.pipeline import PreprocessedScan, preprocess_volume
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
+from drasclr_monailabel.segmentation.coordinates import CoordinateMap
 from drasclr_monailabel.segmentation.labels import LabelSet
 
 
@@ -29,20 +31,39 @@ class PreparedCase:
     Attributes:
         case_id: name used in logs and errors.
         scan: the anatomy pipeline's result (``image`` int16 HU and ``lungs`` uint8, (Z, Y, X)).
-        coordinates: float32 (3, Z, Y, X) normalised atlas x, y, z of every voxel.
+        coordinate_map: voxel index -> normalised atlas x, y, z (evaluated per window; the whole
+            grid's three channels are :attr:`coordinates`).
         labels: uint8 (Z, Y, X) class indices on the same grid, or None for unlabelled scans.
         lungs_native: uint8 lung labels on the input volume's own grid (for quantification).
     """
 
     case_id: str
     scan: PreprocessedScan
-    coordinates: np.ndarray
+    coordinate_map: CoordinateMap
     labels: np.ndarray | None
     lungs_native: np.ndarray
 
     @property
     def lungs(self) -> np.ndarray:
         return self.scan.lungs
+
+    @property
+    def coordinates(self) -> np.ndarray:
+        """float32 (3, Z, Y, X) normalised atlas x, y, z of every voxel (computed on each access)."""
+        return self.coordinate_map.full()
+
+    def cropped(self, box: tuple[slice, slice, slice]) -> PreparedCase:
+        """The case cut to ``box`` (slices of the 1 mm grid, (z, y, x), step 1): image, lungs,
+        labels, grid origin, landmark indices and coordinate map move together."""
+        box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, self.scan.image.shape))
+        start = np.array([s.start for s in box])
+        scan = self.scan
+        shift = np.asarray(scan.direction).reshape(3, 3) @ (np.asarray(scan.spacing) * start[::-1])
+        image = scan.image[box]
+        scan = replace(scan, image=image, lungs=scan.lungs[box], origin=tuple(float(v) for v in np.asarray(scan.origin) + shift),
+                       landmarks=scan.landmarks - start.astype(scan.landmarks.dtype))
+        return replace(self, scan=scan, coordinate_map=self.coordinate_map.cropped(tuple(start), image.shape),
+                       labels=None if self.labels is None else self.labels[box])
 
     @property
     def grid(self) -> sitk.Image:
@@ -87,52 +108,31 @@ def prepare_case(
     return PreparedCase(
         case_id=case_id or volume.source,
         scan=scan,
-        coordinates=atlas_coordinates(scan, atlas),
+        coordinate_map=CoordinateMap.of_scan(scan, atlas),
         labels=labels,
         lungs_native=resample_labels(lungs_image, native, n_labels=2),
     )
 
 
-def atlas_coordinates(scan: PreprocessedScan, atlas: Atlas) -> np.ndarray:
-    """Normalised atlas coordinates of every voxel of the scan's grid: float32 (3, Z, Y, X).
+def network_window(case: PreparedCase, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """float32 (4, len(z), len(y), len(x)): the network input at the outer product of index
+    vectors: the CT in network units (lung window) and the three atlas coordinates.
 
-    The registration maps atlas world points to subject world points affinely, so its inverse
-    composed with the grid's index-to-world map is one affine map from voxel index to atlas
-    coordinate, evaluated here by broadcasting (no per-voxel point transforms).
+    Indices outside the grid are clipped to its edge (replicate padding). A training patch or an
+    inference window is built from the int16 image and the coordinate map alone, so no float copy
+    of the whole grid is ever made for it.
     """
-    forward = scan.registration.transform
-    matrix = np.asarray(forward.GetMatrix(), dtype=np.float64).reshape(3, 3)
-    offset = np.asarray(forward.TransformPoint((0.0, 0.0, 0.0)), dtype=np.float64)
-    inverse = np.linalg.inv(matrix)
-    index_to_world = np.asarray(scan.direction, dtype=np.float64).reshape(3, 3) * np.asarray(scan.spacing)[None, :]
-    centre = np.asarray(atlas.landmarks.centre, dtype=np.float64)
-    half = np.asarray(atlas.landmarks.half_extent, dtype=np.float64)
-    # coordinate = (inverse @ (origin + index_to_world @ ijk - offset) - centre) / half
-    linear = (inverse @ index_to_world) / half[:, None]
-    constant = (inverse @ (np.asarray(scan.origin) - offset) - centre) / half
-    nz, ny, nx = scan.image.shape
-    axes = [np.arange(n, dtype=np.float32) for n in (nx, ny, nz)]
-    coordinates = np.empty((3, nz, ny, nx), dtype=np.float32)
-    for a in range(3):
-        coordinates[a] = (constant[a]
-                          + linear[a, 0] * axes[0][None, None, :]
-                          + linear[a, 1] * axes[1][None, :, None]
-                          + linear[a, 2] * axes[2][:, None, None])
-    return coordinates
-
-
-def network_input(case: PreparedCase, lung_channel: bool = False) -> np.ndarray:
-    """float32 (4, Z, Y, X): the CT in network units (lung window) and the three coordinates;
-    with ``lung_channel`` a fifth channel, the lung mask as 0/1 (what sliding-window inference
-    carries along to skip windows without lung). Filled in place: one array of the whole grid,
-    no concatenated copies (on a full chest CT 0.47 GB fewer bytes allocated while it is built)."""
-    image = case.scan.image
-    inputs = np.empty((5 if lung_channel else 4, *image.shape), dtype=np.float32)
-    inputs[0] = LUNG_WINDOW(_as_tensor(image)).numpy()
-    inputs[1:4] = case.coordinates
-    if lung_channel:
-        np.greater(case.lungs, 0, out=inputs[4])
+    inputs = np.empty((4, len(z), len(y), len(x)), dtype=np.float32)
+    shape = case.scan.image.shape
+    index = np.ix_(*(np.clip(np.asarray(i), 0, n - 1) for i, n in zip((z, y, x), shape)))
+    inputs[0] = LUNG_WINDOW(torch.from_numpy(case.scan.image[index])).numpy()
+    inputs[1:4] = case.coordinate_map.at(z, y, x)
     return inputs
+
+
+def network_input(case: PreparedCase) -> np.ndarray:
+    """float32 (4, Z, Y, X): :func:`network_window` over the whole grid."""
+    return network_window(case, *(np.arange(n) for n in case.scan.image.shape))
 
 
 def _to_grid(classes: np.ndarray, volume: CTVolume, grid: sitk.Image) -> np.ndarray:
@@ -141,9 +141,3 @@ def _to_grid(classes: np.ndarray, volume: CTVolume, grid: sitk.Image) -> np.ndar
     image.SetSpacing(volume.spacing)
     image.SetDirection(volume.direction)
     return sitk.GetArrayFromImage(resample_nearest(image, grid))
-
-
-def _as_tensor(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))

@@ -4,7 +4,8 @@ The scan is brought to the anatomy pipeline's 1 mm lung-cropped grid (the resolu
 was pretrained at) with atlas-coordinate channels, windows are run with MONAI's sliding-window
 inferer (Gaussian blending), probabilities outside the lung are set to background, and the
 probabilities are resampled (linear) onto the input's own grid before the arg-max, so the label
-map has exactly the input's geometry.
+map has exactly the input's geometry. No array of the whole grid holds the network input: each
+window is built from the int16 image and the atlas coordinate map when it runs.
 
 Only windows that contain lung run the network (:class:`LungWindowPredictor`): the others could
 only change voxels outside the lung, which become background anyway, so skipping them is exact
@@ -21,9 +22,10 @@ import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
 
+from drasclr_monailabel.anatomy.grid import make_grid
 from drasclr_monailabel.emphysema import quantify
 from drasclr_monailabel.io.volume import CTVolume
-from drasclr_monailabel.segmentation.case import PreparedCase, network_input, prepare_case
+from drasclr_monailabel.segmentation.case import PreparedCase, network_window, prepare_case
 from drasclr_monailabel.segmentation.network import EmphysemaUNet
 
 WINDOW = 64
@@ -40,14 +42,12 @@ class Prediction:
 
     Attributes:
         labels: uint8 (Z, Y, X) class indices (0 background).
-        probabilities: float32 (C, Z, Y, X) class probabilities.
         lungs: uint8 (Z, Y, X) lung mask used (0 / 1 right / 2 left).
         report: quantification (%LAA, Perc15, volumes per region) inside the lungs and the
             predicted emphysema, JSON-ready.
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
     lungs: np.ndarray
     report: dict[str, Any]
 
@@ -79,13 +79,13 @@ def predict_volume(
         NoLungsError / InputError: from the anatomy pipeline.
     """
     case = case or prepare_case(volume)
-    probabilities_1mm = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size)
-    probabilities = probabilities_on_grid(probabilities_1mm, case.grid, volume)
-    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+    probabilities = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size)
+    labels = labels_on_grid(probabilities, case.grid, volume)
+    del probabilities
     lungs = case.lungs_native
     labels[lungs == 0] = 0
     report = quantify(volume, lungs, emphysema_mask=labels > 0).to_dict()
-    return Prediction(labels=labels, probabilities=probabilities, lungs=lungs, report=report)
+    return Prediction(labels=labels, lungs=lungs, report=report)
 
 
 def window_probabilities(
@@ -114,21 +114,48 @@ def window_probabilities(
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout3d):
                 module.train()
-    inputs = torch.from_numpy(network_input(case, lung_channel=True))[None].to(device)
     try:
-        with torch.inference_mode():
-            logits = sliding_window_inference(
-                inputs, roi_size=(window,) * 3, sw_batch_size=batch_size, predictor=LungWindowPredictor(model),
-                overlap=overlap, mode="gaussian", padding_mode="replicate",
-            )
+        logits = lung_window_logits(LungWindowPredictor(model, case, window), case, window, overlap, batch_size, device)
     finally:
         model.train(was_training)
-    del inputs  # the whole-grid input is freed before the softmax allocates the probabilities
-    probabilities = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
-    outside = case.lungs == 0
-    probabilities[:, outside] = 0.0
-    probabilities[0, outside] = 1.0
+    probabilities = _softmax_in_place(logits[0].float()).cpu().numpy()
+    background_outside_lungs(probabilities, case.lungs)
     return probabilities
+
+
+def background_outside_lungs(probabilities: np.ndarray, lungs: np.ndarray) -> None:
+    """Make (C, Z, Y, X) class probabilities background (class 0) where ``lungs`` is 0, in place.
+
+    Masked copies rather than boolean indexing, which builds int64 index arrays of every voxel
+    outside the lungs (about 0.3 GB on a full chest CT's 1 mm grid).
+    """
+    outside = lungs == 0
+    for index, channel in enumerate(probabilities):
+        np.copyto(channel, 1.0 if index == 0 else 0.0, where=outside)
+
+
+def _softmax_in_place(logits: torch.Tensor, slab: int = 16) -> torch.Tensor:
+    """Softmax over the class axis of (C, Z, Y, X) logits, overwriting them ``slab`` z-slices at a
+    time: no second array of the whole grid, nor a whole-grid temporary (0.19 and 0.09 GB on a
+    full chest CT for two classes)."""
+    with torch.inference_mode():  # MONAI's output is an inference tensor
+        for start in range(0, logits.shape[1], slab):
+            part = logits[:, start:start + slab]
+            part.sub_(part.amax(dim=0, keepdim=True)).exp_()
+            part.div_(part.sum(dim=0, keepdim=True))
+    return logits
+
+
+def class_labels(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 (Z, Y, X) arg-max over the class axis of (C, Z, Y, X) probabilities, the first class
+    on ties as ``np.argmax``, without its int64 index array (0.28 GB on a 512^2 x 133 scan)."""
+    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    best = probabilities[0].copy()
+    for index in range(1, len(probabilities)):
+        higher = probabilities[index] > best
+        labels[higher] = index
+        np.copyto(best, probabilities[index], where=higher)
+    return labels
 
 
 def windows_per_pass(window: int) -> int:
@@ -141,45 +168,87 @@ def windows_per_pass(window: int) -> int:
     return max(1, 2 * 64**3 // window**3)
 
 
+def lung_window_logits(
+    predictor: LungWindowPredictor,
+    case: PreparedCase,
+    window: int,
+    overlap: float,
+    batch_size: int,
+    device: str | torch.device,
+) -> torch.Tensor:
+    """MONAI's sliding-window inference (Gaussian blending, replicate padding) over the case's
+    1 mm grid: (1, C, Z, Y, X) logits.
+
+    MONAI slides over the lung mask alone (float32 0/1), the one whole-grid input array; the
+    predictor builds each window's network input from the case (``with_coord``).
+    """
+    lungs = torch.from_numpy(case.lungs > 0).to(torch.float32)[None, None].to(device)
+    with torch.inference_mode():
+        return sliding_window_inference(lungs, roi_size=(window,) * 3, sw_batch_size=batch_size, predictor=predictor,
+                                        overlap=overlap, mode="gaussian", padding_mode="replicate", with_coord=True)
+
+
 class LungWindowPredictor:
     """Sliding-window predictor that runs ``model`` only on windows with lung in them.
 
-    Windows are ``(B, 5, D, H, W)``: the network input (CT + atlas coordinates) and, last, the lung
-    mask (0/1), carried as a channel so that MONAI's padding and cropping apply to it as well.
-    Windows without lung get zero logits; they cover no lung voxel, so blending never mixes them
-    into a voxel whose class is kept.
+    Called by MONAI with the lung mask's windows ``(B, 1, D, H, W)`` and their slices of the
+    padded grid (``with_coord``). For windows with lung it builds the network input, CT and atlas
+    coordinates (:func:`~drasclr_monailabel.segmentation.case.network_window`), from the case's
+    int16 image and coordinate map, padding as MONAI pads (centred, replicate) where the grid is
+    smaller than the window. Windows without lung get zero logits; they cover no lung voxel, so
+    blending never mixes them into a voxel whose class is kept.
     """
 
-    def __init__(self, model: EmphysemaUNet) -> None:
+    def __init__(self, model: EmphysemaUNet, case: PreparedCase, window: int) -> None:
         self.model = model
+        self.case = case
+        self.pad_before = [max(window - n, 0) // 2 for n in case.lungs.shape]
         self.windows = 0
         self.skipped = 0
 
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        has_lung = windows[:, -1].flatten(1).amax(dim=1) > 0
-        self.windows += len(windows)
+    def __call__(self, lung_windows: torch.Tensor, slices: list[list[slice]]) -> torch.Tensor:
+        has_lung = lung_windows.flatten(1).amax(dim=1) > 0
+        self.windows += len(lung_windows)
         self.skipped += int((~has_lung).sum())
-        logits = windows.new_zeros((len(windows), self.model.num_classes, *windows.shape[2:]))
+        logits = lung_windows.new_zeros((len(lung_windows), self.model.num_classes, *lung_windows.shape[2:]))
         if has_lung.any():
-            logits[has_lung] = self.model(windows[has_lung, :-1]).to(logits.dtype)
+            inputs = np.stack([network_window(self.case, *self._indices(spatial[2:]))
+                               for spatial, keep in zip(slices, has_lung.tolist()) if keep])
+            logits[has_lung] = self.model(torch.from_numpy(inputs).to(lung_windows.device)).to(logits.dtype)
         return logits
 
+    def _indices(self, spatial: list[slice]) -> list[np.ndarray]:
+        """Index vectors (z, y, x) into the case's grid of one window's slices of MONAI's padded grid."""
+        return [np.arange(s.start, s.stop) - pad for s, pad in zip(spatial, self.pad_before)]
 
-def probabilities_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume) -> np.ndarray:
-    """Linear resampling of class maps (C, Z, Y, X) from ``grid`` onto the volume's own grid;
-    voxels outside ``grid`` become background (probability 1 for class 0).
 
-    Only the foreground classes are resampled; background is one minus their sum. That is exactly
-    what resampling it would give (the interpolation weights are the same for every channel and the
-    channels sum to one), at 1/C less of the slowest step after the windows on a large scan.
+def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume, slab: int = 16) -> np.ndarray:
+    """uint8 (Z, Y, X) class labels on the volume's own grid: the arg-max of the class maps
+    (C, z, y, x) on ``grid`` resampled linearly; outside ``grid`` background.
+
+    Only the foreground classes are resampled; background is one minus their sum, exactly what
+    resampling it would give (the interpolation weights are the same for every channel and the
+    channels sum to one), at 1/C less of the slowest step after the windows. The volume's grid is
+    filled ``slab`` slices at a time, so its float32 class maps (0.28 GB for two classes on a
+    512^2 x 133 scan) never exist at once.
     """
-    reference = volume.to_sitk()
-    resampled = np.empty((len(probabilities), *volume.hu.shape), dtype=np.float32)
+    foreground = []
     for index in range(1, len(probabilities)):
-        image = sitk.GetImageFromArray(probabilities[index].astype(np.float32))
+        image = sitk.GetImageFromArray(probabilities[index].astype(np.float32, copy=False))
         image.CopyInformation(grid)
-        channel = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        resampled[index] = sitk.GetArrayFromImage(channel)
-    np.subtract(1.0, resampled[1:].sum(axis=0), out=resampled[0])
-    np.clip(resampled[0], 0.0, 1.0, out=resampled[0])  # float rounding of the sum
-    return resampled
+        foreground.append(image)
+    nz = volume.hu.shape[0]
+    labels = np.empty(volume.hu.shape, dtype=np.uint8)
+    native = make_grid(volume.origin, volume.shape_xyz, volume.spacing, volume.direction)
+    for start in range(0, nz, slab):
+        depth = min(slab, nz - start)
+        reference = make_grid(native.TransformIndexToPhysicalPoint((0, 0, start)), (*volume.shape_xyz[:2], depth),
+                              volume.spacing, volume.direction)
+        slab_probabilities = np.empty((len(probabilities), depth, *volume.hu.shape[1:]), dtype=np.float32)
+        for index, image in enumerate(foreground, start=1):
+            channel = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            slab_probabilities[index] = sitk.GetArrayViewFromImage(channel)
+        np.subtract(1.0, slab_probabilities[1:].sum(axis=0), out=slab_probabilities[0])
+        np.clip(slab_probabilities[0], 0.0, 1.0, out=slab_probabilities[0])  # float rounding of the sum
+        labels[start:start + depth] = class_labels(slab_probabilities)
+    return labels

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drasclr_monailabel.segmentation.case import PreparedCase, network_input
+from drasclr_monailabel.segmentation.case import PreparedCase, network_window
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 
 ProgressCallback = Callable[[dict], None]
@@ -101,7 +101,6 @@ def finetune(
     model.to(device)
     generator = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    inputs = [torch.from_numpy(network_input(case)) for case in cases]
     samplers = [_PatchCentres(case, config.patch_size) for case in cases]
     encoder_frozen = pretrained and config.freeze_encoder_epochs > 0
     optimizer = torch.optim.AdamW(
@@ -124,7 +123,7 @@ def finetune(
                 break
             for group, base in zip(optimizer.param_groups, (config.lr, config.lr * (config.encoder_lr_scale if pretrained else 1.0))):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * stats["steps"] / total_steps))
-            x, y = _batch(inputs, cases, samplers, config, generator)
+            x, y = _batch(cases, samplers, config, generator)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = model(x)
@@ -185,7 +184,6 @@ class _PatchCentres:
 
 
 def _batch(
-    inputs: list[torch.Tensor],
     cases: Sequence[PreparedCase],
     samplers: list[_PatchCentres],
     config: FinetuneConfig,
@@ -197,7 +195,7 @@ def _batch(
         sampler = samplers[index]
         centre = sampler.draw(generator, generator.random() < config.foreground_fraction)
         z, y, x = (slice(int(c) - sampler.half, int(c) + sampler.half) for c in centre)
-        patch = inputs[index][:, z, y, x].clone()
+        patch = torch.from_numpy(network_window(cases[index], *(np.arange(s.start, s.stop) for s in (z, y, x))))
         patch[0] = _intensity_jitter(patch[0], generator)
         images.append(patch)
         targets.append(torch.from_numpy(np.ascontiguousarray(cases[index].labels[z, y, x])).long())

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -31,6 +31,9 @@ from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, as_http_errors
 from drasclr_monailabel.tasks.labels import Grid, write_label
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.tasks.scoring import mc_dropout_score
+
+if TYPE_CHECKING:
+    from drasclr_monailabel.segmentation.case import PreparedCase
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +226,12 @@ class EmphysemaInferTask(VolumeInferTask):
         """
         import torch
 
-        from drasclr_monailabel.segmentation.case import network_input, prepare_case
+        from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import WINDOW
 
         model, _, _ = self.model()
         case = prepare_case(volume)
-        inputs, lung = lung_windows(network_input(case), case.lungs, self.windows, model.divisor,
+        inputs, lung = lung_windows(case, self.windows, model.divisor,
                                     seed=_stable_seed(volume.source), edge=WINDOW)
         batch = torch.from_numpy(inputs).to(self.device)
 
@@ -239,13 +242,12 @@ class EmphysemaInferTask(VolumeInferTask):
         return mc_dropout_score(sample, passes, lung)
 
 
-def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int, seed: int,
+def lung_windows(case: PreparedCase, count: int, divisor: int, seed: int,
                  edge: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` windows of the network input centred on random lung voxels, and their lung masks.
 
     Args:
-        inputs: float32 (C, Z, Y, X) network input.
-        lungs: (Z, Y, X) lung labels of the same grid.
+        case: the prepared scan (network input and lung labels on its 1 mm grid).
         divisor: window edges are multiples of this (the model's routing block); a grid axis shorter
             than ``edge`` gets the largest multiple that fits (at least ``divisor``, padded).
         seed: seeds the choice of centres.
@@ -254,13 +256,14 @@ def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int
     Returns:
         ``(windows (N, C, d, h, w), lung (N, d, h, w) bool)``.
     """
+    from drasclr_monailabel.segmentation.case import network_window
+
+    lungs = case.lungs
     shape = np.asarray(lungs.shape)
     size = np.maximum(divisor, np.minimum(edge, (shape // divisor) * divisor))
     pad = np.maximum(size - shape, 0)
-    if pad.any():
-        widths = [(0, int(p)) for p in pad]
-        inputs = np.pad(inputs, [(0, 0), *widths], mode="edge")
-        lungs = np.pad(lungs, widths)
+    if pad.any():  # the input's edge is replicated (network_window clips indices); no lung is added
+        lungs = np.pad(lungs, [(0, int(p)) for p in pad])
         shape = np.asarray(lungs.shape)
     points = np.argwhere(lungs > 0)
     if len(points) == 0:
@@ -268,9 +271,9 @@ def lung_windows(inputs: np.ndarray, lungs: np.ndarray, count: int, divisor: int
     rng = np.random.default_rng(seed)
     centres = points[rng.choice(len(points), size=min(count, len(points)), replace=False)]
     starts = np.clip(centres - size // 2, 0, shape - size)
-    windows = np.stack([inputs[:, z : z + size[0], y : y + size[1], x : x + size[2]] for z, y, x in starts])
+    windows = np.stack([network_window(case, *(np.arange(a, a + n) for a, n in zip(start, size))) for start in starts])
     lung = np.stack([lungs[z : z + size[0], y : y + size[1], x : x + size[2]] > 0 for z, y, x in starts])
-    return np.ascontiguousarray(windows), lung
+    return windows, lung
 
 
 @contextlib.contextmanager

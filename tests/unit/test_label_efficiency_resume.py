@@ -105,6 +105,7 @@ class _Case:
 def test_the_central_slab_keeps_image_lungs_labels_and_coordinates_aligned(bench) -> None:
     from drasclr_monailabel.anatomy.pipeline import PreprocessedScan
     from drasclr_monailabel.segmentation.case import PreparedCase
+    from drasclr_monailabel.segmentation.coordinates import CoordinateMap
 
     depth = 40
     lungs = np.zeros((depth, 4, 4), np.uint8)
@@ -113,7 +114,8 @@ def test_the_central_slab_keeps_image_lungs_labels_and_coordinates_aligned(bench
     scan = PreprocessedScan(image=z.astype(np.int16), lungs=lungs, origin=(0.0, 0.0, 100.0), spacing=(1.0, 1.0, 2.0),
                             direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), registration=None, landmarks=np.array([[20, 1, 1]], np.int32),
                             valid=np.array([True]), timings={}, warnings=[])
-    case = PreparedCase("c", scan, coordinates=np.stack([z, z, z]), labels=z.astype(np.uint8), lungs_native=lungs)
+    index_is_coordinate = CoordinateMap(linear=np.eye(3), constant=np.zeros(3), shape=lungs.shape)
+    case = PreparedCase("c", scan, coordinate_map=index_is_coordinate, labels=z.astype(np.uint8), lungs_native=lungs)
     slab = bench.central_slab(case, 8)
     assert slab.scan.image[:, 0, 0].tolist() == list(range(16, 24))
     assert slab.labels[:, 0, 0].tolist() == list(range(16, 24)) and slab.coordinates[2, :, 0, 0].tolist() == list(range(16, 24))

@@ -71,8 +71,6 @@ def test_finetune_lowers_the_loss_and_predicts_in_input_geometry(prepared_phanto
     assert held_out_loss() < 0.9 * before
     prediction = predict_volume(model, labelled_phantom.volume, window=32, overlap=0.0, batch_size=4, case=prepared_phantom)
     assert prediction.labels.shape == labelled_phantom.volume.hu.shape
-    assert prediction.probabilities.shape == (2, *labelled_phantom.volume.hu.shape)
-    np.testing.assert_allclose(prediction.probabilities.sum(axis=0), 1.0, atol=1e-4)
     assert not np.any(prediction.labels[prediction.lungs == 0])
     assert prediction.report["regions"]
 
@@ -119,25 +117,27 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepared_phantom) -> None:
+@pytest.mark.parametrize("x_extent", [None, 20])  # 20 voxels < the 32^3 window: MONAI pads the grid
+def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepared_phantom, x_extent) -> None:
     from monai.inferers import sliding_window_inference
 
     from drasclr_monailabel.models.encoder import EncoderArchitecture
-    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, window_probabilities
+    from drasclr_monailabel.segmentation.inference import LungWindowPredictor, lung_window_logits, window_probabilities
     from drasclr_monailabel.segmentation.network import EmphysemaUNet
 
     torch.manual_seed(0)
     narrow = EncoderArchitecture(stem_channels=4, block_channels=[8, 8, 16], top_channels=16, embedding_dim=16, num_experts=2)
     model = EmphysemaUNet(DrasclrEncoder(narrow), num_classes=2, dropout=0.0).eval()
     case = prepared_phantom
-    counter = LungWindowPredictor(model)
-    inputs = network_input(case, lung_channel=True)
-    assert np.array_equal(inputs[:4], network_input(case)) and np.array_equal(inputs[4], (case.lungs > 0).astype(np.float32))
+    if x_extent is not None:
+        centre = int(np.argwhere(case.lungs == 1)[:, 2].mean())  # inside the right lung
+        case = case.cropped((slice(None), slice(None), slice(centre - x_extent // 2, centre + x_extent // 2)))
+    counter = LungWindowPredictor(model, case, 32)
+    lung_window_logits(counter, case, 32, overlap=0.25, batch_size=4, device="cpu")
     with torch.inference_mode():
-        sliding_window_inference(torch.from_numpy(inputs)[None], (32,) * 3, 4, counter, overlap=0.25, mode="gaussian")
         every_window = sliding_window_inference(torch.from_numpy(network_input(case))[None], (32,) * 3, 4, model,
-                                                overlap=0.25, mode="gaussian")
-    assert 0 < counter.skipped < counter.windows  # the phantom's lung box has empty corners
+                                                overlap=0.25, mode="gaussian", padding_mode="replicate")
+    assert 0 < counter.skipped < counter.windows  # the lung box has empty corners
     ours = window_probabilities(model, case, "cpu", mc_dropout=False, window=32, overlap=0.25, batch_size=4)
     reference = torch.softmax(every_window[0], dim=0).numpy()
     lung = case.lungs > 0
@@ -145,11 +145,30 @@ def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepare
     assert np.all(ours[0, ~lung] == 1.0)
 
 
-def test_probabilities_on_grid_equal_resampling_every_class_map() -> None:
+def test_a_window_reaching_past_the_grid_replicates_its_edge_and_a_crop_keeps_its_coordinates(prepared_phantom) -> None:
+    from drasclr_monailabel.segmentation.case import network_window
+
+    case = prepared_phantom
+    whole = network_input(case)
+    nz, ny, nx = whole.shape[1:]
+    window = network_window(case, np.arange(-3, 5), np.arange(ny - 4, ny + 2), np.arange(10, 16))
+    expected = np.pad(whole[:, :5, ny - 4:, 10:16], [(0, 0), (3, 0), (0, 2), (0, 0)], mode="edge")
+    np.testing.assert_array_equal(window, expected)
+    box = (slice(5, nz - 7), slice(3, None), slice(None, nx // 2))
+    cropped = case.cropped(box)
+    np.testing.assert_allclose(network_input(cropped), whole[(slice(None), *box)], atol=1e-6)
+    assert np.array_equal(cropped.labels, case.labels[box]) and np.array_equal(cropped.lungs, case.lungs[box])
+    # The same world point: voxel (0, 0, 0) of the crop is voxel (5, 3, 0) of the case.
+    np.testing.assert_allclose(cropped.grid.TransformIndexToPhysicalPoint((0, 0, 0)),
+                               case.grid.TransformIndexToPhysicalPoint((0, 3, 5)))
+
+
+@pytest.mark.parametrize("slab", [1, 4, 16])  # slabs of the scan's 6 slices: single, uneven, all at once
+def test_labels_on_grid_equal_the_argmax_of_every_resampled_class_map(slab: int) -> None:
     import SimpleITK as sitk
 
     from drasclr_monailabel.io.volume import CTVolume
-    from drasclr_monailabel.segmentation.inference import probabilities_on_grid
+    from drasclr_monailabel.segmentation.inference import labels_on_grid
 
     rng = np.random.default_rng(0)
     probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)) * 3), dim=0).numpy().astype(np.float32)
@@ -165,7 +184,8 @@ def test_probabilities_on_grid_equal_resampling_every_class_map() -> None:
         image.CopyInformation(grid)
         reference.append(sitk.GetArrayFromImage(sitk.Resample(image, volume.to_sitk(), sitk.Transform(), sitk.sitkLinear,
                                                               default, sitk.sitkFloat32)))
-    ours = probabilities_on_grid(probabilities, grid, volume)
-    assert ours.shape == (3, 6, 40, 36) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, np.stack(reference), atol=1e-6)
-    assert np.any(ours[0] == 1.0) and np.any((ours[1] > 0.05) & (ours[1] < 0.95))  # both outside and inside the grid
+    expected = np.argmax(np.stack(reference), axis=0)
+    ours = labels_on_grid(probabilities, grid, volume, slab=slab)
+    assert ours.shape == (6, 40, 36) and ours.dtype == np.uint8
+    assert np.array_equal(ours, expected)
+    assert set(np.unique(ours)) == {0, 1, 2}  # outside the grid background, inside every class

@@ -24,6 +24,7 @@ from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.export import read_metadata
 from drasclr_monailabel.tasks.conf import ResolvedConf
 from drasclr_monailabel.tasks.embedding_cache import file_sha256
+from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 JOINT_METHOD = "joint2d3d"
 
@@ -34,7 +35,8 @@ def encoder_method(folder: Path) -> str:
 
 
 class PatientEmbedder:
-    """``volume -> (D,)``: mean of DrasCLR landmark embeddings (registration to the encoder's atlas)."""
+    """``volume -> (D,)``: mean of DrasCLR landmark embeddings (registration to the encoder's atlas).
+    Encoder loading and embedding run on the process's PyTorch thread (utils.torch_thread)."""
 
     description = "DrasCLR patient embeddings (mean over atlas landmarks)"
 
@@ -54,7 +56,7 @@ class PatientEmbedder:
     def __call__(self, volume: CTVolume) -> np.ndarray:
         from drasclr_monailabel.embed.patient import patient_embedding
 
-        return patient_embedding(volume, self._encoder, self.device, self.max_landmarks)
+        return run_on_torch_thread(lambda: patient_embedding(volume, self._encoder, self.device, self.max_landmarks))
 
 
 class VolumeEmbedder:
@@ -77,7 +79,7 @@ class VolumeEmbedder:
     def __call__(self, volume: CTVolume) -> np.ndarray:
         from drasclr_monailabel.ssl.joint2d3d.embed import embed_volume
 
-        return embed_volume(self._embedder, volume)[1]
+        return run_on_torch_thread(lambda: embed_volume(self._embedder, volume)[1])
 
 
 def patient_embedder(resolved: ResolvedConf) -> PatientEmbedder | VolumeEmbedder:

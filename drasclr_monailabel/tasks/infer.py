@@ -31,6 +31,7 @@ from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, as_http_errors
 from drasclr_monailabel.tasks.labels import Grid, write_label
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.tasks.scoring import mc_dropout_score
+from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 if TYPE_CHECKING:
     from drasclr_monailabel.segmentation.case import PreparedCase
@@ -207,6 +208,9 @@ class EmphysemaInferTask(VolumeInferTask):
             return self._model, self._meta, version
 
     def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        return run_on_torch_thread(self._segment, volume)  # one OpenMP pool per process (utils.torch_thread)
+
+    def _segment(self, volume: CTVolume) -> Segmentation:
         from drasclr_monailabel.segmentation.inference import predict_volume
 
         model, meta, version = self.model()

@@ -21,6 +21,7 @@ from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.nnunet.dataset import dataset_label_names
 from drasclr_monailabel.tasks.http import NOT_FOUND, refuse
 from drasclr_monailabel.tasks.infer import LungMaskCache, Segmentation, VolumeInferTask
+from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class NnunetInferTask(VolumeInferTask):
             return self._model
 
     def segment(self, volume: CTVolume, request: dict[str, Any]) -> Segmentation:
+        return run_on_torch_thread(self._segment, volume)  # one OpenMP pool per process (utils.torch_thread)
+
+    def _segment(self, volume: CTVolume) -> Segmentation:
         model = self.model()
         prediction = model.predict(volume)
         return Segmentation(prediction.labels, prediction.report, {"model": model.describe()})

@@ -29,6 +29,7 @@ from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.tasks.conf import TRAINING_KEYS, ResolvedConf, check_training_options, training_overrides
 from drasclr_monailabel.tasks.http import BAD_REQUEST, CONFLICT, as_http_errors, refuse
 from drasclr_monailabel.tasks.model_store import ModelStore
+from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class EmphysemaTrainTask(TrainTask):
             raise refuse(CONFLICT, "no 'final' labels yet: save at least one corrected label, then train")
         with self.store.training_lock():
             self.store.sweep_stale_temporaries()
-            return self._round(pairs, options)
+            return run_on_torch_thread(self._round, pairs, options)  # one OpenMP pool per process (utils.torch_thread)
 
     def _round(self, pairs: list[tuple[Path, Path]], options: dict[str, Any]) -> dict[str, Any]:
         from drasclr_monailabel.segmentation.checkpoint import save_checkpoint

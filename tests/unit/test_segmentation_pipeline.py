@@ -141,7 +141,8 @@ def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepare
     ours = window_probabilities(model, case, "cpu", mc_dropout=False, window=32, overlap=0.25, batch_size=4)
     reference = torch.softmax(every_window[0], dim=0).numpy()
     lung = case.lungs > 0
-    np.testing.assert_allclose(ours[:, lung], reference[:, lung], atol=1e-5)
+    assert ours.dtype == np.float16  # blended in half precision: three significant digits
+    np.testing.assert_allclose(ours[:, lung], reference[:, lung], atol=2e-3)
     assert np.all(ours[0, ~lung] == 1.0)
 
 

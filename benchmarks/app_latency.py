@@ -5,11 +5,16 @@ real sample chest CTs (pyradiomics lung1/lung2, 512 x 512, 5 mm slices). For eac
 timed over HTTP (first call = cold, then the median of ``--repeats``), while the resident memory
 of the server process tree is sampled every 50 ms. Then the ``emphysema_laa`` result of lung1 is
 submitted as its final label and one fine-tuning round with the default recipe is timed
-(run_sync), followed by /infer of the fine-tuned ``emphysema`` model.
+(run_sync), then an epistemic scoring run (run_sync, as ``auto_update_scoring`` starts one after
+a round: it prepares the unlabelled lung2 into the app's scan store), then /infer of the
+fine-tuned ``emphysema`` model on lung2 (the first call loads the new model), then a second round
+(its scan comes from the store).
 
 Baselines measured in the same run: the same infer task called directly in this process (no
-server, no HTTP, with the same lung-mask cache: the ratio is what MONAI Label adds), and the server's idle memory after start
-(the ratio is what an infer adds). The encoder is ``--encoder`` if given, otherwise a randomly
+server, no HTTP, with the same lung-mask cache: the ratio is what MONAI Label adds), the server's idle memory after start
+(the ratio is what an infer adds), and for ``/infer/emphysema`` the radiology-app-style MONAI
+UNet's load to save on lung2 (benchmarks/inference_speed.py, in a fresh process after the
+requests). The encoder is ``--encoder`` if given, otherwise a randomly
 initialised encoder of the default architecture (same compute as a pretrained one).
 
 ``--interference`` measures instead what background work costs an annotator: for each
@@ -45,6 +50,10 @@ from pathlib import Path
 
 import psutil
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import measure_monai_unet  # noqa: E402
+from preprocess import in_fresh_process  # noqa: E402
 
 EPOCH_LINE = re.compile(r"train: epoch (\d+)/")
 BACKGROUND_ROUND = {"max_epochs": 1000, "steps_per_epoch": 2}
@@ -136,6 +145,14 @@ def start_server(studies: Path, conf: dict[str, str], log: Path) -> tuple[subpro
     raise SystemExit("server did not start in 300 s")
 
 
+def timed_round(url: str, pid: int) -> dict:
+    """One fine-tuning round with the app's defaults (run_sync): seconds, its statistics, peak memory."""
+    with MemorySampler(pid) as sampler:
+        start = time.perf_counter()
+        stats = requests.post(f"{url}/train/emphysema?run_sync=true", json={}, timeout=7200).json()
+    return {"seconds": round(time.perf_counter() - start, 1), "stats": stats, "peak_rss_mb": round(sampler.peak / 2**20, 1)}
+
+
 def timed_infer(url: str, model: str, image: str) -> tuple[float, dict]:
     start = time.perf_counter()
     response = requests.post(f"{url}/infer/{model}?image={image}&output=json", timeout=1800)
@@ -198,18 +215,21 @@ def main() -> None:
                 infer[model]["ratio_http_to_direct"] = round(infer[model]["median_seconds"] / baseline, 2)
             if not args.skip_training:
                 label_lung1_with_laa(url)
-                with MemorySampler(process.pid) as train_sampler:
-                    start = time.perf_counter()
-                    stats = requests.post(f"{url}/train/emphysema?run_sync=true", json={}, timeout=7200).json()
-                    report["finetune_round"] = {"seconds": round(time.perf_counter() - start, 1), "stats": stats,
-                                                "peak_rss_mb": round(train_sampler.peak / 2**20, 1)}
+                report["finetune_round"] = timed_round(url, process.pid)
+                start = time.perf_counter()
+                requests.post(f"{url}/scoring/epistemic?run_sync=true", json={}, timeout=7200).raise_for_status()
+                report["epistemic_scoring_seconds"] = round(time.perf_counter() - start, 1)
                 with MemorySampler(process.pid) as emphysema_sampler:
                     cold, result = timed_infer(url, "emphysema", "lung2")
                     warm = [timed_infer(url, "emphysema", "lung2")[0] for _ in range(args.emphysema_repeats)]
+                unet = in_fresh_process(measure_monai_unet, str(studies / "lung2.nrrd"), "cpu")
                 infer["emphysema"] = {"image": "lung2", "cold_seconds": round(cold, 2),
                                       "median_seconds": round(statistics.median(warm), 2) if warm else None,
                                       "peak_rss_mb": round(emphysema_sampler.peak / 2**20, 1),
-                                      "server_latencies": result.get("latencies")}
+                                      "server_latencies": result.get("latencies"),
+                                      "monai_unet_load_to_save_seconds": unet["load_to_save"],
+                                      "ratio_cold_to_monai_unet": round(cold / unet["load_to_save"], 2)}
+                report["second_round"] = timed_round(url, process.pid)
             report["infer"] = infer
             report["peak_rss_ratio_to_idle"] = round(report["peak_rss_mb_lung_laa"] / report["server_idle_rss_mb"], 2)
         finally:

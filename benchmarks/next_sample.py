@@ -33,9 +33,10 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
-from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_fingerprint
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY, DiversityStrategy, EpistemicStrategy, HybridStrategy
 from drasclr_monailabel.utils.atomic import write_json
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 GOAL_SECONDS = 1.0
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "emphysema"

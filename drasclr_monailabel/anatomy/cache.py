@@ -19,7 +19,10 @@ import drasclr_monailabel
 from drasclr_monailabel.anatomy.atlas import Atlas
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, PreprocessedScan
 from drasclr_monailabel.anatomy.qa import write_qa_png
+from drasclr_monailabel.anatomy.registration import Registration
+from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.utils.atomic import TMP_PREFIX, save_npy, write_json, write_with
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 CACHE_FORMAT = "drasclr-cache/1"
 ARRAY_SUFFIXES = ("_image.npy", "_lung.npy", "_landmarks.npy", "_valid.npy")
@@ -34,8 +37,9 @@ def qa_path(cache: str | Path, scan_id: str) -> Path:
     return scan_folder(cache, scan_id) / f"{scan_id}_qa.json"
 
 
-def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: str) -> bool:
-    """True when the scan was fully written from ``source`` against ``atlas_id`` in this format."""
+def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: str, fingerprint: str | None = None) -> bool:
+    """True when the scan was fully written from ``source`` against ``atlas_id`` in this format
+    (and, when ``fingerprint`` is given, from that content of ``source``: see ``utils.fingerprint``)."""
     path = qa_path(cache, scan_id)
     try:
         qa = json.loads(path.read_text())
@@ -44,6 +48,7 @@ def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: s
     folder = path.parent
     return (isinstance(qa, dict) and qa.get("format") == CACHE_FORMAT and qa.get("source") == str(Path(source).resolve())
             and (qa.get("atlas") or {}).get("id") == atlas_id
+            and (fingerprint is None or qa.get("source_fingerprint") == fingerprint)
             and all((folder / f"{scan_id}{suffix}").is_file() for suffix in FILE_SUFFIXES))
 
 
@@ -98,6 +103,7 @@ def qa_record(scan_id: str, source: str | Path, scan: PreprocessedScan, atlas: A
         "format": CACHE_FORMAT,
         "id": scan_id,
         "source": str(Path(source).resolve()),
+        "source_fingerprint": file_fingerprint(source),
         "atlas": {"id": atlas.atlas_id, "n_landmarks": atlas.n_landmarks},
         "grid": scan.grid(),
         "interpolation": settings.interpolation,
@@ -113,3 +119,31 @@ def qa_record(scan_id: str, source: str | Path, scan: PreprocessedScan, atlas: A
         "warnings": list(scan.warnings),
         "package_version": drasclr_monailabel.__version__,
     }
+
+
+def read_scan(cache: str | Path, scan_id: str) -> PreprocessedScan:
+    """Read back a scan that :func:`write_scan` wrote (check :func:`is_complete` first).
+
+    Raises:
+        InputError: a file missing or unreadable (e.g. removed by another process meanwhile), or
+            arrays that disagree with the recorded grid.
+    """
+    stem = scan_folder(cache, scan_id) / scan_id
+    try:
+        qa = json.loads(Path(f"{stem}_qa.json").read_text())
+        image, lungs, landmarks, valid = (np.load(f"{stem}{suffix}", allow_pickle=False) for suffix in ARRAY_SUFFIXES)
+        transform = sitk.AffineTransform(sitk.ReadTransform(f"{stem}_affine.tfm"))
+        grid, registration = qa["grid"], qa["registration"]
+        size = tuple(grid["size"][::-1])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise InputError(f"{stem}_*", f"cannot be read back as a preprocessed scan ({exc})") from None
+    if image.shape != size or lungs.shape != size or landmarks.shape != (len(valid), 3):
+        raise InputError(f"{stem}_*", f"arrays {image.shape}, {lungs.shape}, {landmarks.shape} disagree with the grid {size}")
+    timings = dict(qa.get("timings_s") or {})
+    return PreprocessedScan(
+        image=image, lungs=lungs, origin=tuple(grid["origin"]), spacing=tuple(grid["spacing"]), direction=tuple(grid["direction"]),
+        registration=Registration(transform=transform, dice=registration["dice"], dice_right=registration["dice_right"],
+                                  dice_left=registration["dice_left"], metric=registration["metric_value"],
+                                  iterations=registration["iterations"], seconds=float(timings.get("registration", 0.0))),
+        landmarks=landmarks, valid=valid, timings=timings, warnings=list(qa.get("warnings") or []),
+    )

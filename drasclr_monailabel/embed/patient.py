@@ -32,6 +32,7 @@ from torch import nn
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE
 from drasclr_monailabel.anatomy.pipeline import preprocess_volume
+from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.export import load_encoder
@@ -131,16 +132,18 @@ def select_landmarks(valid: np.ndarray, order: np.ndarray, max_landmarks: int | 
 
 
 def patient_embedding(volume: CTVolume, patient_encoder: PatientEncoder, device: str | torch.device = "cpu",
-                      max_landmarks: int | None = None, batch_size: int = BATCH_SIZE) -> np.ndarray:
+                      max_landmarks: int | None = None, batch_size: int = BATCH_SIZE,
+                      scans: ScanStore | None = None) -> np.ndarray:
     """The patient-level embedding (D,) float32 of one CT.
 
     Args:
         max_landmarks: encode at most this many valid landmarks (evenly spread); None = all.
+        scans: where the anatomy pipeline's result is looked up and kept; None preprocesses.
 
     Raises:
         NoLungsError / InputError: from the anatomy pipeline, or no atlas landmark in the scanned lung.
     """
-    scan = preprocess_volume(volume, patient_encoder.atlas)
+    scan = scans.preprocess(volume, patient_encoder.atlas) if scans is not None else preprocess_volume(volume, patient_encoder.atlas)
     if not scan.valid.any():
         raise InputError(volume.source or "<volume>", "no atlas landmark lies in the scanned lung; it cannot be embedded")
     coordinates = patient_encoder.atlas.landmarks.normalised.astype(np.float32)

@@ -18,6 +18,7 @@ import torch
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.anatomy.grid import make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.pipeline import PreprocessedScan, preprocess_volume
+from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.coordinates import CoordinateMap
@@ -78,6 +79,7 @@ def prepare_case(
     label_set: LabelSet | None = None,
     atlas: Atlas | None = None,
     case_id: str = "",
+    scans: ScanStore | None = None,
 ) -> PreparedCase:
     """Run the anatomy pipeline on ``volume`` and add coordinates (and labels, if given).
 
@@ -87,13 +89,15 @@ def prepare_case(
         label_set: how stored values become classes (default: binary emphysema).
         atlas: the atlas (default: the shipped one; it must match the encoder's).
         case_id: name for logs; defaults to the volume's source.
+        scans: where the anatomy pipeline's result is looked up and kept (the app's store);
+            None preprocesses every time.
 
     Raises:
         NoLungsError / InputError: from the anatomy pipeline; ValueError for a label map whose
             shape differs from the volume or that holds values outside 0-3.
     """
     atlas = atlas or load_default_atlas()
-    scan = preprocess_volume(volume, atlas)
+    scan = scans.preprocess(volume, atlas) if scans is not None else preprocess_volume(volume, atlas)
     grid = make_grid(scan.origin, scan.image.shape[::-1], scan.spacing, scan.direction)
     labels = None
     if label_map is not None:

@@ -13,10 +13,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drasclr_monailabel.config import from_mapping
 from drasclr_monailabel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from drasclr_monailabel.anatomy.scan_store import ScanStore
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,10 @@ class AppConf:
             while other candidates remain (two annotators do not get the same scan).
         model_dir: where the fine-tuned model is published (default: ``<studies>/.drasclr/model``).
         cache_dir: per-scan caches such as embeddings (default: ``<studies>/.drasclr/cache``).
+        scan_cache_gb: disk space (GiB) for preprocessed scans (lung mask, registration, 1 mm grid;
+            about 75 MB per chest CT) kept in ``<cache_dir>/scans`` so infer, scoring and training
+            prepare each scan once (least recently used removed first); 0 turns the store off
+            (:mod:`~drasclr_monailabel.anatomy.scan_store`).
         allow_datastore_changes: let clients upload images and delete images or labels (off: those
             requests get HTTP 403; saving labels is always allowed).
         background_nice: scheduling priority (Unix nice, 0-19) of MONAI Label's training, scoring
@@ -107,6 +114,7 @@ class AppConf:
     reserve_seconds: int = 600
     model_dir: Path | None = None
     cache_dir: Path | None = None
+    scan_cache_gb: float = 5.0
     allow_datastore_changes: bool = False
     background_nice: int = 19
     server_mode: bool = False
@@ -142,6 +150,12 @@ class ResolvedConf:
     def labels(self) -> dict[str, int]:
         """Label name -> value in label maps, as MONAI Label clients expect it."""
         return {name: value for value, name in enumerate(self.conf.labels, start=1)}
+
+    def scan_store(self) -> ScanStore:
+        """The preprocessed-scan store shared by infer, scoring, training and embeddings (and their processes)."""
+        from drasclr_monailabel.anatomy.scan_store import ScanStore
+
+        return ScanStore(self.cache_dir / "scans", int(self.conf.scan_cache_gb * 2**30))
 
 
 def parse_app_conf(raw: Mapping[str, Any] | None) -> AppConf:
@@ -236,6 +250,8 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
     if conf.infer_overlap is not None and not 0.0 <= conf.infer_overlap <= 0.5:
         raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
+    if conf.scan_cache_gb < 0:
+        raise ConfigError(SOURCE, f"'scan_cache_gb' must be at least 0 (0 turns the scan store off), got {conf.scan_cache_gb}")
     if not 0 <= conf.background_nice <= 19:
         raise ConfigError(SOURCE, f"'background_nice' must be between 0 and 19, got {conf.background_nice}")
     minimum = {"epistemic_samples": 2, "epistemic_windows": 1, "epistemic_max_images": 0, "embedding_landmarks": 0, "reserve_seconds": 0}

@@ -23,7 +23,7 @@ import numpy as np
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.export import read_metadata
 from drasclr_monailabel.tasks.conf import ResolvedConf
-from drasclr_monailabel.tasks.embedding_cache import file_sha256
+from drasclr_monailabel.utils.fingerprint import file_sha256
 from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 JOINT_METHOD = "joint2d3d"
@@ -45,6 +45,7 @@ class PatientEmbedder:
         self.folder = resolved.pretrained
         self.device = resolved.device
         self.max_landmarks = resolved.conf.embedding_landmarks or None
+        self.scans = resolved.scan_store()
         self.key = f"{file_sha256(self.folder / 'encoder.pt')}-{self.max_landmarks or 'all'}"
 
     @cached_property
@@ -56,7 +57,8 @@ class PatientEmbedder:
     def __call__(self, volume: CTVolume) -> np.ndarray:
         from drasclr_monailabel.embed.patient import patient_embedding
 
-        return run_on_torch_thread(lambda: patient_embedding(volume, self._encoder, self.device, self.max_landmarks))
+        return run_on_torch_thread(
+            lambda: patient_embedding(volume, self._encoder, self.device, self.max_landmarks, scans=self.scans))
 
 
 class VolumeEmbedder:

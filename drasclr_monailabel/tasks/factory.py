@@ -58,8 +58,8 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
     if conf.backend == "nnunet":
         return nnunet_emphysema_tasks(resolved, lung_cache)
     store = ModelStore(resolved.model_dir)
-    infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, conf.epistemic_windows,
-                               resolved.infer_overlap)
+    infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, resolved.scan_store(),
+                               conf.epistemic_windows, resolved.infer_overlap)
     trainer = None if conf.skip_training else EmphysemaTrainTask(_backbone_conf(resolved), store)
     tasks = ModelTasks(infer=infer, trainer=trainer)
     if conf.skip_scoring:

@@ -26,14 +26,15 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.io.volume import CTVolume
-from drasclr_monailabel.tasks.embedding_cache import file_fingerprint
 from drasclr_monailabel.tasks.http import BAD_REQUEST, NOT_FOUND, as_http_errors, refuse
 from drasclr_monailabel.tasks.labels import Grid, write_label
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.tasks.scoring import mc_dropout_score
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 if TYPE_CHECKING:
+    from drasclr_monailabel.anatomy.scan_store import ScanStore
     from drasclr_monailabel.segmentation.case import PreparedCase
 
 logger = logging.getLogger(__name__)
@@ -171,10 +172,11 @@ class EmphysemaInferTask(VolumeInferTask):
     """
 
     def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache,
-                 epistemic_windows: int = 8, overlap: float = 0.25) -> None:
+                 scans: ScanStore | None = None, epistemic_windows: int = 8, overlap: float = 0.25) -> None:
         labels = {name: value for value, name in enumerate(label_names, start=1)}
         super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
         self.store = store
+        self.scans = scans
         self.device = device
         self.windows = epistemic_windows
         self.overlap = overlap
@@ -211,14 +213,15 @@ class EmphysemaInferTask(VolumeInferTask):
         return run_on_torch_thread(self._segment, volume)  # one OpenMP pool per process (utils.torch_thread)
 
     def _segment(self, volume: CTVolume) -> Segmentation:
+        from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import predict_volume
 
         model, meta, version = self.model()
-        prediction = predict_volume(model, volume, self.device, overlap=self.overlap)
+        case = prepare_case(volume, scans=self.scans)
+        prediction = predict_volume(model, volume, self.device, overlap=self.overlap, case=case)
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
                              "pretrained": meta.get("pretrained")}}
         return Segmentation(prediction.labels, prediction.report, details)
-
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:
         """Mean MC-dropout mutual information in lung windows over ``passes`` stochastic passes.
@@ -226,15 +229,19 @@ class EmphysemaInferTask(VolumeInferTask):
         A whole-scan prediction costs minutes per pass on a CPU, so the lung average is
         estimated on :attr:`windows` windows centred on lung voxels (a fixed random draw per scan,
         so scores of one scan are comparable across models); all windows go through the
-        network together, once per pass, with the decoder's dropout active.
+        network together, once per pass, with the decoder's dropout active. Runs on the
+        process's PyTorch thread (a ``run_sync`` scoring runs inside the server).
         """
+        return run_on_torch_thread(self._epistemic_score, volume, passes)
+
+    def _epistemic_score(self, volume: CTVolume, passes: int) -> float:
         import torch
 
         from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import WINDOW
 
         model, _, _ = self.model()
-        case = prepare_case(volume)
+        case = prepare_case(volume, scans=self.scans)
         inputs, lung = lung_windows(case, self.windows, model.divisor,
                                     seed=_stable_seed(volume.source), edge=WINDOW)
         batch = torch.from_numpy(inputs).to(self.device)

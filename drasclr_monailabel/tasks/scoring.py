@@ -31,8 +31,9 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.io.volume import CTVolume
-from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_fingerprint
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,9 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_fingerprint
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.kcenter import k_center_greedy
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 logger = logging.getLogger(__name__)
 

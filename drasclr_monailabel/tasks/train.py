@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -30,6 +30,9 @@ from drasclr_monailabel.tasks.conf import TRAINING_KEYS, ResolvedConf, check_tra
 from drasclr_monailabel.tasks.http import BAD_REQUEST, CONFLICT, as_http_errors, refuse
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
+
+if TYPE_CHECKING:
+    from drasclr_monailabel.anatomy.scan_store import ScanStore
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +102,10 @@ class EmphysemaTrainTask(TrainTask):
 
         start = time.perf_counter()
         cases, skipped = [], {}
+        scans = self.resolved.scan_store()
         for image, label in pairs:
             try:
-                cases.append(prepare_labelled_case(image, label, self.resolved.conf.labels))
+                cases.append(prepare_labelled_case(image, label, self.resolved.conf.labels, scans))
             except DrasclrError as exc:
                 skipped[image.name] = str(exc)
                 logger.warning("train: skipping %s: %s", image.name, exc)
@@ -155,8 +159,9 @@ class EmphysemaTrainTask(TrainTask):
         return model, meta, pretrained is not None
 
 
-def prepare_labelled_case(image: Path, label: Path, label_names: list[str]) -> Any:
-    """Read a scan and its final label (checked against the scan's grid) and prepare it for training.
+def prepare_labelled_case(image: Path, label: Path, label_names: list[str], scans: ScanStore | None = None) -> Any:
+    """Read a scan and its final label (checked against the scan's grid) and prepare it for training
+    (the anatomy from ``scans`` when that already holds the scan).
 
     Raises:
         InputError: unreadable scan or label, a label off the scan's grid, no lungs.
@@ -168,7 +173,7 @@ def prepare_labelled_case(image: Path, label: Path, label_names: list[str]) -> A
 
     stored = conform_label(label, read_grid(image), len(SUBTYPES), list(SUBTYPES))
     return prepare_case(read_ct(image), label_map=stored, label_set=LabelSet(tuple(label_names)),
-                        case_id=scan_id_from_path(image))
+                        case_id=scan_id_from_path(image), scans=scans)
 
 
 def _log_progress(stats: dict[str, Any]) -> None:

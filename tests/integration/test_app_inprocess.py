@@ -40,6 +40,9 @@ def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
 
     embedded = client.post("/scoring/embedding?run_sync=true").json()
     assert embedded["computed"] == 3 and embedded["failed"] == 0
+    store = phantom_studies / ".drasclr" / "cache" / "scans"
+    prepared = {qa.parent.name: qa.read_text() for qa in store.glob("*/*_qa.json")}
+    assert len(prepared) == 3  # the embeddings prepared every scan into the scan store
 
     first = client.post("/activelearning/diversity", json={}).json()
     image_id = first["id"]
@@ -76,6 +79,8 @@ def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
         assert "fallback" not in answer["selection"], answer
     again = client.post("/scoring/epistemic?run_sync=true").json()
     assert again["scored"] == 0 and again["skipped"] == 2  # same model, same scans: nothing to redo
+    # training, infer and epistemic scoring read every scan from the store: none was prepared again
+    assert {qa.parent.name: qa.read_text() for qa in store.glob("*/*_qa.json")} == prepared
 
 
 def test_real_sample_ct_gets_lung_mask_and_quantification(sample_lung1, tmp_path):

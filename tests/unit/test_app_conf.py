@@ -49,6 +49,8 @@ def test_defaults_serve_every_model():
     ({"patch_size": "48"}, "patch_size"),
     ({"background_nice": "20"}, "background_nice"),
     ({"background_nice": "-5"}, "background_nice"),
+    ({"scan_cache_gb": "-1"}, "scan_cache_gb"),
+    ({"scan_cache_gb": "lots"}, "scan_cache_gb"),
 ])
 def test_bad_options_are_refused_naming_the_key(raw, named):
     with pytest.raises(ConfigError) as info:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
-from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache, file_fingerprint
+from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.kcenter import k_center_greedy, min_distances, normalise
 from drasclr_monailabel.tasks.scoring import mc_dropout_score, mutual_information
 from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY, DiversityStrategy, EpistemicStrategy, HybridStrategy, RandomStrategy
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 
 def make_store(tmp_path, ids, labelled=()):

@@ -5,7 +5,8 @@ Cases (each in a fresh process, so its peak resident memory is that scan's):
 - ``real``: the real sample chest CT lung2 (pyradiomics, 512 x 512 x 61, 0.63 x 0.63 x 5 mm);
 - ``large``: a full-chest phantom at 512 x 512 x 400, 0.7 x 0.7 x 0.8 mm (benchmarks/preprocess.py).
 
-Ours is :func:`~drasclr_monailabel.segmentation.inference.predict_volume` as the app runs it:
+Ours is :func:`~drasclr_monailabel.segmentation.inference.predict_volume` as the app runs it
+(network in the format ``--precision`` resolves to, as ``--conf infer_precision`` does):
 prepare (lung mask, registration, atlas coordinate map), 64^3 windows with 25% overlap on the 1 mm
 lung grid, only windows that contain lung, each built from the case, two windows per forward
 pass, back to the input grid, quantification; and the same with overlap 0 (the app's
@@ -44,8 +45,10 @@ from preprocess import case_inputs, in_fresh_process, machine_info, peak_residen
 GOAL_SECONDS = 30.0
 
 
-def measure_case(path: str, device: str) -> dict[str, Any]:
-    """Time one scan through inference and the baseline window stage (called in a fresh process)."""
+def measure_case(path: str, device: str, precision_name: str) -> dict[str, Any]:
+    """Time one scan through inference and the baseline window stage (called in a fresh process);
+    ``precision_name`` is the network's format in the whole-scan predictions (the window-stage
+    comparison runs in float32 on both sides)."""
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -54,6 +57,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     from drasclr_monailabel.segmentation.case import network_input, prepare_case
     from drasclr_monailabel.segmentation.checkpoint import build_model
     from drasclr_monailabel.segmentation.inference import LungWindowPredictor, lung_window_logits, predict_volume
+    from drasclr_monailabel.segmentation.precision import DTYPES
 
     torch.manual_seed(0)
     model, _ = build_model(device=device)
@@ -69,12 +73,13 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
     peak_after["prepare"] = peak_resident_mb()
 
     clock = time.perf_counter()
-    prediction = predict_volume(model, volume, device, case=case)
+    precision = DTYPES[precision_name]
+    prediction = predict_volume(model, volume, device, case=case, precision=precision)
     predict_s = time.perf_counter() - clock
     peak_mb = peak_resident_mb()
 
     clock = time.perf_counter()
-    prediction_overlap0 = predict_volume(model, volume, device, overlap=0.0, case=case)
+    prediction_overlap0 = predict_volume(model, volume, device, overlap=0.0, case=case, precision=precision)
     predict_overlap0_s = time.perf_counter() - clock
     save_s = write_label_seconds(prediction_overlap0.labels, volume)
 
@@ -114,6 +119,7 @@ def measure_case(path: str, device: str) -> dict[str, Any]:
         "peak_rss_mb": round(peak_mb, 1),
         "peak_rss_mb_after": {**{stage: round(value, 1) for stage, value in peak_after.items()}, "predict": round(peak_mb, 1)},
         "torch_threads": torch.get_num_threads(),
+        "precision": precision_name,
     }
 
 
@@ -196,13 +202,18 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--cases", nargs="+", choices=["full", "real", "large"], default=["full", "real", "large"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the network's format in our whole-scan predictions (auto: as the app picks it)")
     args = parser.parse_args()
+    from drasclr_monailabel.segmentation.precision import resolve_precision
+
+    precision = resolve_precision(args.precision, args.device)
 
     results: dict[str, Any] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in case_inputs(args.cases, Path(tmp)).items():
-            results[name] = in_fresh_process(measure_case, path, args.device)
+            results[name] = in_fresh_process(measure_case, path, args.device, precision)
             unet = in_fresh_process(measure_monai_unet, path, args.device)
             results[name]["monai_unet"] = unet
             results[name]["load_to_save_ratio"] = round(results[name]["overlap_0"]["load_to_save"] / unet["load_to_save"], 2)
@@ -219,7 +230,8 @@ def main() -> int:
 
     report = {
         "benchmark": "inference_speed",
-        "command": f"python benchmarks/inference_speed.py --out {args.out} --device {args.device} --cases {' '.join(args.cases)}",
+        "command": (f"python benchmarks/inference_speed.py --out {args.out} --device {args.device} --cases {' '.join(args.cases)} "
+                    f"--precision {args.precision}"),
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
         "machine": machine_info(load_before),
         "goal_seconds_per_full_ct": GOAL_SECONDS,

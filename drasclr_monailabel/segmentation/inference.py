@@ -27,11 +27,13 @@ from drasclr_monailabel.emphysema import quantify
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.segmentation.case import PreparedCase, network_window, prepare_case
 from drasclr_monailabel.segmentation.network import EmphysemaUNet
+from drasclr_monailabel.segmentation.precision import network_precision
 
 BLEND_DTYPE = torch.float16
 """dtype of MONAI's sliding-window input, and so of its blended logits and count map, and of the
 probabilities on the 1 mm grid: half the memory of float32 (on a full chest CT 0.28 GB less at the
-window stage's peak). The network runs in float32; probabilities keep three significant digits."""
+window stage's peak). The network runs in float32 or, where asked, bfloat16 (:mod:`.precision`);
+probabilities keep three significant digits."""
 
 WINDOW = 64
 """Default inference window edge (1 mm voxels): eight 32^3 routing blocks, each routed as a 32^3
@@ -66,6 +68,7 @@ def predict_volume(
     overlap: float = 0.25,
     batch_size: int | None = None,
     case: PreparedCase | None = None,
+    precision: torch.dtype = torch.float32,
 ) -> Prediction:
     """Segment emphysema in one CT.
 
@@ -79,12 +82,13 @@ def predict_volume(
         overlap: fraction of overlap between neighbouring windows.
         batch_size: windows per forward pass; default :func:`windows_per_pass`.
         case: an already prepared case (skips lung mask and registration).
+        precision: the network's dtype (float32, or bfloat16 by autocast; see :mod:`.precision`).
 
     Raises:
         NoLungsError / InputError: from the anatomy pipeline.
     """
     case = case or prepare_case(volume)
-    probabilities = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size)
+    probabilities = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size, precision)
     labels = labels_on_grid(probabilities, case.grid, volume)
     del probabilities
     lungs = case.lungs_native
@@ -101,11 +105,13 @@ def window_probabilities(
     window: int,
     overlap: float,
     batch_size: int | None,
+    precision: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Softmax probabilities (C, Z, Y, X) on the case's 1 mm grid, :data:`BLEND_DTYPE`; background
     outside the lung.
 
-    ``window`` and ``batch_size`` as in :func:`predict_volume` (None: :func:`windows_per_pass`).
+    ``window``, ``batch_size`` and ``precision`` as in :func:`predict_volume` (batch None:
+    :func:`windows_per_pass`).
 
     Raises:
         ValueError: a window that is not made of whole routing blocks of the model.
@@ -121,7 +127,8 @@ def window_probabilities(
             if isinstance(module, torch.nn.Dropout3d):
                 module.train()
     try:
-        logits = lung_window_logits(LungWindowPredictor(model, case, window), case, window, overlap, batch_size, device)
+        predictor = LungWindowPredictor(model, case, window, precision)
+        logits = lung_window_logits(predictor, case, window, overlap, batch_size, device)
     finally:
         model.train(was_training)
     probabilities = _softmax_in_place(logits[0]).cpu().numpy()
@@ -200,12 +207,14 @@ class LungWindowPredictor:
     coordinates (:func:`~drasclr_monailabel.segmentation.case.network_window`), from the case's
     int16 image and coordinate map, padding as MONAI pads (centred, replicate) where the grid is
     smaller than the window. Windows without lung get zero logits; they cover no lung voxel, so
-    blending never mixes them into a voxel whose class is kept.
+    blending never mixes them into a voxel whose class is kept. The network runs in ``precision``.
     """
 
-    def __init__(self, model: EmphysemaUNet, case: PreparedCase, window: int) -> None:
+    def __init__(self, model: EmphysemaUNet, case: PreparedCase, window: int,
+                 precision: torch.dtype = torch.float32) -> None:
         self.model = model
         self.case = case
+        self.precision = precision
         self.pad_before = [max(window - n, 0) // 2 for n in case.lungs.shape]
         self.windows = 0
         self.skipped = 0
@@ -218,7 +227,8 @@ class LungWindowPredictor:
         if has_lung.any():
             inputs = np.stack([network_window(self.case, *self._indices(spatial[2:]))
                                for spatial, keep in zip(slices, has_lung.tolist()) if keep])
-            logits[has_lung] = self.model(torch.from_numpy(inputs).to(lung_windows.device)).to(logits.dtype)
+            with network_precision(self.precision, lung_windows.device):
+                logits[has_lung] = self.model(torch.from_numpy(inputs).to(lung_windows.device)).to(logits.dtype)
         return logits
 
     def _indices(self, spatial: list[slice]) -> list[np.ndarray]:

@@ -61,6 +61,10 @@ class AppConf:
             unset: 0 on a CPU (about 2.5 times fewer windows: a chest CT in under 30 s on two
             cores, docs/benchmarks.md), 0.25 on a GPU (blends window seams away).
         amp: mixed precision in training; ``auto`` turns it on only on a GPU, never on a CPU.
+        infer_precision: the network's number format at inference and epistemic scoring:
+            ``float32``, ``bfloat16`` (autocast), or ``auto`` (default): bfloat16 where the device
+            computes it natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32
+            (:mod:`~drasclr_monailabel.segmentation.precision`).
         seed: random seed of training, patch sampling and the ``random`` strategy (a rerun proposes the
             same scans in the same order).
         skip_training: serve infer only (no trainer is offered to clients).
@@ -103,6 +107,7 @@ class AppConf:
     freeze_encoder_epochs: int | None = None
     infer_overlap: float | None = None
     amp: str = "auto"
+    infer_precision: str = "auto"
     seed: int = 0
     skip_training: bool = False
     skip_scoring: bool = False
@@ -131,6 +136,7 @@ class ResolvedConf:
         device: concrete torch device name (``cpu`` or ``cuda[:N]``).
         amp: mixed precision on (only ever on a GPU).
         infer_overlap: window overlap of whole-scan inference.
+        infer_precision: ``float32`` or ``bfloat16``, the network's format at inference.
         model_dir: folder of the published model.
         cache_dir: folder of per-scan caches.
         state_dir: app state folder holding the label history.
@@ -142,6 +148,7 @@ class ResolvedConf:
     device: str
     amp: bool
     infer_overlap: float
+    infer_precision: str
     model_dir: Path
     cache_dir: Path
     state_dir: Path
@@ -176,6 +183,8 @@ def resolve_app_conf(conf: AppConf, app_dir: str | Path, studies: str) -> Resolv
         ConfigError: an explicit encoder path that is missing or incomplete, or a GPU that was asked
             for but is not visible.
     """
+    from drasclr_monailabel.segmentation.precision import resolve_precision
+
     pretrained, reason = _resolve_pretrained(conf.pretrained)
     device = _resolve_device(conf.device)
     amp = device.startswith("cuda") and conf.amp in ("auto", "true")
@@ -188,6 +197,7 @@ def resolve_app_conf(conf: AppConf, app_dir: str | Path, studies: str) -> Resolv
         device=device,
         amp=amp,
         infer_overlap=conf.infer_overlap if conf.infer_overlap is not None else (0.25 if device.startswith("cuda") else 0.0),
+        infer_precision=resolve_precision(conf.infer_precision, device),
         model_dir=Path(conf.model_dir) if conf.model_dir else state_dir / "model",
         cache_dir=Path(conf.cache_dir) if conf.cache_dir else state_dir / "cache",
         state_dir=state_dir,
@@ -235,6 +245,7 @@ def check_training_options(options: Mapping[str, Any], source: str = SOURCE) -> 
 
 def _check_ranges(conf: AppConf) -> None:
     from drasclr_monailabel.segmentation.labels import LabelSet
+    from drasclr_monailabel.segmentation.precision import PRECISIONS
 
     unknown = [m for m in conf.models if m not in MODELS]
     if unknown or not conf.models:
@@ -248,6 +259,8 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'device' must be auto, cpu, cuda or cuda:N, got {conf.device!r}")
     if conf.amp not in ("auto", "true", "false"):
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
+    if conf.infer_precision not in PRECISIONS:
+        raise ConfigError(SOURCE, f"'infer_precision' must be one of {', '.join(PRECISIONS)}, got {conf.infer_precision!r}")
     if conf.infer_overlap is not None and not 0.0 <= conf.infer_overlap <= 0.5:
         raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
     if conf.scan_cache_gb < 0:

@@ -59,7 +59,7 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
         return nnunet_emphysema_tasks(resolved, lung_cache)
     store = ModelStore(resolved.model_dir)
     infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, resolved.scan_store(),
-                               conf.epistemic_windows, resolved.infer_overlap)
+                               conf.epistemic_windows, resolved.infer_overlap, resolved.infer_precision)
     trainer = None if conf.skip_training else EmphysemaTrainTask(_backbone_conf(resolved), store)
     tasks = ModelTasks(infer=infer, trainer=trainer)
     if conf.skip_scoring:

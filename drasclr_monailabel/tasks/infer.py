@@ -172,7 +172,8 @@ class EmphysemaInferTask(VolumeInferTask):
     """
 
     def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache,
-                 scans: ScanStore | None = None, epistemic_windows: int = 8, overlap: float = 0.25) -> None:
+                 scans: ScanStore | None = None, epistemic_windows: int = 8, overlap: float = 0.25,
+                 precision: str = "float32") -> None:
         labels = {name: value for value, name in enumerate(label_names, start=1)}
         super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
         self.store = store
@@ -180,6 +181,7 @@ class EmphysemaInferTask(VolumeInferTask):
         self.device = device
         self.windows = epistemic_windows
         self.overlap = overlap
+        self.precision = precision
         self._model: Any = None
         self._meta: dict[str, Any] = {}
         self._version: str | None = None
@@ -215,12 +217,14 @@ class EmphysemaInferTask(VolumeInferTask):
     def _segment(self, volume: CTVolume) -> Segmentation:
         from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import predict_volume
+        from drasclr_monailabel.segmentation.precision import DTYPES
 
         model, meta, version = self.model()
         case = prepare_case(volume, scans=self.scans)
-        prediction = predict_volume(model, volume, self.device, overlap=self.overlap, case=case)
+        prediction = predict_volume(model, volume, self.device, overlap=self.overlap, case=case,
+                                    precision=DTYPES[self.precision])
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
-                             "pretrained": meta.get("pretrained")}}
+                             "pretrained": meta.get("pretrained"), "precision": self.precision}}
         return Segmentation(prediction.labels, prediction.report, details)
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:
@@ -239,6 +243,7 @@ class EmphysemaInferTask(VolumeInferTask):
 
         from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import WINDOW
+        from drasclr_monailabel.segmentation.precision import DTYPES, network_precision
 
         model, _, _ = self.model()
         case = prepare_case(volume, scans=self.scans)
@@ -247,7 +252,7 @@ class EmphysemaInferTask(VolumeInferTask):
         batch = torch.from_numpy(inputs).to(self.device)
 
         def sample() -> np.ndarray:
-            with torch.no_grad(), mc_dropout(model):
+            with torch.no_grad(), mc_dropout(model), network_precision(DTYPES[self.precision], self.device):
                 return torch.softmax(model(batch).float(), dim=1).cpu().numpy().swapaxes(0, 1)
 
         return mc_dropout_score(sample, passes, lung)

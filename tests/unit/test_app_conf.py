@@ -43,6 +43,7 @@ def test_defaults_serve_every_model():
     ({"amp": "sometimes"}, "amp"),
     ({"backend": "monai"}, "backend"),
     ({"infer_overlap": "0.9"}, "infer_overlap"),
+    ({"infer_precision": "half"}, "infer_precision"),
     ({"backend": "nnunet"}, "nnunet_model"),
     ({"nnunet_model": "/tmp"}, "nnunet_model"),
     ({"backend": "nnunet", "nnunet_model": "/nonexistent/model"}, "nnunet_model"),
@@ -120,3 +121,13 @@ def test_inference_overlap_defaults_to_the_cpu_speed_option_and_can_be_set(tmp_p
     assert resolve_app_conf(parse_app_conf({"device": "cpu"}), tmp_path, str(tmp_path)).infer_overlap == 0.0
     chosen = resolve_app_conf(parse_app_conf({"device": "cpu", "infer_overlap": "0.25"}), tmp_path, str(tmp_path))
     assert chosen.infer_overlap == 0.25
+
+
+def test_inference_precision_auto_follows_the_hardware_and_can_be_forced(tmp_path: Path) -> None:
+    from drasclr_monailabel.segmentation.precision import native_bfloat16
+
+    auto = resolve_app_conf(parse_app_conf({"device": "cpu"}), tmp_path, str(tmp_path)).infer_precision
+    assert auto == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    for forced in ("float32", "bfloat16"):
+        conf = parse_app_conf({"device": "cpu", "infer_precision": forced})
+        assert resolve_app_conf(conf, tmp_path, str(tmp_path)).infer_precision == forced

@@ -15,7 +15,7 @@ from drasclr_monailabel.models.export import save_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.case import network_input
 from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint, save_checkpoint
-from drasclr_monailabel.segmentation.inference import predict_volume
+from drasclr_monailabel.segmentation.inference import predict_volume, window_probabilities
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune, segmentation_loss
 
 def test_coordinates_at_landmarks_equal_the_atlas_locations(prepared_phantom) -> None:
@@ -73,6 +73,14 @@ def test_finetune_lowers_the_loss_and_predicts_in_input_geometry(prepared_phanto
     assert prediction.labels.shape == labelled_phantom.volume.hu.shape
     assert not np.any(prediction.labels[prediction.lungs == 0])
     assert prediction.report["regions"]
+
+    # the same trained network under bfloat16 autocast: nearly the same probabilities, not identical ones
+    lung = prepared_phantom.lungs > 0
+    exact, half = (window_probabilities(model, prepared_phantom, "cpu", False, 32, 0.0, 4, dtype)[:, lung].astype(np.float32)
+                   for dtype in (torch.float32, torch.bfloat16))
+    difference = np.abs(exact - half)
+    assert 0 < difference.max() < 0.1 and difference.mean() < 0.01
+    assert (exact.argmax(axis=0) == half.argmax(axis=0)).mean() > 0.99
 
 
 def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_phantom) -> None:

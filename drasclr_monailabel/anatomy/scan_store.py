@@ -12,7 +12,10 @@ and scoring subprocesses, the server), so the store is a folder in the cache for
 - a hit marks the scan as recently used (its ``_qa.json``'s modification time); after a write the
   least recently used scans are removed until the folder fits ``max_bytes``;
 - a scan removed or rewritten by another process while it is read is a miss, never an error:
-  the scan is preprocessed again.
+  the scan is preprocessed again;
+- beside the cache-format files the folder keeps the lung labels on the scan's own grid
+  (:meth:`ScanStore.lungs_on`), which quantification and the label map need; a scan folder is
+  rewritten whole, so they never outlive the scan they came from.
 
 Scans whose source is not a file (an in-memory volume, a DICOM folder) are preprocessed every time.
 """
@@ -26,17 +29,24 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from drasclr_monailabel.anatomy.atlas import Atlas
-from drasclr_monailabel.anatomy.cache import clear_scan, is_complete, qa_path, read_scan, scan_folder, write_scan
+from drasclr_monailabel.anatomy.cache import is_complete, qa_path, read_scan, recorded_atlas, scan_folder, write_scan
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, PreprocessedScan, preprocess_volume
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.utils.atomic import save_npy
 from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 5 * 2**30
-"""5 GiB: about 70 full-chest scans (int16 image and uint8 lungs on the 1 mm lung grid, ~75 MB each)."""
+"""5 GiB: about 50 full-chest scans (int16 image and uint8 lungs on the 1 mm lung grid, lung labels
+on the scan's own grid: ~105 MB for a 512^2 x 133 CT)."""
+
+NATIVE_LUNGS_SUFFIX = "_lung_native.npy"
+"""The lung labels on the source scan's own grid, beside the cache-format files (store only)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -81,14 +91,46 @@ class ScanStore:
         self._write(scan_id, source, scan, atlas)
         return scan
 
+    def lungs_on(self, volume: CTVolume, scan: PreprocessedScan) -> np.ndarray:
+        """``scan.lungs_on(volume)`` (the lung labels on the volume's own grid), kept beside the
+        stored scan as ``<id>_lung_native.npy`` once computed (0.3 s on a 512^2 x 133 CT)."""
+        path = self._current_file(volume.source, NATIVE_LUNGS_SUFFIX)
+        if path is not None and path.is_file():
+            try:
+                lungs = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                logger.info("scan store: %s unreadable (%s)", path, exc)
+            else:
+                if lungs.shape == volume.hu.shape and lungs.dtype == np.uint8:
+                    return lungs
+        lungs = scan.lungs_on(volume)
+        if path is not None:
+            try:
+                save_npy(path, lungs)
+            except OSError as exc:
+                logger.warning("scan store: could not keep %s (%s)", path, exc)
+        return lungs
+
+    def _current_file(self, source: str, suffix: str) -> Path | None:
+        """Where the store keeps ``suffix`` of ``source``'s scan folder, if that folder holds the
+        file's current content; else None."""
+        if self.max_bytes <= 0 or not source or not os.path.isfile(source):
+            return None
+        scan_id = store_id(source)
+        atlas_id = recorded_atlas(self.folder, scan_id)
+        if atlas_id is None or not is_complete(self.folder, scan_id, source, atlas_id, file_fingerprint(source)):
+            return None
+        return scan_folder(self.folder, scan_id) / f"{scan_id}{suffix}"
+
     def _write(self, scan_id: str, source: str, scan: PreprocessedScan, atlas: Atlas) -> None:
+        folder = scan_folder(self.folder, scan_id)
         try:
-            clear_scan(self.folder, scan_id)
+            shutil.rmtree(folder, ignore_errors=True)  # also what write_scan does not name (the native lung labels)
             write_scan(self.folder, scan_id, source, scan, atlas, self.settings, scan.timings)
             self.trim(keep=scan_id)
         except OSError as exc:  # a full or read-only disk costs speed, not the request
             logger.warning("scan store: could not keep %s in %s (%s)", source, self.folder, exc)
-            clear_scan(self.folder, scan_id)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def trim(self, keep: str | None = None) -> None:
         """Remove the least recently used scan folders until the store fits ``max_bytes``."""

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
-from drasclr_monailabel.anatomy.grid import make_grid, resample_labels, resample_nearest
+from drasclr_monailabel.anatomy.grid import make_grid, resample_nearest
 from drasclr_monailabel.anatomy.pipeline import PreprocessedScan, preprocess_volume
 from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.io.volume import CTVolume
@@ -97,7 +97,12 @@ def prepare_case(
             shape differs from the volume or that holds values outside 0-3.
     """
     atlas = atlas or load_default_atlas()
-    scan = scans.preprocess(volume, atlas) if scans is not None else preprocess_volume(volume, atlas)
+    if scans is not None:
+        scan = scans.preprocess(volume, atlas)
+        lungs_native = scans.lungs_on(volume, scan)
+    else:
+        scan = preprocess_volume(volume, atlas)
+        lungs_native = scan.lungs_on(volume)
     grid = make_grid(scan.origin, scan.image.shape[::-1], scan.spacing, scan.direction)
     labels = None
     if label_map is not None:
@@ -106,15 +111,12 @@ def prepare_case(
         classes = (label_set or LabelSet()).to_classes(label_map)
         labels = _to_grid(classes, volume, grid)
         labels[scan.lungs == 0] = 0
-    lungs_image = sitk.GetImageFromArray(scan.lungs)
-    lungs_image.CopyInformation(grid)
-    native = make_grid(volume.origin, volume.shape_xyz, volume.spacing, volume.direction)
     return PreparedCase(
         case_id=case_id or volume.source,
         scan=scan,
         coordinate_map=CoordinateMap.of_scan(scan, atlas),
         labels=labels,
-        lungs_native=resample_labels(lungs_image, native, n_labels=2),
+        lungs_native=lungs_native,
     )
 
 

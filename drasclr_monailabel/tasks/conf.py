@@ -81,7 +81,7 @@ class AppConf:
         model_dir: where the fine-tuned model is published (default: ``<studies>/.drasclr/model``).
         cache_dir: per-scan caches such as embeddings (default: ``<studies>/.drasclr/cache``).
         scan_cache_gb: disk space (GiB) for preprocessed scans (lung mask, registration, 1 mm grid;
-            about 75 MB per chest CT) kept in ``<cache_dir>/scans`` so infer, scoring and training
+            about 100 MB per chest CT) kept in ``<cache_dir>/scans`` so infer, scoring and training
             prepare each scan once (least recently used removed first); 0 turns the store off
             (:mod:`~drasclr_monailabel.anatomy.scan_store`).
         allow_datastore_changes: let clients upload images and delete images or labels (off: those

@@ -135,3 +135,29 @@ def test_store_ids_keep_the_name_and_tell_folders_apart(tmp_path):
     a, b = store_id(tmp_path / "a" / "image.nii.gz"), store_id(tmp_path / "b" / "image.nii.gz")
     assert a.startswith("image-") and b.startswith("image-") and a != b
     assert store_id(tmp_path / "we ird:name.nrrd").startswith("we_ird_name-")
+
+
+def test_lung_labels_on_the_scan_grid_are_kept_with_the_scan_and_not_outlive_it(scan_file, phantom_atlas, monkeypatch, tmp_path):
+    from drasclr_monailabel.anatomy.pipeline import PreprocessedScan
+
+    store = ScanStore(tmp_path / "store")
+    volume = read_ct(scan_file)
+    scan = store.preprocess(volume, phantom_atlas)
+    expected = scan.lungs_on(volume)
+    assert expected.shape == volume.hu.shape and set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(store.lungs_on(volume, scan), expected)
+    kept = store.folder / store_id(scan_file) / f"{store_id(scan_file)}{scan_store.NATIVE_LUNGS_SUFFIX}"
+    assert kept.is_file()
+
+    computed = []
+    original = PreprocessedScan.lungs_on
+    monkeypatch.setattr(PreprocessedScan, "lungs_on", lambda self, v: computed.append(1) or original(self, v))
+    np.testing.assert_array_equal(store.lungs_on(read_ct(scan_file), scan), expected)
+    assert computed == []  # read back
+
+    stat = scan_file.stat()
+    os.utime(scan_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the scan file replaced
+    store.lungs_on(read_ct(scan_file), scan)
+    assert computed == [1]  # the kept labels belong to the old content: not used
+    store.preprocess(read_ct(scan_file), phantom_atlas)
+    assert not kept.exists()  # the folder was rewritten whole

@@ -108,7 +108,11 @@ def _read_with_sitk(path: Path) -> CTVolume:
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """ITK zero-fills a truncated NIfTI silently, so compare the payload with what the header promises."""
+    """ITK zero-fills a truncated NIfTI silently, so compare the payload with what the header promises.
+
+    A .nii.gz is inflated whole (about 0.3 s for a 512^2 x 133 float scan, beside ITK's own 0.3 s):
+    ITK also reads damaged compressed data without complaint, and only inflating checks the CRC.
+    The gzip length field alone (the last 4 bytes) was tried and rejected for that reason."""
     import nibabel
 
     image = nibabel.load(str(path))

@@ -92,6 +92,18 @@ def test_truncated_file_refused(small_ct: CTVolume, tmp_path: Path, suffix: str)
     assert message.startswith(str(path)) and "truncated or corrupt" in message
 
 
+def test_compressed_nifti_with_damaged_data_but_an_intact_end_is_refused(small_ct: CTVolume, tmp_path: Path) -> None:
+    # ITK inflates such a file without complaint (the damaged voxels come out wrong); the check
+    # inflates it whole, so its CRC catches the damage (the gzip length field alone would not)
+    path = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(small_ct.to_sitk(), str(path), useCompression=True)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    assert "truncated or corrupt" in _refusal(path)
+
+
 def test_nifti_cut_by_less_than_its_header_is_refused(small_ct: CTVolume, tmp_path: Path) -> None:
     path = tmp_path / "scan.nii"
     sitk.WriteImage(small_ct.to_sitk(), str(path))

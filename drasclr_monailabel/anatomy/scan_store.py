@@ -128,7 +128,7 @@ class ScanStore:
             shutil.rmtree(folder, ignore_errors=True)  # also what write_scan does not name (the native lung labels)
             write_scan(self.folder, scan_id, source, scan, atlas, self.settings, scan.timings)
             self.trim(keep=scan_id)
-        except OSError as exc:  # a full or read-only disk costs speed, not the request
+        except (OSError, RuntimeError) as exc:  # a full disk (ITK raises RuntimeError) costs speed, not the request
             logger.warning("scan store: could not keep %s in %s (%s)", source, self.folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
 

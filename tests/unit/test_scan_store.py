@@ -161,3 +161,18 @@ def test_lung_labels_on_the_scan_grid_are_kept_with_the_scan_and_not_outlive_it(
     assert computed == [1]  # the kept labels belong to the old content: not used
     store.preprocess(read_ct(scan_file), phantom_atlas)
     assert not kept.exists()  # the folder was rewritten whole
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("ITK: cannot write")])
+def test_a_store_that_cannot_be_written_costs_speed_not_the_scan(scan_file, phantom_atlas, monkeypatch, tmp_path, error):
+    def failing(folder, scan_id, *args):
+        (Path(folder) / scan_id).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / scan_id / f"{scan_id}_image.npy").write_bytes(b"half")  # what a full disk leaves
+        raise error
+
+    monkeypatch.setattr(scan_store, "write_scan", failing)
+    store = ScanStore(tmp_path / "store")
+    volume = read_ct(scan_file)
+    scan = store.preprocess(volume, phantom_atlas)
+    assert scan.valid.any() and store.lungs_on(volume, scan).shape == volume.hu.shape
+    assert not (store.folder / store_id(scan_file)).exists()  # nothing half-written is left

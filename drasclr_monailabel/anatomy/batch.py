@@ -1,6 +1,7 @@
 """Preprocess many scans: local worker processes, resumable, shardable across machines.
 
-- Resume: a scan whose ``_qa.json`` names the same format, source and atlas is skipped; any other
+- Resume: a scan whose ``_qa.json`` names the same format, source (path, and size and
+  modification time where recorded) and atlas is skipped; any other
   scan folder (no ``_qa.json``, stale or half-written) is cleared and redone. A scan registered to
   another atlas (e.g. the default atlas changed with a new version) is redone with a warning that
   names both atlases, so a cache never mixes atlases.
@@ -31,6 +32,7 @@ from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, preprocess_volume
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.utils.atomic import write_json
+from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def run_preprocess(entries: Sequence[ScanEntry], out: str | Path, atlas_dir: str
     results: list[ScanResult] = []
     todo = []
     for entry in chosen:
-        if is_complete(out, entry.scan_id, entry.path, atlas.atlas_id):
+        if is_complete(out, entry.scan_id, entry.path, atlas.atlas_id, file_fingerprint(entry.path)):
             results.append(ScanResult(entry.scan_id, str(entry.path), "skipped"))
             continue
         previous = recorded_atlas(out, entry.scan_id)

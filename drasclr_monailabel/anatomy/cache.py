@@ -39,7 +39,8 @@ def qa_path(cache: str | Path, scan_id: str) -> Path:
 
 def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: str, fingerprint: str | None = None) -> bool:
     """True when the scan was fully written from ``source`` against ``atlas_id`` in this format
-    (and, when ``fingerprint`` is given, from that content of ``source``: see ``utils.fingerprint``)."""
+    and, when ``fingerprint`` is given and the record has one, from that content of ``source``
+    (``utils.fingerprint``; records written before the field existed carry none)."""
     path = qa_path(cache, scan_id)
     try:
         qa = json.loads(path.read_text())
@@ -48,7 +49,7 @@ def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: s
     folder = path.parent
     return (isinstance(qa, dict) and qa.get("format") == CACHE_FORMAT and qa.get("source") == str(Path(source).resolve())
             and (qa.get("atlas") or {}).get("id") == atlas_id
-            and (fingerprint is None or qa.get("source_fingerprint") == fingerprint)
+            and (fingerprint is None or qa.get("source_fingerprint") in (None, fingerprint))
             and all((folder / f"{scan_id}{suffix}").is_file() for suffix in FILE_SUFFIXES))
 
 

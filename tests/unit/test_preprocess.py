@@ -213,3 +213,26 @@ def test_a_scan_registered_to_another_atlas_is_redone_with_a_warning(cache, phan
     assert (summary["done"], summary["skipped"]) == (2, 0)
     assert "full was registered to atlas phantom3-" in caplog.text and "redoing it with atlas realct3-" in caplog.text
     assert {json.loads((out / s / f"{s}_qa.json").read_text())["atlas"]["id"] for s in ("full", "upper")} == {summary["atlas"]}
+
+
+def test_a_replaced_source_is_redone_and_an_unchanged_one_skipped(cache, phantom_scans, phantom_atlas_dir, tmp_path):
+    import shutil
+
+    from drasclr_monailabel.utils.fingerprint import file_fingerprint
+
+    sources = tmp_path / "scans"
+    shutil.copytree(phantom_scans, sources)
+    out = tmp_path / "cache"
+    shutil.copytree(cache, out)
+    for scan_id in ("full", "upper"):  # the copied cache, pointed at the copied sources
+        qa_file = out / scan_id / f"{scan_id}_qa.json"
+        qa = json.loads(qa_file.read_text())
+        qa["source"] = str((sources / f"{scan_id}.nii.gz").resolve())
+        qa["source_fingerprint"] = file_fingerprint(sources / f"{scan_id}.nii.gz")
+        qa_file.write_text(json.dumps(qa))
+    stat = (sources / "upper.nii.gz").stat()
+    os.utime(sources / "upper.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    summary = run_preprocess(list_scans(sources), out, atlas_dir=phantom_atlas_dir, workers=1, progress=False)
+    assert (summary["done"], summary["skipped"]) == (1, 1)
+    redone = json.loads((out / "upper" / "upper_qa.json").read_text())
+    assert redone["source_fingerprint"] == file_fingerprint(sources / "upper.nii.gz")

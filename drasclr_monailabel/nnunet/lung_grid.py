@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
 from drasclr_monailabel.anatomy.grid import array_to_image, resample_labels
+from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.segmentation.case import prepare_case
 from drasclr_monailabel.segmentation.inference import labels_on_grid
@@ -51,7 +52,8 @@ class LungGridCase:
 
 
 def lung_grid_case(volume: CTVolume, spacing_mm: int = 1, atlas: Atlas | None = None,
-                   label_map: np.ndarray | None = None, label_set: LabelSet | None = None) -> LungGridCase:
+                   label_map: np.ndarray | None = None, label_set: LabelSet | None = None,
+                   scans: ScanStore | None = None) -> LungGridCase:
     """Prepare ``volume`` (and its stored label values, if given) on the export grid.
 
     Args:
@@ -60,12 +62,13 @@ def lung_grid_case(volume: CTVolume, spacing_mm: int = 1, atlas: Atlas | None = 
         atlas: the atlas for registration and coordinates (default: the shipped one).
         label_map: stored label values (0-3) on the volume's grid, or None.
         label_set: binary or subtypes (default binary).
+        scans: the app's store of preprocessed scans (None: preprocess every time).
 
     Raises:
         NoLungsError / InputError: from the anatomy pipeline; ValueError for a bad label map.
     """
     atlas = atlas or load_default_atlas()
-    case = prepare_case(volume, label_map=label_map, label_set=label_set, atlas=atlas)
+    case = prepare_case(volume, label_map=label_map, label_set=label_set, atlas=atlas, scans=scans)
     prepared = LungGridCase(grid=case.grid, hu=case.scan.image, coordinates=case.coordinates, lungs=case.lungs,
                             labels=case.labels, lungs_native=case.lungs_native, atlas_id=atlas.atlas_id)
     if spacing_mm == 1:

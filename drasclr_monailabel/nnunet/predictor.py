@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
+from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.nnunet.dataset import DRASCLR_KEY, dataset_label_names
@@ -87,11 +88,12 @@ class NnunetEmphysemaModel:
                 "folds": [p.parent.name for p in sorted(self.folder.glob(f"fold_*/{self.checkpoint}"))],
                 "coordinates": self.coordinates}
 
-    def predict(self, volume: CTVolume) -> Prediction:
-        """Segment emphysema in ``volume`` (any orientation and spacing); arrays on its grid."""
+    def predict(self, volume: CTVolume, scans: ScanStore | None = None) -> Prediction:
+        """Segment emphysema in ``volume`` (any orientation and spacing); arrays on its grid.
+        ``scans``: the app's store of preprocessed scans (None: preprocess every time)."""
         from drasclr_monailabel.emphysema import quantify
 
-        case = lung_grid_case(volume, self.spacing_mm, self.atlas)
+        case = lung_grid_case(volume, self.spacing_mm, self.atlas, scans=scans)
         channels = [case.hu.astype(np.float32)]
         if self.coordinates:
             channels.extend(case.coordinates.astype(np.float32))

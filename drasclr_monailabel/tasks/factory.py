@@ -86,7 +86,7 @@ def nnunet_emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) ->
 
     conf = resolved.conf
     assert conf.nnunet_model is not None
-    infer = NnunetInferTask(conf.nnunet_model, resolved.device, lung_cache)
+    infer = NnunetInferTask(conf.nnunet_model, resolved.device, lung_cache, resolved.scan_store())
     if infer.labels != resolved.labels:
         raise ConfigError(SOURCE, f"'nnunet_model' {conf.nnunet_model} segments {infer.labels}, but the app's "
                                   f"labels are {resolved.labels} (set --conf labels to match)")

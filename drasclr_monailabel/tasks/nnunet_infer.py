@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
@@ -22,6 +22,9 @@ from drasclr_monailabel.nnunet.dataset import dataset_label_names
 from drasclr_monailabel.tasks.http import NOT_FOUND, refuse
 from drasclr_monailabel.tasks.infer import LungMaskCache, Segmentation, VolumeInferTask
 from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
+
+if TYPE_CHECKING:
+    from drasclr_monailabel.anatomy.scan_store import ScanStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class NnunetInferTask(VolumeInferTask):
         model_folder: ``nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>``.
         device: ``cpu`` or ``cuda[:N]``.
         lung_cache: the app's shared lung-mask cache.
+        scans: the app's store of preprocessed scans (lung mask, registration, 1 mm grid).
         folds: folds to ensemble (None: every fold with a final checkpoint).
 
     Raises:
@@ -43,7 +47,7 @@ class NnunetInferTask(VolumeInferTask):
     """
 
     def __init__(self, model_folder: str | Path, device: str, lung_cache: LungMaskCache,
-                 folds: list[int] | None = None) -> None:
+                 scans: ScanStore | None = None, folds: list[int] | None = None) -> None:
         self.model_folder = Path(model_folder)
         dataset_json = self.model_folder / "dataset.json"
         try:
@@ -52,6 +56,7 @@ class NnunetInferTask(VolumeInferTask):
             raise InputError(dataset_json, f"cannot be read as an nnU-Net model's dataset.json ({exc})") from None
         super().__init__(labels, f"Emphysema segmentation by the nnU-Net model in {self.model_folder.name}", lung_cache)
         self.device = device
+        self.scans = scans
         self.folds = folds
         self._model: Any = None
         self._version: tuple[tuple[str, int], ...] | None = None
@@ -86,5 +91,5 @@ class NnunetInferTask(VolumeInferTask):
 
     def _segment(self, volume: CTVolume) -> Segmentation:
         model = self.model()
-        prediction = model.predict(volume)
+        prediction = model.predict(volume, scans=self.scans)
         return Segmentation(prediction.labels, prediction.report, {"model": model.describe()})

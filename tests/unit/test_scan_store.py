@@ -176,3 +176,14 @@ def test_a_store_that_cannot_be_written_costs_speed_not_the_scan(scan_file, phan
     scan = store.preprocess(volume, phantom_atlas)
     assert scan.valid.any() and store.lungs_on(volume, scan).shape == volume.hu.shape
     assert not (store.folder / store_id(scan_file)).exists()  # nothing half-written is left
+
+
+def test_the_nnunet_lung_grid_reads_the_stored_scan(scan_file, phantom_atlas, counted, tmp_path):
+    from drasclr_monailabel.nnunet.lung_grid import lung_grid_case
+
+    store = ScanStore(tmp_path / "store")
+    first = lung_grid_case(read_ct(scan_file), 1, phantom_atlas, scans=store)
+    again = lung_grid_case(read_ct(scan_file), 1, phantom_atlas, scans=store)
+    assert counted == [str(scan_file)]  # the second preparation came from the store
+    for name in ("hu", "coordinates", "lungs", "lungs_native"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name), err_msg=name)

@@ -95,11 +95,15 @@ class PreprocessedScan:
         left = float(np.count_nonzero(self.lungs == 2)) * voxel_ml
         return {"right": round(right, 1), "left": round(left, 1), "total": round(right + left, 1)}
 
+    def grid_image(self) -> sitk.Image:
+        """An empty image with the 1 mm grid's geometry (a resampling reference)."""
+        return make_grid(self.origin, self.image.shape[::-1], self.spacing, self.direction)
+
     def lungs_on(self, volume: CTVolume) -> np.ndarray:
         """uint8 (Z, Y, X) lung labels on ``volume``'s own grid (the scan it came from): the 1 mm
         labels resampled with smooth boundaries (quantification runs at native resolution)."""
         lungs = sitk.GetImageFromArray(self.lungs)
-        lungs.CopyInformation(make_grid(self.origin, self.image.shape[::-1], self.spacing, self.direction))
+        lungs.CopyInformation(self.grid_image())
         native = make_grid(volume.origin, volume.shape_xyz, volume.spacing, volume.direction)
         return resample_labels(lungs, native, n_labels=2)
 

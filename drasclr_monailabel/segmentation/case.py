@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_default_atlas
-from drasclr_monailabel.anatomy.grid import make_grid, resample_nearest
+from drasclr_monailabel.anatomy.grid import resample_nearest
 from drasclr_monailabel.anatomy.pipeline import PreprocessedScan, preprocess_volume
 from drasclr_monailabel.anatomy.scan_store import ScanStore
 from drasclr_monailabel.io.volume import CTVolume
@@ -69,8 +69,7 @@ class PreparedCase:
     @property
     def grid(self) -> sitk.Image:
         """An empty image with the 1 mm grid's geometry (a resampling reference)."""
-        size = self.scan.image.shape[::-1]
-        return make_grid(self.scan.origin, size, self.scan.spacing, self.scan.direction)
+        return self.scan.grid_image()
 
 
 def prepare_case(
@@ -103,7 +102,7 @@ def prepare_case(
     else:
         scan = preprocess_volume(volume, atlas)
         lungs_native = scan.lungs_on(volume)
-    grid = make_grid(scan.origin, scan.image.shape[::-1], scan.spacing, scan.direction)
+    grid = scan.grid_image()
     labels = None
     if label_map is not None:
         if label_map.shape != volume.hu.shape:

@@ -30,6 +30,7 @@ Usage:
   python benchmarks/label_efficiency.py --size gpu --device cuda --jobs 8 --out benchmarks/results/label_efficiency_gpu.json
   python benchmarks/label_efficiency.py --size small --out /tmp/le.json     # CI-sized, phantoms
   python benchmarks/label_efficiency.py --size full --arms scratch pretrained --tasks binary --folds A --out /tmp/le_a.json
+  python benchmarks/label_efficiency.py --size full --folds A --tasks subtypes --arms scratch pretrained --counts 2 8 --out /tmp/le_goal.json
 
 Writes the JSON and a PNG plot beside it (same name, ``.png``). ``pretrained`` and ``scratch``
 (``{"1": {"mean", "std", "runs"}, ...}``, runs pooled over folds and seeds) report the subtype
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default all)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="tasks (default both)")
     parser.add_argument("--folds", nargs="+", choices=sorted(FOLD_SOURCES), help="folds (default: the size's)")
+    parser.add_argument("--counts", nargs="+", type=int, help="numbers of labelled scans, a subset of the size's (default all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds, a subset of the size's (default all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at once, each in its own process (default 1)")
     parser.add_argument("--encoder-lr-scale", type=float, default=FinetuneConfig.encoder_lr_scale,
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs)
     size = SIZES[args.size]
     folds = tuple(args.folds or size.folds)
+    counts, seeds = tuple(dict.fromkeys(args.counts or size.counts)), tuple(dict.fromkeys(args.seeds or size.seeds))
+    for name, chosen, allowed in (("--counts", counts, size.counts), ("--seeds", seeds, size.seeds)):
+        if not set(chosen) <= set(allowed):
+            parser.error(f"{name} must be among the {args.size} size's {list(allowed)}, got {list(chosen)}")
     arms, tasks = tuple(dict.fromkeys(args.arms)), tuple(dict.fromkeys(args.tasks))
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     started = time.perf_counter()
@@ -161,18 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.encoder and "pretrained" in arms:
             encoders["pretrained"] = args.encoder
         context = RunContext(cohorts["train"], cohorts["test"], encoders, size, args.device, workdir / "runs", recipe)
-        grid = [Run(fold, task, arm, count, seed) for task in tasks for arm in arms for count in size.counts for seed in size.seeds]
+        grid = [Run(fold, task, arm, count, seed) for task in tasks for count in counts for seed in seeds for arm in arms]
         run_grid(grid, context, args.jobs)
         test_cases = _worker_cases.get(str(cohorts["test"])) or prepare_cohort(cohorts["test"])
         threshold[fold] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
         _worker_cases.clear()
 
-    result = summarise(workdir / "runs", size, folds, tasks, arms)
+    result = summarise(workdir / "runs", counts, seeds, folds, tasks, arms)
     result["threshold_950"] = float(np.mean(list(threshold.values())))
     result["threshold_950_folds"] = threshold
     result["pretraining"] = pretraining
     result["command"] = " ".join(["python", "benchmarks/label_efficiency.py", *(argv if argv is not None else sys.argv[1:])])
-    result["settings"] = {**asdict(size), **asdict(recipe), "folds": list(folds), "fold_sources": FOLD_SOURCES, "device": args.device,
+    result["settings"] = {**asdict(size), **asdict(recipe), "folds": list(folds), "counts_run": list(counts), "seeds_run": list(seeds), "fold_sources": FOLD_SOURCES, "device": args.device,
                           "jobs": args.jobs,
                           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -182,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(runs_dir: Path, size: Size, folds: tuple[str, ...], tasks: tuple[str, ...], arms: tuple[str, ...]) -> dict:
+def summarise(runs_dir: Path, counts: tuple[int, ...], seeds: tuple[int, ...], folds: tuple[str, ...], tasks: tuple[str, ...],
+              arms: tuple[str, ...]) -> dict:
     """The JSON's Dice blocks: per task and arm, per number of labelled scans, runs pooled over
     folds and seeds (and per fold under ``folds``)."""
     def block(values: list[float]) -> dict:
@@ -193,8 +201,8 @@ def summarise(runs_dir: Path, size: Size, folds: tuple[str, ...], tasks: tuple[s
         result["arms"][task] = {}
         for arm in arms:
             result["arms"][task][arm] = {}
-            for count in size.counts:
-                per_fold = {fold: [read_run(runs_dir, Run(fold, task, arm, count, seed))["dice"] for seed in size.seeds]
+            for count in counts:
+                per_fold = {fold: [read_run(runs_dir, Run(fold, task, arm, count, seed))["dice"] for seed in seeds]
                             for fold in folds}
                 result["arms"][task][arm][str(count)] = block([d for values in per_fold.values() for d in values])
                 for fold, values in per_fold.items():

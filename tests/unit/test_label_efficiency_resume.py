@@ -121,3 +121,21 @@ def test_the_central_slab_keeps_image_lungs_labels_and_coordinates_aligned(bench
     assert slab.labels[:, 0, 0].tolist() == list(range(16, 24)) and slab.coordinates[2, :, 0, 0].tolist() == list(range(16, 24))
     assert slab.lungs.shape == (8, 4, 4) and slab.scan.origin[2] == 100.0 + 16 * 2.0
     assert slab.scan.landmarks.tolist() == [[4, 1, 1]]
+
+
+def test_a_subset_of_counts_and_seeds_is_summarised_from_its_own_runs_only(bench, tmp_path: Path) -> None:
+    context = _context(bench, tmp_path, "/encoders/a", size="full")
+    for count, seed, dice in ((2, 0, 0.4), (2, 1, 0.6), (8, 0, 0.5), (8, 1, 0.7), (1, 0, 0.1), (2, 2, 0.9)):
+        _finish(bench, bench.Run("A", "subtypes", "scratch", count, seed), context, dice)
+    result = bench.summarise(context.runs_dir, (2, 8), (0, 1), ("A",), ("subtypes",), ("scratch",))
+    assert set(result["scratch"]) == {"2", "8"}  # count 1 was run but not asked for
+    assert result["scratch"]["2"]["runs"] == [0.4, 0.6]  # seed 2 left out
+    with pytest.raises(FileNotFoundError):  # count 4 never ran: no silent gap
+        bench.summarise(context.runs_dir, (4,), (0, 1), ("A",), ("subtypes",), ("scratch",))
+
+
+def test_counts_outside_the_size_are_refused(bench, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--size", "small", "--counts", "2", "--out", str(tmp_path / "le.json")])
+    assert stopped.value.code == 2
+    assert "--counts must be among the small size's [1], got [2]" in capsys.readouterr().err

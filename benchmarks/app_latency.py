@@ -55,12 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import measure_monai_unet  # noqa: E402
 from preprocess import in_fresh_process  # noqa: E402
 
+from drasclr_monailabel.packaged import APP_DIR  # noqa: E402
+
 EPOCH_LINE = re.compile(r"train: epoch (\d+)/")
 BACKGROUND_ROUND = {"max_epochs": 1000, "steps_per_epoch": 2}
 """The background round: short epochs, so its progress (one log line per epoch) can be counted."""
 
-REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "apps" / "emphysema"
 SAMPLES = ("lung1_image", "lung2_image")
 
 

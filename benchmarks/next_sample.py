@@ -32,6 +32,7 @@ import numpy as np
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 
+from drasclr_monailabel.packaged import APP_DIR
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
 from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.strategies import EPISTEMIC_KEY, DiversityStrategy, EpistemicStrategy, HybridStrategy
@@ -39,7 +40,6 @@ from drasclr_monailabel.utils.atomic import write_json
 from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
 GOAL_SECONDS = 1.0
-APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "emphysema"
 APP_STRATEGIES = ("epistemic", "diversity", "hybrid")
 
 

@@ -12,6 +12,7 @@ Layout of the work folder::
     pretrain/    pretraining run (checkpoints, TensorBoard logs)
     encoder/     the exported encoder the app loads (encoder.pt + encoder.json)
     studies/     the MONAI Label datastore: the cohort's images, unlabelled
+    app/         the MONAI Label app folder the server runs (written from the package each time)
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from typing import Callable
 from drasclr_monailabel.cli.main import main as drasclr_main
 from drasclr_monailabel.data.sample_data import cached_sample_path
 from drasclr_monailabel.errors import DrasclrError
+from drasclr_monailabel.packaged import RECIPES_DIR, write_app
 from drasclr_monailabel.utils.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEMO_RECIPE = REPOSITORY / "configs" / "drasclr_demo.yaml"
-APP_DIR = REPOSITORY / "apps" / "emphysema"
+DEMO_RECIPE = RECIPES_DIR / "drasclr_demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class DemoPlan:
     def studies(self) -> Path:
         return self.workdir / "studies"
 
+    @property
+    def app(self) -> Path:
+        return self.workdir / "app"
+
 
 def run_demo(plan: DemoPlan, say: Callable[[str], None] = print) -> None:
     """Make every artefact of ``plan`` that does not exist yet.
@@ -100,8 +104,9 @@ def run_demo(plan: DemoPlan, say: Callable[[str], None] = print) -> None:
             _step(["pretrain", "--config", str(plan.recipe), "--cache", str(plan.cache), "--out", str(plan.pretrain_run),
                    *resume, *overrides])
         _step(["export", "--checkpoint", str(final), "--out", str(plan.encoder)])
-    say(f"[5/5] MONAI Label datastore with the unlabelled cohort -> {plan.studies}")
+    say(f"[5/5] MONAI Label datastore with the unlabelled cohort -> {plan.studies}; app -> {plan.app}")
     fill_studies(plan.cohort, plan.studies)
+    write_app(plan.app, overwrite=True)  # this version's app, also after an upgrade
 
 
 def fill_studies(cohort: Path, studies: Path) -> list[Path]:
@@ -124,7 +129,7 @@ def fill_studies(cohort: Path, studies: Path) -> list[Path]:
 
 def server_command(plan: DemoPlan, host: str, port: int) -> list[str]:
     """The ``monailabel start_server`` command line that serves the app on the demo datastore."""
-    return ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(plan.studies),
+    return ["monailabel", "start_server", "--app", str(plan.app), "--studies", str(plan.studies),
             "--conf", "pretrained", str(plan.encoder), "--host", host, "--port", str(port)]
 
 

@@ -5,8 +5,8 @@ Steps (each skipped when its output exists, so a second run goes straight to the
   2. make a small synthetic emphysema cohort from it (drasclr synth)
   3. preprocess it: lung mask, atlas registration, landmarks (drasclr preprocess)
   4. pretrain DrasCLR briefly and export the encoder (drasclr pretrain, drasclr export)
-  5. put the unlabelled images into a MONAI Label datastore and start
-     `monailabel start_server --app apps/emphysema` on it with the pretrained encoder
+  5. put the unlabelled images into a MONAI Label datastore, write the app folder (WORKDIR/app) and
+     start `monailabel start_server --app WORKDIR/app` on it with the pretrained encoder
 
 Examples:
   drasclr demo --workdir work/demo
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -49,12 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if args.no_server:
         print("everything is ready; start the server with:\n  " + " ".join(command))
         return 0
-    executable = Path(sys.executable).with_name("monailabel")
-    command[0] = str(executable) if executable.exists() else (shutil.which("monailabel") or "monailabel")
     print(slicer_instructions(args.host, args.port), flush=True)
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
-    # The monailabel script runs "python" from PATH: make that this interpreter (the venv's), also
-    # when the venv is not activated (scripts/demo.sh runs .venv/bin/drasclr directly).
+    # MONAI Label starts helpers with "python" from PATH: make that this interpreter (the venv's),
+    # also when the venv is not activated (scripts/demo.sh runs .venv/bin/drasclr directly).
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    os.execv(command[0], command)
+    # The server runs in this interpreter, not through the monailabel script: that script puts the
+    # folder above its venv on PYTHONPATH, where a checkout beside the venv would shadow the
+    # installed package.
+    os.execv(sys.executable, [sys.executable, "-m", "monailabel.main", *command[1:]])
     return 0

@@ -9,8 +9,12 @@ stopped with Ctrl-C or SIGTERM, exit status 130), progress.json, checkpoints/fin
 tensorboard/, plan.json (what the run will do, e.g. how full the negative queues get), and at the
 end the exported encoder (encoder.pt + encoder.json). --plan prints that plan and trains nothing.
 
+--config takes a YAML file or the name of a recipe shipped with the package (drasclr_demo,
+drasclr, joint2d3d_demo, joint2d3d; the files are configs/ in the repository).
+
 Examples:
-  drasclr pretrain --config configs/drasclr_demo.yaml --cache cache/ --out runs/demo
+  drasclr pretrain --config drasclr_demo --cache cache/ --out runs/demo
+  drasclr pretrain --config my_recipe.yaml --cache cache/ --out runs/mine
   drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --set optim.lr=0.02
   drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --resume
   drasclr pretrain --config configs/drasclr.yaml --cache cache/ --out runs/full --plan
@@ -29,7 +33,8 @@ EXIT_STOPPED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="recipe YAML (default: the method's built-in defaults)")
+    parser.add_argument("--config", help="recipe YAML file or shipped recipe name, e.g. drasclr_demo "
+                        "(default: the method's built-in defaults)")
     parser.add_argument("--method", help="pretraining method when the recipe does not name one: drasclr (default) or joint2d3d")
     parser.add_argument("--cache", type=Path, required=True, help="data: the preprocessing cache folder ('drasclr preprocess --out'); "
                         "joint2d3d also takes a folder or manifest of volumes")

@@ -9,13 +9,15 @@ import yaml
 
 from drasclr_monailabel.config import load_config, parse_override
 from drasclr_monailabel.errors import ConfigError
+from drasclr_monailabel.packaged import recipe_path
 from drasclr_monailabel.ssl.method import get_method
 
 DEFAULT_METHOD = "drasclr"
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, method: str | None = None) -> Any:
-    """The method's config dataclass built from defaults, ``path`` and ``key=value`` overrides.
+    """The method's config dataclass built from defaults, ``path`` (a YAML file or a shipped
+    recipe's name such as ``drasclr_demo``) and ``key=value`` overrides.
 
     The method is the recipe's ``method`` key, else ``method``, else drasclr; a ``method`` that
     contradicts the recipe is refused.
@@ -23,6 +25,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, met
     requested = method
     method = requested or DEFAULT_METHOD
     if path is not None:
+        path = recipe_path(path)
         try:
             data = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from drasclr_monailabel.demo import APP_DIR
+from drasclr_monailabel.packaged import APP_DIR
 
 
 @contextlib.contextmanager

@@ -18,10 +18,12 @@ gas to a lung base through the thin diaphragm. Three things separate them from l
    -950 HU: mottled stool with gas does, normal lung does not). Parts are decided from the top
    down, so the lungs above are known when the parts beneath them are judged.
 
-Whole regions below the caller's minimum lung volume are not lung. Known limit: a large bulla
-that joins its lung only through a neck narrower than 2 NECK_MM is a part of pure gas and is left
-out. Arrays are (Z, Y, X) on the working grid, z increasing upwards (LPS), ``spacing`` in ITK
-order (x, y, z) mm.
+Whole regions below the caller's minimum lung volume are not lung, and neither are parts that,
+once the gas parts are removed, are not joined to that much lung (a small part of a colon's gas
+that averaging with stool lifted above -975 HU and that lies under no lung). Known limit: a
+large bulla that joins its lung only through a neck narrower than 2 NECK_MM is a part of pure
+gas and is left out. Arrays are (Z, Y, X) on the working grid, z increasing upwards (LPS),
+``spacing`` in ITK order (x, y, z) mm.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def lung_regions(candidates: np.ndarray, hu: np.ndarray, spacing: tuple[float, .
     sizes = np.bincount(regions.ravel(), minlength=n + 1) * voxel_ml
     sizes[0] = 0.0
     parts = _split_at_necks(regions, np.flatnonzero(sizes >= min_lung_ml), spacing, voxel_ml)
-    lungs = _decide_top_down(parts, hu, spacing)
+    lungs = _without_small_pieces(_decide_top_down(parts, hu, spacing), parts, min_lung_ml / voxel_ml)
     rejected, _ = ndimage.label(candidates & ~lungs, structure=FACE_3D)
     largest_rejected = float(np.bincount(rejected.ravel())[1:].max(initial=0)) * voxel_ml
     return lungs, largest_rejected
@@ -127,6 +129,22 @@ def _decide_top_down(parts: np.ndarray, hu: np.ndarray, spacing: tuple[float, ..
             continue
         lungs[box] |= part
     return lungs
+
+
+def _without_small_pieces(lungs: np.ndarray, parts: np.ndarray, min_voxels: float) -> np.ndarray:
+    """``lungs`` less the parts that are not joined to a piece of at least ``min_voxels`` of lung.
+
+    The minimum lung volume is checked on whole regions before the split and again here, on what
+    is left once the gas parts are removed: a region of bowel gas whose other parts are dropped
+    can leave a small part that neither gas rule catches (its median lifted above -975 HU by
+    averaging with stool on the working grid, no lung above it), and lung is never such an
+    island. Pieces are face-connected (Z, Y, X); a few voxels of a lung part that a dropped gas
+    part cuts off from the rest of that part stay.
+    """
+    pieces, n = ndimage.label(lungs, structure=FACE_3D)
+    large = (np.bincount(pieces.ravel(), minlength=n + 1) >= min_voxels)[pieces] & lungs
+    joined = np.bincount(parts[large], minlength=int(parts.max()) + 1) > 0
+    return lungs & joined[parts]
 
 
 def _separated_under_lungs(part: np.ndarray, box: tuple[slice, ...], lungs: np.ndarray, roof: int) -> float:

@@ -11,8 +11,9 @@ noise of low-dose scans) and the labels are mapped back with smooth interpolatio
    too much (it has opened into the lung), which guards against leaking into the parenchyma;
    near the tracked airway, thin air tubes that a 3D opening removes are bronchi too;
 4. the remaining air is split at narrow necks and its parts are judged from the top down:
-   pure gas (median near -1000 HU) and gas below the diaphragm (under a lung, with tissue in
-   between: stomach, colon) are not lung (:mod:`~drasclr_monailabel.anatomy.gas`);
+   pure gas (median near -1000 HU), gas below the diaphragm (under a lung, with tissue in
+   between: stomach, colon) and parts left as small islands once the gas is removed are not lung
+   (:mod:`~drasclr_monailabel.anatomy.gas`);
 5. a component spanning both sides of the midline (lungs touching at the anterior or posterior
    junction) is split by in-plane erosion until two seeds separate, then each voxel joins its
    nearest seed; if erosion never separates them, each slice is cut at its thinnest column;

@@ -89,12 +89,18 @@ def predict_volume(
     """
     case = case or prepare_case(volume)
     probabilities = window_probabilities(model, case, device, mc_dropout, window, overlap, batch_size, precision)
-    labels = labels_on_grid(probabilities, case.grid, volume)
+    labels = native_labels(probabilities, case, volume)
     del probabilities
-    lungs = case.lungs_native
-    labels[lungs == 0] = 0
-    report = quantify(volume, lungs, emphysema_mask=labels > 0).to_dict()
-    return Prediction(labels=labels, lungs=lungs, report=report)
+    report = quantify(volume, case.lungs_native, emphysema_mask=labels > 0).to_dict()
+    return Prediction(labels=labels, lungs=case.lungs_native, report=report)
+
+
+def native_labels(probabilities: np.ndarray, case: PreparedCase, volume: CTVolume) -> np.ndarray:
+    """uint8 (Z, Y, X) class labels on ``volume``'s own grid from (C, z, y, x) probabilities on the
+    case's 1 mm grid (:func:`labels_on_grid`), background outside the case's lung mask on that grid."""
+    labels = labels_on_grid(probabilities, case.grid, volume)
+    labels[case.lungs_native == 0] = 0
+    return labels
 
 
 def window_probabilities(

@@ -215,17 +215,20 @@ class EmphysemaInferTask(VolumeInferTask):
         return run_on_torch_thread(self._segment, volume)  # one OpenMP pool per process (utils.torch_thread)
 
     def _segment(self, volume: CTVolume) -> Segmentation:
-        from drasclr_monailabel.segmentation.case import prepare_case
-        from drasclr_monailabel.segmentation.inference import predict_volume
+        """The package's MONAI transforms (the bundle's too), with the app's lung-window inference."""
+        from monai.transforms import Compose
+
         from drasclr_monailabel.segmentation.precision import DTYPES
+        from drasclr_monailabel.segmentation.transforms import LungAtlasd, LungWindowInferd, Quantifyd, ToInputGridd
 
         model, meta, version = self.model()
-        case = prepare_case(volume, scans=self.scans)
-        prediction = predict_volume(model, volume, self.device, overlap=self.overlap, case=case,
-                                    precision=DTYPES[self.precision])
+        pipeline = Compose([LungAtlasd(scans=self.scans),
+                            LungWindowInferd(model, self.device, overlap=self.overlap, precision=DTYPES[self.precision]),
+                            ToInputGridd(), Quantifyd()])
+        result = pipeline({"image": volume})
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
                              "pretrained": meta.get("pretrained"), "precision": self.precision}}
-        return Segmentation(prediction.labels, prediction.report, details)
+        return Segmentation(result["pred"], result["quantification"], details)
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:
         """Mean MC-dropout mutual information in lung windows over ``passes`` stochastic passes.

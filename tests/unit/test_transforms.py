@@ -1,0 +1,63 @@
+"""The MONAI dictionary transforms build exactly the network input and labels of the functions they
+wrap, and refuse what they cannot use with one line naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Activationsd, Compose
+
+from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.segmentation.case import network_input
+from drasclr_monailabel.segmentation.checkpoint import build_model
+from drasclr_monailabel.segmentation.inference import predict_volume
+from drasclr_monailabel.segmentation.transforms import (
+    AtlasCoordinatesd,
+    IntensityWindowd,
+    LungAtlasd,
+    LungBackgroundd,
+    LungWindowInferd,
+    Quantifyd,
+    ReadCTd,
+    SaveLabeld,
+    ToInputGridd,
+)
+
+
+def test_intensity_window_and_coordinates_make_the_network_input(prepared_phantom) -> None:
+    data = Compose([IntensityWindowd(), AtlasCoordinatesd()])({"case": prepared_phantom})
+    assert data["input"].shape == (4, *prepared_phantom.lungs.shape) and data["input"].dtype == torch.float32
+    np.testing.assert_array_equal(data["input"].numpy(), network_input(prepared_phantom))
+
+
+def test_the_app_transforms_give_predict_volumes_labels_and_report(labelled_phantom, prepared_phantom, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = build_model(["emphysema"])
+    data = Compose([LungWindowInferd(model, overlap=0.25), ToInputGridd(), Quantifyd(), SaveLabeld(tmp_path)])(
+        {"image": labelled_phantom.volume, "case": prepared_phantom})
+    expected = predict_volume(model, labelled_phantom.volume, case=prepared_phantom)
+    np.testing.assert_array_equal(data["pred"], expected.labels)
+    assert data["quantification"] == expected.report == data["pred_meta_dict"]["quantification"]
+    assert Path(data["pred_meta_dict"]["saved_to"]).is_file()
+
+
+
+def test_the_bundles_postprocessing_makes_probabilities_background_outside_the_lungs(prepared_phantom) -> None:
+    logits = torch.randn(2, *prepared_phantom.lungs.shape, generator=torch.Generator().manual_seed(0))
+    post = Compose([Activationsd(keys="pred", softmax=True), LungBackgroundd()])({"pred": logits, "case": prepared_phantom})
+    assert isinstance(post["pred"], np.ndarray)
+    assert np.all(post["pred"][0][prepared_phantom.lungs == 0] == 1.0)
+    inside = prepared_phantom.lungs > 0
+    np.testing.assert_allclose(post["pred"][1][inside], torch.softmax(logits, dim=0)[1].numpy()[inside], rtol=1e-6)
+
+
+def test_a_bad_file_and_another_atlas_are_refused_by_name(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match=r"broken\.nii\.gz: "):
+        ReadCTd()({"image": str(broken)})
+    with pytest.raises(InputError, match=r"but the model was made for realct-000000000000"):
+        LungAtlasd(atlas_id="realct-000000000000")

@@ -162,7 +162,6 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     channels = {"0": "background", **{str(i): name for i, name in enumerate(label_set.names, start=1)}}
     block = meta.get("routing_block") or 32
     return {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: "exported by drasclr export-bundle"},
         "monai_version": _version("monai"),

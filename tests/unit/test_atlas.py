@@ -61,13 +61,30 @@ def test_shipped_atlas_carries_lobes_that_agree_with_the_lungs(default_atlas):
     assert centre[2][1] < centre[3][1]
 
 
+def _agreement(shipped, rebuilt) -> tuple[list[float], int, int]:
+    """Per-side lung Dice on the shipped grid (world space, nearest neighbour) and the landmarks
+    that are in one atlas but not within 2 mm of a landmark of the other (counts both ways; landmarks
+    lie 26 mm apart, and the grid follows the lungs' box, which may move by a voxel)."""
+    moved = sitk.Resample(rebuilt.lungs, shipped.lungs, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    first, second = sitk.GetArrayFromImage(shipped.lungs), sitk.GetArrayFromImage(moved)
+    dice = [2 * np.sum((first == s) & (second == s)) / (np.sum(first == s) + np.sum(second == s)) for s in (1, 2)]
+    world = [np.array([a.lungs.TransformIndexToPhysicalPoint([int(v) for v in p]) for p in a.landmarks.voxel])
+             for a in (shipped, rebuilt)]
+    distance = np.linalg.norm(world[0][:, None] - world[1][None], axis=2)
+    return dice, int(np.sum(distance.min(axis=1) > 2.0)), int(np.sum(distance.min(axis=0) > 2.0))
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="since the environment installed on 2026-12-04 (scipy 1.17.1, scikit-image 0.26.0, "
-                   "SimpleITK 2.5.7) the rebuild gives realct3-964f483d32c5: 17,024 of 3.7 M lung voxels and 4 of 363 "
-                   "landmarks differ from the shipped realct3-b306e86b54d7, also at the commit that built it; cause not found yet")
-def test_shipped_atlas_is_rebuilt_identically_from_the_sample_data(sample_files, tmp_path, default_atlas):
+def test_shipped_atlas_is_what_build_atlas_makes_from_the_sample_data(sample_files, tmp_path, default_atlas):
+    """The rebuild is bit-identical (same id) only with the BLAS kernel that built it: the
+    registration's floating point follows the CPU (OPENBLAS_CORETYPE Haswell against Sandybridge
+    changes the id; docs/anatomy.md). Across kernels the lungs and landmarks agree within what was
+    measured between kernels (Dice at least 0.996 per side; 1 and 8 of 363 landmarks at lung edges
+    in or out, the grid moved by 1 mm)."""
     assert main(["build-atlas", "--sample-data", "--out", str(tmp_path / "atlas"), "--no-progress"]) == 0
-    assert load_atlas(tmp_path / "atlas").atlas_id == default_atlas.atlas_id
+    dice, only_shipped, only_rebuilt = _agreement(default_atlas, load_atlas(tmp_path / "atlas"))
+    assert min(dice) >= 0.99, dice
+    assert only_shipped + only_rebuilt <= 0.04 * default_atlas.n_landmarks, (only_shipped, only_rebuilt)
 
 
 def test_lobes_round_trip_and_count_in_the_id(tmp_path):

@@ -5,7 +5,8 @@ Layout written by :func:`export_bundle` (``drasclr export-bundle``)::
     configs/metadata.json   labels, network input and output, intensity window, atlas id,
                             encoder provenance, licence, versions
     configs/inference.json  the package's MONAI transforms, MONAI's sliding-window inferer and
-                            :func:`segment_all`; ``python -m monai.bundle run --config_file ...``
+                            :func:`segment_all`; ``python -m monai.bundle run --config_file ...``,
+                            and MONAI Label's monaibundle app serves it
     models/model.pt         the network's state dict (tensors only)
     docs/README.md          what the model does, how to run it, what it was trained on
 
@@ -31,6 +32,7 @@ from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
 from drasclr_monailabel.segmentation.inference import WINDOW, windows_per_pass
 from drasclr_monailabel.segmentation.labels import LabelSet
+from drasclr_monailabel.utils.atomic import write_json
 
 BUNDLE_VERSION = "0.1.0"
 CHECKPOINT_NAME = "emphysema.pt"
@@ -90,7 +92,10 @@ def inference_config(meta: dict[str, Any]) -> dict[str, Any]:
 
     Preprocessing and postprocessing are the app's transforms; the inferer is MONAI's sliding
     window over the whole 1 mm grid (64^3 windows, overlap 0.25, Gaussian blending, replicate
-    padding: the app's windows, which the app runs only where there is lung).
+    padding: the app's windows, which the app runs only where there is lung). The keys follow
+    MONAI Label's ``BundleInferTask`` (the monaibundle app): the network input is ``image``
+    (the CT is kept as ``ct``) and postprocessing ends with the labels in MONAI's layout; the
+    writer (``saver``) is outside ``postprocessing``, so a server never writes into the bundle.
     """
     transforms = TRANSFORMS
     return {
@@ -104,22 +109,23 @@ def inference_config(meta: dict[str, Any]) -> dict[str, Any]:
         "network": "$@network_def.to(@device)",
         "checkpoint": "$torch.load(os.path.join(@bundle_root, 'models', 'model.pt'), map_location=@device, weights_only=True)",
         "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": f"{transforms}.ReadCTd", "keys": "image"},
-            {"_target_": f"{transforms}.LungAtlasd", "atlas_id": meta["atlas_id"]},
-            {"_target_": f"{transforms}.IntensityWindowd"},
-            {"_target_": f"{transforms}.AtlasCoordinatesd"},
+            {"_target_": f"{transforms}.ReadCTd", "keys": "image", "volume_key": "ct"},
+            {"_target_": f"{transforms}.LungAtlasd", "image_key": "ct", "atlas_id": meta["atlas_id"]},
+            {"_target_": f"{transforms}.IntensityWindowd", "input_key": "image"},
+            {"_target_": f"{transforms}.AtlasCoordinatesd", "input_key": "image"},
         ]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [WINDOW] * 3, "sw_batch_size": windows_per_pass(WINDOW),
                     "overlap": 0.25, "mode": "gaussian", "padding_mode": "replicate"},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
             {"_target_": f"{transforms}.LungBackgroundd"},
-            {"_target_": f"{transforms}.ToInputGridd"},
-            {"_target_": f"{transforms}.Quantifyd"},
-            {"_target_": f"{transforms}.SaveLabeld", "output_dir": "@output_dir"},
+            {"_target_": f"{transforms}.ToInputGridd", "image_key": "ct"},
+            {"_target_": f"{transforms}.Quantifyd", "image_key": "ct"},
+            {"_target_": f"{transforms}.ToMonaiLayoutd", "image_key": "ct"},
         ]},
+        "saver": {"_target_": f"{transforms}.SaveLabeld", "output_dir": "@output_dir", "image_key": "ct"},
         "run": ["$@network.load_state_dict(@checkpoint)",
-                "$drasclr_bundle.segment_all(@datalist, @preprocessing, @inferer, @postprocessing, @network, @device)"],
+                "$drasclr_bundle.segment_all(@datalist, @preprocessing, @inferer, @postprocessing, @saver, @network, @device)"],
     }
 
 
@@ -137,21 +143,22 @@ def ct_files(folder: str | Path) -> list[dict[str, str]]:
 
 
 def segment_all(datalist: Iterable[dict[str, Any]], preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-                network: torch.nn.Module, device: str | torch.device) -> list[dict[str, Any]]:
+                saver: Callable, network: torch.nn.Module, device: str | torch.device) -> list[dict[str, Any]]:
     """Run the bundle on every item, one scan at a time (scans differ in size; the data dictionary
-    holds Python objects that a DataLoader cannot collate). Each scan's quantification is written
-    beside its label; returns ``{"image", "label", "quantification"}`` per scan."""
+    holds Python objects that a DataLoader cannot collate), as MONAI Label's bundle task does:
+    the network on ``image``, the result under ``pred``. Each scan's label is written by ``saver``
+    and its quantification beside it; returns ``{"image", "label", "quantification"}`` per scan."""
     network.eval()
     results = []
     for item in datalist:
         data = preprocessing(dict(item))
         with torch.no_grad():
-            data["pred"] = inferer(data["input"][None].to(device), network)[0]
-        del data["input"]
-        data = postprocessing(data)
+            data["pred"] = inferer(data["image"][None].to(device), network)[0]
+        del data["image"]
+        data = saver(postprocessing(data))
         label = Path(data["pred_meta_dict"]["saved_to"])
         report = label.with_name(label.name.replace("_seg.nii.gz", "_quantification.json"))
-        report.write_text(json.dumps(data["quantification"], indent=2) + "\n")
+        write_json(report, data["quantification"])
         results.append({"image": item["image"], "label": str(label), "quantification": data["quantification"]})
     return results
 
@@ -223,6 +230,17 @@ python -m monai.bundle run --config_file configs/inference.json --bundle_root . 
 Every CT file in the folder (NIfTI, NRRD, MHA) gives `<name>_seg.nii.gz` on the scan's own grid
 (0 background, {", ".join(f"{i} {n}" for i, n in enumerate(meta["labels"], start=1))}) and
 `<name>_quantification.json`.
+
+## Serve with MONAI Label
+
+MONAI Label's `monaibundle` app serves it offline from its model folder:
+
+```bash
+monailabel apps --download --name monaibundle --output apps
+cp -r /path/to/this/bundle apps/monaibundle/model/drasclr_emphysema
+monailabel start_server --app apps/monaibundle --studies /path/to/ct_folder \\
+    --conf models drasclr_emphysema --conf zoo_source ngc
+```
 
 ## Pipeline
 

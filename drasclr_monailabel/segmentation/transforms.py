@@ -12,9 +12,12 @@ Keys of the data dictionary (defaults):
 - ``input``: float32 tensor (4, Z, Y, X) on the 1 mm grid, the network input (CT in network
   units, then normalised atlas x, y, z);
 - ``pred``: class scores or probabilities (C, Z, Y, X) on the 1 mm grid, then uint8 class labels
-  (Z, Y, X) on the scan's own grid;
+  (Z, Y, X) on the scan's own grid (:class:`ToMonaiLayoutd`: (1, X, Y, Z), MONAI's layout);
 - ``quantification``: %LAA-950, Perc15 and volumes per lung and zone (JSON-ready), also under
   ``pred_meta_dict``.
+
+The MONAI Bundle renames two keys for MONAI Label's ``BundleInferTask``, which runs the network
+on ``image`` and writes ``pred``: the CT goes to ``ct`` and the network input to ``image``.
 
 Lung mask and atlas registration are one transform (:class:`LungAtlasd`): the registration is
 fitted to the lung mask on the anatomy pipeline's working grid, and the app's scan store keeps
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_atlas, load_default_atlas
@@ -45,16 +49,18 @@ from drasclr_monailabel.utils.atomic import write_with
 
 
 class ReadCTd(MapTransform):
-    """CT file path (NIfTI, NRRD, MHA, DICOM series folder) -> :class:`CTVolume`, through the
-    package's validated reader (a bad file raises one clear error naming it)."""
+    """CT file path (NIfTI, NRRD, MHA, DICOM series folder) under ``keys`` -> :class:`CTVolume`
+    under ``volume_key`` (default: the same key), through the package's validated reader (a bad
+    file raises one clear error naming it)."""
 
-    def __init__(self, keys: str | list[str] = "image") -> None:
+    def __init__(self, keys: str = "image", volume_key: str | None = None) -> None:
         super().__init__(keys)
+        self.volume_key = volume_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = read_ct(str(d[key]))
+            d[self.volume_key or key] = read_ct(str(d[key]))
         return d
 
 
@@ -190,8 +196,45 @@ class Quantifyd(MapTransform):
         return d
 
 
+class ToMonaiLayoutd(MapTransform):
+    """``pred`` uint8 labels (Z, Y, X) on the scan's grid -> MetaTensor (1, X, Y, Z) with the scan's
+    RAS affine (MONAI's layout, what ``SaveImaged`` and MONAI Label's ``Restored`` and writer read).
+
+    MONAI Label's bundle task restores ``pred`` to the shape in ``image_meta_dict`` and writes it
+    with the affine there, and answers with ``result``: both are set here (the scan's affine and
+    (X, Y, Z) shape; ``{"quantification": ...}`` as the app answers).
+    """
+
+    def __init__(self, pred_key: str = "pred", image_key: str = "image", quantification_key: str = "quantification",
+                 meta_key: str = "image_meta_dict", result_key: str = "result") -> None:
+        super().__init__(pred_key)
+        self.pred_key, self.image_key, self.quantification_key = pred_key, image_key, quantification_key
+        self.meta_key, self.result_key = meta_key, result_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        volume: CTVolume = d[self.image_key]
+        affine = ras_affine(volume)
+        labels = np.ascontiguousarray(np.asarray(d[self.pred_key], dtype=np.uint8).transpose(2, 1, 0))[None]
+        d[self.pred_key] = MetaTensor(torch.from_numpy(labels), affine=affine, meta={"filename_or_obj": volume.source})
+        d[self.meta_key] = {"affine": affine, "original_affine": affine, "spatial_shape": np.array(labels.shape[1:]),
+                            "filename_or_obj": volume.source}
+        d[self.result_key] = {"quantification": d[self.quantification_key]}
+        return d
+
+
+def ras_affine(volume: CTVolume) -> torch.Tensor:
+    """float64 (4, 4): voxel index (x, y, z) -> RAS world mm, MONAI's convention (ITK's LPS with x
+    and y negated)."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3) * np.asarray(volume.spacing, dtype=np.float64)
+    lps[:3, 3] = volume.origin
+    return torch.from_numpy(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+
+
 class SaveLabeld(MapTransform):
-    """Write ``pred`` (uint8 (Z, Y, X) on the scan's grid) as ``<output_dir>/<scan name>_seg.nii.gz``
+    """Write ``pred`` (labels on the scan's grid in MONAI's layout, (1, X, Y, Z), from
+    :class:`ToMonaiLayoutd`) as ``<output_dir>/<scan name>_seg.nii.gz``
     with the scan's exact geometry, whole (temporary file, then rename); the path goes to
     ``pred_meta_dict["saved_to"]``."""
 
@@ -205,7 +248,8 @@ class SaveLabeld(MapTransform):
         volume: CTVolume = d[self.image_key]
         name = Path(volume.source.rstrip("/")).name.split(".")[0] or "scan"
         target = self.output_dir / f"{name}{self.suffix}"
-        image = sitk.GetImageFromArray(np.ascontiguousarray(d[self.pred_key], dtype=np.uint8))
+        labels = np.asarray(d[self.pred_key], dtype=np.uint8)[0].transpose(2, 1, 0)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(labels))
         image.SetSpacing(volume.spacing)
         image.SetOrigin(volume.origin)
         image.SetDirection(volume.direction)

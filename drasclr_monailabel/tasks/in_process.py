@@ -64,10 +64,15 @@ def image_bytes(image: sitk.Image) -> bytes:
 
 def read_bytes(data: bytes) -> np.ndarray:
     """The voxels (Z, Y, X) of NIfTI file bytes."""
+    return sitk.GetArrayFromImage(read_image_bytes(data))
+
+
+def read_image_bytes(data: bytes) -> sitk.Image:
+    """The image (voxels and geometry) of NIfTI file bytes."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "image.nii.gz"
         path.write_bytes(data)
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        return sitk.ReadImage(str(path))
 
 
 def label_bytes(array: np.ndarray, like: sitk.Image) -> bytes:
@@ -77,8 +82,10 @@ def label_bytes(array: np.ndarray, like: sitk.Image) -> bytes:
     return image_bytes(image)
 
 
-def infer_all(client: Any, model: str, image: str, upload: Path | None = None) -> tuple[dict, np.ndarray]:
-    """POST /infer as Slicer does; the multipart answer as (JSON params, label (Z, Y, X) on the scan's grid).
+def infer_all(client: Any, model: str, image: str, upload: Path | None = None,
+              with_geometry: bool = False) -> tuple[dict, np.ndarray | sitk.Image]:
+    """POST /infer as Slicer does; the multipart answer as (JSON params, label (Z, Y, X) on the scan's
+    grid; with ``with_geometry`` the label image as written, voxels and geometry).
 
     ``upload``: send this scan file (as Slicer sends a volume the server does not have) instead of
     naming a datastore image; ``image`` is then only the request's image name.
@@ -94,7 +101,8 @@ def infer_all(client: Any, model: str, image: str, upload: Path | None = None) -
         raise RuntimeError(f"/infer/{model} on {image}: {response.status_code} {response.text[:300]}")
     parts = {p.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0]: p
              for p in MultipartDecoder(response.content, response.headers["content-type"]).parts}
-    return json.loads(parts[b"params"].text), read_bytes(parts[b"image"].content)
+    label = read_image_bytes(parts[b"image"].content)
+    return json.loads(parts[b"params"].text), label if with_geometry else sitk.GetArrayFromImage(label)
 
 
 def save_label(client: Any, image: str, data: bytes, tag: str = "final") -> Any:

@@ -4,6 +4,7 @@ and that segments the scan as the app's infer task does."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.segmentation.case import prepare_case
 from drasclr_monailabel.segmentation.checkpoint import build_model, save_checkpoint
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune
+from drasclr_monailabel.tasks.in_process import infer_all
 from drasclr_monailabel.tasks.infer import EmphysemaInferTask, LungMaskCache
 from drasclr_monailabel.tasks.model_store import ModelStore
+from tests.fixtures.app import AppServer, server_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +50,28 @@ def app_model(tmp_path_factory: pytest.TempPathFactory, sample_lung1: Path) -> P
     return folder
 
 
-def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: Path, sample_lung2: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def lung2_study(tmp_path_factory: pytest.TempPathFactory, sample_lung2: Path) -> Path:
+    """A studies folder holding the real CT lung2 as NIfTI (what MONAI Label's datastore serves)."""
+    studies = tmp_path_factory.mktemp("studies")
+    sitk.WriteImage(sitk.ReadImage(str(sample_lung2)), str(studies / "lung2.nii.gz"))
+    return studies
+
+
+@pytest.fixture(scope="module")
+def app_answer(app_model: Path, lung2_study: Path) -> tuple[np.ndarray, sitk.Image, dict]:
+    """The app's own infer task on lung2: its labels (Z, Y, X), the label image and the quantification."""
+    task = EmphysemaInferTask(["emphysema"], ModelStore(app_model), "cpu", LungMaskCache())
+    path, result = task({"image": str(lung2_study / "lung2.nii.gz")})
+    label = sitk.ReadImage(path)
+    Path(path).unlink()
+    labels = sitk.GetArrayFromImage(label)
+    lung_voxels = int(np.count_nonzero(task.lung_cache.lungs(read_ct(lung2_study / "lung2.nii.gz"))))
+    assert 0.02 < np.count_nonzero(labels) / lung_voxels < 0.98  # a boundary inside the lungs to compare
+    return labels, label, result["quantification"]
+
+
+def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: Path, lung2_study: Path, app_answer, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     assert drasclr(["export-bundle", str(app_model), "--out", str(bundle)]) == 0
     assert drasclr(["export-bundle", str(app_model), "--out", str(bundle)]) == 2  # never replaced unasked
@@ -72,31 +96,45 @@ def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: P
                               capture_output=True, text=True, timeout=600)
     assert verified.returncode == 0, verified.stderr[-2000:]
 
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    (scans / "lung2.nrrd").symlink_to(sample_lung2)
     results = tmp_path / "results"
     ran = subprocess.run([*monai_bundle, "run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                          "--dataset_dir", str(scans), "--output_dir", str(results)], capture_output=True, text=True, timeout=900)
+                          "--dataset_dir", str(lung2_study), "--output_dir", str(results)], capture_output=True, text=True, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
-    bundle_label = sitk.ReadImage(str(results / "lung2_seg.nii.gz"))
-    bundle_report = json.loads((results / "lung2_quantification.json").read_text())
+    _assert_matches_the_app(sitk.ReadImage(str(results / "lung2_seg.nii.gz")),
+                            json.loads((results / "lung2_quantification.json").read_text()), app_answer)
 
-    task = EmphysemaInferTask(["emphysema"], ModelStore(app_model), "cpu", LungMaskCache())
-    app_path, app_result = task({"image": str(scans / "lung2.nrrd")})
-    app_label = sitk.ReadImage(app_path)
-    Path(app_path).unlink()
-    assert bundle_label.GetSize() == app_label.GetSize() and bundle_label.GetOrigin() == app_label.GetOrigin()
-    assert bundle_label.GetSpacing() == app_label.GetSpacing() and bundle_label.GetDirection() == app_label.GetDirection()
-    app_labels, bundle_labels = sitk.GetArrayFromImage(app_label), sitk.GetArrayFromImage(bundle_label)
-    lung_voxels = int(np.count_nonzero(task.lung_cache.lungs(read_ct(scans / "lung2.nrrd"))))
-    assert 0.02 < np.count_nonzero(app_labels) / lung_voxels < 0.98  # a boundary inside the lungs to compare
-    assert dice(bundle_labels > 0, app_labels > 0) >= 0.99
-    # The lungs' figures are identical; those of the predicted region differ only where a voxel's
-    # label does (the app blends windows in float16, MONAI's inferer in float32).
-    app_report = app_result["quantification"]
-    assert _without_masks(bundle_report) == _without_masks(app_report)
-    for region, values in bundle_report["regions"].items():
+
+def test_monai_labels_own_bundle_app_serves_the_bundle(app_model: Path, lung2_study: Path, app_answer, tmp_path: Path) -> None:
+    """MONAI Label's monaibundle sample app (copied from the installed package, as `monailabel apps
+    --download` does) serves the exported bundle from its model folder, offline (zoo_source ngc:
+    a bundle present locally is never looked up in the model zoo)."""
+    copied = subprocess.run([str(Path(sys.executable).with_name("monailabel")), "apps", "--download", "--name", "monaibundle",
+                             "--output", str(tmp_path / "apps")], capture_output=True, text=True, timeout=120,
+                            env=server_env({"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}))
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    app = tmp_path / "apps" / "monaibundle"
+    assert drasclr(["export-bundle", str(app_model), "--out", str(app / "model" / "drasclr_emphysema")]) == 0
+    server = AppServer(lung2_study, {"models": "drasclr_emphysema", "zoo_source": "ngc", "sam2": "false"}, tmp_path, app=app)
+    try:
+        assert server.wait_ready(240), server.tail()
+        assert "drasclr_emphysema" in server.get("/info/").json()["models"], server.tail()
+        params, label = infer_all(server, "drasclr_emphysema", "lung2", with_geometry=True)
+    finally:
+        server.stop()
+    _assert_matches_the_app(label, params["quantification"], app_answer)
+
+
+def _assert_matches_the_app(label: sitk.Image, report: dict, app_answer: tuple[np.ndarray, sitk.Image, dict]) -> None:
+    """Same grid as the app's label (to 1e-4 mm: MONAI Label writes through a RAS affine), Dice at least 0.99, the lungs' figures identical and those of
+    the predicted region within 0.1 % (the app blends windows in float16, MONAI's inferer in
+    float32, so a few voxels' labels differ)."""
+    app_labels, app_label, app_report = app_answer
+    assert label.GetSize() == app_label.GetSize()
+    for geometry in ("GetOrigin", "GetSpacing", "GetDirection"):
+        assert getattr(label, geometry)() == pytest.approx(getattr(app_label, geometry)(), abs=1e-4), geometry
+    assert dice(sitk.GetArrayFromImage(label) > 0, app_labels > 0) >= 0.99
+    assert _without_masks(report) == _without_masks(app_report)
+    for region, values in report["regions"].items():
         assert _numbers(values["mask"]) == pytest.approx(_numbers(app_report["regions"][region]["mask"]), rel=1e-3, abs=1e-3)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Activationsd, Compose
+from monai.transforms import Activationsd, Compose, LoadImage
 
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.segmentation.case import network_input
@@ -24,6 +24,7 @@ from drasclr_monailabel.segmentation.transforms import (
     ReadCTd,
     SaveLabeld,
     ToInputGridd,
+    ToMonaiLayoutd,
 )
 
 
@@ -36,13 +37,21 @@ def test_intensity_window_and_coordinates_make_the_network_input(prepared_phanto
 def test_the_app_transforms_give_predict_volumes_labels_and_report(labelled_phantom, prepared_phantom, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, _ = build_model(["emphysema"])
-    data = Compose([LungWindowInferd(model, overlap=0.25), ToInputGridd(), Quantifyd(), SaveLabeld(tmp_path)])(
+    data = Compose([LungWindowInferd(model, overlap=0.25), ToInputGridd(), Quantifyd()])(
         {"image": labelled_phantom.volume, "case": prepared_phantom})
     expected = predict_volume(model, labelled_phantom.volume, case=prepared_phantom)
     np.testing.assert_array_equal(data["pred"], expected.labels)
     assert data["quantification"] == expected.report == data["pred_meta_dict"]["quantification"]
-    assert Path(data["pred_meta_dict"]["saved_to"]).is_file()
 
+    # MONAI's layout, read back by MONAI's own loader from the file SaveLabeld writes: same array, same affine.
+    data = Compose([ToMonaiLayoutd(), SaveLabeld(tmp_path)])(data)
+    assert data["pred"].shape == (1, *expected.labels.shape[::-1])
+    assert data["result"] == {"quantification": expected.report}
+    assert tuple(data["image_meta_dict"]["spatial_shape"]) == expected.labels.shape[::-1]
+    saved = LoadImage(image_only=True)(data["pred_meta_dict"]["saved_to"])
+    np.testing.assert_array_equal(saved.numpy(), data["pred"][0].numpy())
+    np.testing.assert_allclose(saved.affine.numpy(), data["image_meta_dict"]["affine"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(data["pred"].affine.numpy(), data["image_meta_dict"]["affine"].numpy())
 
 
 def test_the_bundles_postprocessing_makes_probabilities_background_outside_the_lungs(prepared_phantom) -> None:
@@ -58,6 +67,6 @@ def test_a_bad_file_and_another_atlas_are_refused_by_name(tmp_path: Path) -> Non
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match=r"broken\.nii\.gz: "):
-        ReadCTd()({"image": str(broken)})
+        ReadCTd(volume_key="ct")({"image": str(broken)})
     with pytest.raises(InputError, match=r"but the model was made for realct-000000000000"):
         LungAtlasd(atlas_id="realct-000000000000")

@@ -36,7 +36,8 @@ Writes the JSON and a PNG plot beside it (same name, ``.png``). ``pretrained`` a
 (``{"1": {"mean", "std", "runs"}, ...}``, runs pooled over folds and seeds) report the subtype
 task; ``binary`` holds the binary task's arms in the same shape; ``arms`` every
 ``{task: {arm: {count: ..}}}``; ``folds`` the same per fold; ``threshold_950`` the binary threshold
-Dice; ``pretraining`` the samples seen per landmark and the queue fill of every pretrained encoder.
+Dice; ``pretraining`` the samples seen per landmark and the queue fill of every pretrained encoder;
+``subtype_voxels`` the voxels of each subtype in every training and test scan of each fold.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"pretrained arms: encoder learning rate / decoder's (default {FinetuneConfig.encoder_lr_scale})")
     parser.add_argument("--freeze-encoder-epochs", type=int, default=FinetuneConfig.freeze_encoder_epochs,
                         help=f"pretrained arms: first epochs with the encoder frozen (default {FinetuneConfig.freeze_encoder_epochs})")
+    parser.add_argument("--finetune-epochs", type=int,
+                        help="fine-tuning epochs for every arm instead of the size's (its steps per epoch; runs are redone)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -148,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--encoder-lr-scale must be positive and --freeze-encoder-epochs at least 0")
     recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs)
     size = SIZES[args.size]
+    if args.finetune_epochs is not None:
+        if args.finetune_epochs < 1:
+            parser.error(f"--finetune-epochs must be at least 1, got {args.finetune_epochs}")
+        size = replace(size, finetune_epochs=args.finetune_epochs)
     folds = tuple(args.folds or size.folds)
     counts, seeds = tuple(dict.fromkeys(args.counts or size.counts)), tuple(dict.fromkeys(args.seeds or size.seeds))
     for name, chosen, allowed in (("--counts", counts, size.counts), ("--seeds", seeds, size.seeds)):
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     started = time.perf_counter()
 
-    threshold, pretraining = {}, {}
+    threshold, pretraining, composition = {}, {}, {}
     for fold in folds:
         folder = workdir / f"fold_{fold}"
         cohorts = make_cohorts(size, folder, fold)
@@ -172,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         run_grid(grid, context, args.jobs)
         test_cases = _worker_cases.get(str(cohorts["test"])) or prepare_cohort(cohorts["test"])
         threshold[fold] = float(np.mean([threshold_dice(c.scan.image, c.lungs, c.labels) for c in test_cases]))
+        composition[fold] = {part: subtype_voxels(cohorts[part]) for part in ("train", "test")}
         _worker_cases.clear()
 
     result = summarise(workdir / "runs", counts, seeds, folds, tasks, arms)
     result["threshold_950"] = float(np.mean(list(threshold.values())))
     result["threshold_950_folds"] = threshold
     result["pretraining"] = pretraining
+    result["subtype_voxels"] = composition
     result["command"] = " ".join(["python", "benchmarks/label_efficiency.py", *(argv if argv is not None else sys.argv[1:])])
     result["settings"] = {**asdict(size), **asdict(recipe), "folds": list(folds), "counts_run": list(counts), "seeds_run": list(seeds), "fold_sources": FOLD_SOURCES, "device": args.device,
                           "jobs": args.jobs,
@@ -282,6 +291,19 @@ def prepare_cohort(cohort: Path, atlas: Atlas | None = None) -> list[PreparedCas
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["label"])))
         cases.append(prepare_case(volume, label_map=label, atlas=atlas, case_id=row["id"], label_set=LabelSet(SUBTYPES)))
     return cases
+
+
+def subtype_voxels(cohort: Path) -> dict[str, dict[str, int]]:
+    """Voxels of each subtype in each scan's label on its own grid (which subtypes the labelled pool
+    and the test patient hold decides what the subtype Dice can show)."""
+    with open(cohort / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    counts = {}
+    for row in rows:
+        label = sitk.GetArrayViewFromImage(sitk.ReadImage(str(cohort / row["label"])))
+        voxels = np.bincount(np.asarray(label).ravel(), minlength=len(SUBTYPES) + 1)
+        counts[row["id"]] = {name: int(voxels[i]) for i, name in enumerate(SUBTYPES, start=1)}
+    return counts
 
 
 def for_task(cases: list[PreparedCase], labels: tuple[str, ...]) -> list[PreparedCase]:

@@ -37,6 +37,10 @@ def test_small_label_efficiency_run(tmp_path: Path) -> None:
     for arm in ("pretrained", "unconditioned", "no_neighbour"):
         record = result["pretraining"]["A"][arm]
         assert record["samples_per_landmark_median"] >= 0 and 0.0 <= record["queue_fill"]["reached_mean"] <= 1.0
+    for part in ("train", "test"):
+        scans = result["subtype_voxels"]["A"][part]
+        assert scans and all(set(voxels) == {"centrilobular", "panlobular", "paraseptal"} for voxels in scans.values())
+        assert sum(sum(voxels.values()) for voxels in scans.values()) > 0, part
     runs = tmp_path / "le_work" / "runs"
     subtype_run = json.loads((runs / "A_subtypes_pretrained_1_0.json").read_text())
     assert set(subtype_run["dice_per_class"]) <= {"centrilobular", "panlobular", "paraseptal"}

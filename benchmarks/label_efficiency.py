@@ -1,7 +1,9 @@
 """Label efficiency of the emphysema model: Dice against the number of labelled scans, for every
 arm at the same fine-tuning budget, on a patient never seen in pretraining or fine-tuning.
 
-Data (all made in this run, seeded, with the realistic synthetic emphysema of docs/data.md):
+Data (all made in this run, seeded, with the realistic synthetic emphysema of docs/data.md; every
+scan holds all three subtypes, each in its own zone, at 5-25 % of the lung in all, so that every
+labelled subset and every test scan can score each subtype):
   * fold A: the labelled training pool and the unlabelled pretraining cohort come from the real CTs
     ``lung1`` and ``lung2``; the held-out test scans from another patient, LIDC-IDRI-0001;
   * fold B: the roles rotated: pool and pretraining from ``lung1`` and LIDC-IDRI-0001, test from
@@ -83,6 +85,8 @@ PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.condition
 """Arms whose encoder comes from pretraining, with their recipe changes (same budget)."""
 ARMS = ("scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet")
 TASKS = {"subtypes": SUBTYPES, "binary": BINARY}
+# True emphysema share of the lung in every synthetic scan (low, high), split between the three subtypes.
+SEVERITY_PERCENT = (5, 25)
 FOLD_SOURCES = {"A": {"pool": ("lung1_image", "lung2_image"), "test": "lidc0001_image"},
                 "B": {"pool": ("lung1_image", "lidc0001_image"), "test": "lung2_image"}}
 """Real CTs of each fold: the labelled pool and the pretraining cohort share ``pool``; ``test`` is the held-out patient."""
@@ -247,7 +251,7 @@ def make_cohorts(size: Size, workdir: Path, fold: str = "A", sources: dict[str, 
         folder = workdir / name
         if not (folder / "manifest.csv").is_file():
             run_step(["synth", "--n", str(n), "--out", str(folder), "--seed", str(seeds[name]), "--overwrite", "--no-progress",
-                      "--severity", "2", "25", "--source", *map(str, sources[name])])
+                      "--severity", *map(str, SEVERITY_PERCENT), "--every-subtype", "--source", *map(str, sources[name])])
         cohorts[name] = folder
     return cohorts
 

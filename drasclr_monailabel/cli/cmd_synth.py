@@ -17,6 +17,7 @@ Examples:
   drasclr synth --n 8 --out cohort/
   drasclr synth --n 6 --out lidc/ --source lidc0001_image
   drasclr synth --n 20 --out phantoms/ --source phantom --severity 5 30 --mix 1 0 1
+  drasclr synth --n 8 --out zones/ --every-subtype --severity 5 25
   drasclr synth --n 10 --out mine/ --source scan1.nii.gz scan2.nii.gz --seed 3
 """
 
@@ -47,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative frequency of centrilobular, panlobular and paraseptal as main subtype (default 1 1 1)")
     parser.add_argument("--mixed-probability", type=float, default=0.5,
                         help="chance that a scan also holds a second subtype (default 0.5)")
+    parser.add_argument("--every-subtype", action="store_true",
+                        help="every scan holds every subtype of positive --mix weight, each in its own zone "
+                             "(centrilobular upper, panlobular lower, paraseptal subpleural), each at least 15 %% of "
+                             "the scan's lesions; replaces --mixed-probability")
     parser.add_argument("--noise", nargs=2, type=float, default=(10.0, 60.0), metavar=("LOW", "HIGH"),
                         help="added noise standard deviation in HU, drawn per scan (default 10 60)")
     parser.add_argument("--kernels", nargs="+", default=["smooth", "sharp"], choices=["smooth", "sharp"],
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         severity_percent=tuple(args.severity),
         subtype_weights=dict(zip(SUBTYPE_NAMES.values(), args.mix)),
         mixed_probability=args.mixed_probability,
+        every_subtype=args.every_subtype,
         noise_hu=tuple(args.noise),
         kernels=tuple(dict.fromkeys(args.kernels)),
         lung_hu=tuple(args.lung_hu),

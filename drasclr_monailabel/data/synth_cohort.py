@@ -45,6 +45,10 @@ MAX_SEVERITY_PERCENT = 60.0
 # Median HU of normal parenchyma a scan may be given (--lung-hu): from beyond a deep breath to near expiration.
 LUNG_HU_LIMITS = (-950.0, -700.0)
 MAX_HU_OFFSET = 100.0
+# Smallest share of a scan's lesions a second (or, with every_subtype, any) subtype gets.
+MIN_SUBTYPE_SHARE = 0.15
+# Dirichlet concentration per subtype for every_subtype: shares spread about +-0.14 around equal weights.
+EVERY_SUBTYPE_CONCENTRATION = 4.0
 
 Segmenter = Callable[[CTVolume], np.ndarray]
 
@@ -57,6 +61,10 @@ class SynthSettings:
         severity_percent: true emphysema share of the lung, in percent (low, high).
         subtype_weights: relative frequency of each subtype as the scan's main subtype.
         mixed_probability: chance that a scan also holds a second subtype (15-40 % of its lesions).
+        every_subtype: every scan holds every subtype of positive weight, each in its own zone
+            (each at least 15 % of the scan's lesions, the rest split around the weights), as in
+            the mixed-subtype lungs radiologists see; ``mixed_probability`` is then unused. Used by
+            benchmarks so that every labelled subset and every test scan holds all subtypes.
         noise_hu: added noise standard deviation in HU (low, high).
         kernels: reconstruction kernels to choose from.
         lung_hu: median HU of normal lung parenchyma (low, high): the inspiration level.
@@ -69,6 +77,7 @@ class SynthSettings:
     severity_percent: tuple[float, float] = (0.0, 25.0)
     subtype_weights: dict[str, float] = field(default_factory=lambda: {name: 1.0 for name in SUBTYPE_NAMES.values()})
     mixed_probability: float = 0.5
+    every_subtype: bool = False
     noise_hu: tuple[float, float] = (10.0, 60.0)
     kernels: tuple[str, ...] = KERNELS
     lung_hu: tuple[float, float] = (-900.0, -820.0)
@@ -246,14 +255,22 @@ def threshold_dice(hu: np.ndarray, lungs: np.ndarray, label: np.ndarray, thresho
 
 
 def _subtype_fractions(total: float, settings: SynthSettings, rng: np.random.Generator) -> tuple[dict[int, float], str]:
-    """Split the total emphysema fraction into a main subtype and, sometimes, a second one."""
+    """Split the total emphysema fraction between subtypes: a main one and, sometimes, a second one,
+    or every subtype (``settings.every_subtype``). The name lists the subtypes, largest share first."""
     values = [v for v, name in SUBTYPE_NAMES.items() if settings.subtype_weights.get(name, 0.0) > 0]
     weights = np.array([settings.subtype_weights[SUBTYPE_NAMES[v]] for v in values], dtype=np.float64)
-    main = int(rng.choice(values, p=weights / weights.sum()))
+    weights /= weights.sum()
+    if settings.every_subtype:
+        floor = MIN_SUBTYPE_SHARE if len(values) * MIN_SUBTYPE_SHARE < 1 else 0.0
+        shares = floor + (1 - floor * len(values)) * rng.dirichlet(EVERY_SUBTYPE_CONCENTRATION * len(values) * weights)
+        order = np.argsort(-shares, kind="stable")
+        fractions = {values[i]: total * float(shares[i]) for i in order}
+        return fractions, "+".join(SUBTYPE_NAMES[values[i]] for i in order)
+    main = int(rng.choice(values, p=weights))
     others = [v for v in values if v != main]
     if others and rng.uniform() < settings.mixed_probability:
         second = int(rng.choice(others))
-        share = float(rng.uniform(0.15, 0.4))
+        share = float(rng.uniform(MIN_SUBTYPE_SHARE, 0.4))
         return {main: total * (1 - share), second: total * share}, f"{SUBTYPE_NAMES[main]}+{SUBTYPE_NAMES[second]}"
     return {main: total}, SUBTYPE_NAMES[main]
 

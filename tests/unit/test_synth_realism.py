@@ -164,3 +164,18 @@ def test_threshold_cannot_tell_subtypes_apart(small_cohort):
     for name in subtypes:  # each subtype is darker than normal lung, but not all below -950 HU
         assert histograms.quantile(name, 0.5) < histograms.quantile(NORMAL, 0.5) - 40
         assert 0.2 < histograms.share_below(name, -950) < 0.8
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_subtype_puts_all_three_in_one_scan_each_in_its_own_zone(seed):
+    settings = SynthSettings(severity_percent=(15.0, 15.0), phantom_spacing=SPACING_XYZ, every_subtype=True)
+    case = synthesize_case(PhantomSource(SPACING_XYZ).scan(seed), settings, seed)
+    assert sorted(case.subtype.split("+")) == ["centrilobular", "panlobular", "paraseptal"]
+    counts = {value: np.count_nonzero(case.label == value) for value in (CENTRILOBULAR, PANLOBULAR, PARASEPTAL)}
+    assert min(counts.values()) >= 0.1 * sum(counts.values())  # each gets at least ~15 % of the lesions
+    assert case.subtype.split("+")[0] == {CENTRILOBULAR: "centrilobular", PANLOBULAR: "panlobular",
+                                          PARASEPTAL: "paraseptal"}[max(counts, key=counts.get)]
+    heights = {value: np.mean(np.nonzero(case.label == value)[0]) for value in counts}  # array z points superior (LPS)
+    assert heights[CENTRILOBULAR] > heights[PANLOBULAR]
+    depth = ndimage.distance_transform_edt(case.lungs > 0, sampling=case.volume.spacing[::-1])
+    assert np.median(depth[case.label == PARASEPTAL]) < 0.5 * np.median(depth[case.label == CENTRILOBULAR])

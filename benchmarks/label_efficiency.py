@@ -71,7 +71,7 @@ from drasclr_monailabel.io import read_ct  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case  # noqa: E402
 from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
-from drasclr_monailabel.segmentation.inference import WINDOW, window_probabilities  # noqa: E402
+from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, window_probabilities  # noqa: E402
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
 from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noqa: E402
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK  # noqa: E402
@@ -317,8 +317,9 @@ def for_task(cases: list[PreparedCase], labels: tuple[str, ...]) -> list[Prepare
     return [replace(case, labels=(case.labels > 0).astype(np.uint8)) for case in cases]
 
 
-INFERENCE = {"window": WINDOW, "routing_block": ROUTING_BLOCK}
-"""How test scans are predicted; runs recorded with another (before: one location per 64^3 window) are redone."""
+INFERENCE = {"window": WINDOW, "routing_block": ROUTING_BLOCK, "decoding": "emphysema_first"}
+"""How test scans are predicted and decoded; runs recorded with another (before: one location per 64^3 window, or
+the arg-max over all classes) are redone."""
 
 
 @dataclass(frozen=True)
@@ -448,8 +449,8 @@ def read_run(runs_dir: Path, run: Run) -> dict:
 def score_on_test(model: torch.nn.Module, cases: list[PreparedCase], device: str, foreground: int, overlap: float) -> dict:
     """``dice`` of ``model`` on the test cases: binary (one foreground class) the mean over scans;
     subtypes :func:`pooled_class_dice` averaged over the classes (and the binary Dice beside it)."""
-    predictions = [np.argmax(window_probabilities(model, case, device, mc_dropout=False, window=WINDOW, overlap=overlap,
-                                                  batch_size=None), axis=0) for case in cases]
+    predictions = [class_labels(window_probabilities(model, case, device, mc_dropout=False, window=WINDOW, overlap=overlap,
+                                                     batch_size=None)) for case in cases]
     truths = [case.labels for case in cases]
     binary = [float(dice(p > 0, t > 0)) for p, t in zip(predictions, truths)]
     if foreground == 1:
@@ -499,7 +500,7 @@ def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str,
                         window: int = WINDOW) -> np.ndarray:
     """Binary emphysema (Z, Y, X) on the case's 1 mm lung grid."""
     probabilities = window_probabilities(model, case, device, mc_dropout=False, window=window, overlap=overlap, batch_size=None)
-    return np.argmax(probabilities, axis=0) > 0
+    return class_labels(probabilities) > 0
 
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",

@@ -176,8 +176,23 @@ def test_a_window_reaching_past_the_grid_replicates_its_edge_and_a_crop_keeps_it
                                case.grid.TransformIndexToPhysicalPoint((0, 3, 5)))
 
 
+def test_emphysema_first_decoding_keeps_a_lesion_whose_subtype_is_uncertain() -> None:
+    from drasclr_monailabel.segmentation.inference import class_labels
+
+    # voxels: unsure subtype (bg 0.4), tie of subtypes, background at exactly 0.5, a sure subtype, clear background
+    probabilities = np.array([[0.4, 0.2, 0.5, 0.1, 0.9],
+                              [0.3, 0.4, 0.3, 0.1, 0.05],
+                              [0.3, 0.4, 0.1, 0.1, 0.05],
+                              [0.0, 0.0, 0.1, 0.7, 0.0]], dtype=np.float32).reshape(4, 1, 1, 5)
+    assert class_labels(probabilities).ravel().tolist() == [1, 1, 0, 3, 0]
+    assert np.argmax(probabilities, axis=0).ravel()[0] == 0  # the arg-max would call the first lesion background
+    binary = np.random.default_rng(1).uniform(size=(1, 6, 7, 8)).astype(np.float32)
+    binary = np.concatenate([binary, 1 - binary])
+    np.testing.assert_array_equal(class_labels(binary), np.argmax(binary, axis=0))  # one foreground class: the arg-max
+
+
 @pytest.mark.parametrize("slab", [1, 4, 16])  # slabs of the scan's 6 slices: single, uneven, all at once
-def test_labels_on_grid_equal_the_argmax_of_every_resampled_class_map(slab: int) -> None:
+def test_labels_on_grid_decode_every_resampled_class_map(slab: int) -> None:
     import SimpleITK as sitk
 
     from drasclr_monailabel.io.volume import CTVolume
@@ -197,7 +212,9 @@ def test_labels_on_grid_equal_the_argmax_of_every_resampled_class_map(slab: int)
         image.CopyInformation(grid)
         reference.append(sitk.GetArrayFromImage(sitk.Resample(image, volume.to_sitk(), sitk.Transform(), sitk.sitkLinear,
                                                               default, sitk.sitkFloat32)))
-    expected = np.argmax(np.stack(reference), axis=0)
+    reference = np.stack(reference)
+    expected = np.where(reference[0] < 0.5, np.argmax(reference[1:], axis=0) + 1, 0)
+    assert not np.array_equal(expected, np.argmax(reference, axis=0))  # the decoding below is not the plain arg-max
     ours = labels_on_grid(probabilities, grid, volume, slab=slab)
     assert ours.shape == (6, 40, 36) and ours.dtype == np.uint8
     assert np.array_equal(ours, expected)

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("count", "epochs", "slab", "test_scans"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for part in ("train", "test"):
+        if not (args.fold_dir / part / "manifest.csv").is_file():
+            parser.error(f"{args.fold_dir / part / 'manifest.csv'}: not found; make the fold with benchmarks/label_efficiency.py")
     started = time.perf_counter()
     labels = TASKS[args.task]
     train = for_task(prepare_cohort(args.fold_dir / "train"), labels)

@@ -18,9 +18,9 @@ Arms (every one fine-tuned with the same steps, batch and patches):
 Tasks: ``binary`` (emphysema vs not: Dice of label > 0) and ``subtypes`` (centrilobular,
 panlobular, paraseptal: the mean over the three of each class's Dice pooled over the test scans;
 a class absent from every test label is left out). Test scans are predicted as the app does (64^3
-windows, each 32^3 block routed by its own location), with overlap 0.25 (0 at the CI size). The
-plain HU < -950 threshold on the same voxels is the binary baseline; it cannot tell subtypes apart
-(docs/data.md).
+windows, each 32^3 block routed by its own location, decoded emphysema first), with overlap 0.25 (0
+at the CI size). The plain HU < -950 threshold on the same voxels is the binary baseline; it
+cannot tell subtypes apart (docs/data.md).
 
 Every finished run is kept as ``runs/<fold>_<task>_<arm>_<count>_<seed>.json`` in the work folder,
 so a run that is stopped resumes where it was (same work folder, size, encoders and recipe; runs

@@ -43,6 +43,7 @@ from label_efficiency import (  # noqa: E402
     fine_tuned_model,
     finetune_config,
     for_task,
+    labelled_subset,
     prepare_cohort,
 )
 
@@ -50,6 +51,7 @@ from drasclr_monailabel.data.synth_cohort import threshold_dice  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, window_probabilities  # noqa: E402
 from drasclr_monailabel.segmentation.case import PreparedCase  # noqa: E402
+from drasclr_monailabel.segmentation.training import PatchCentres, patch_batch, segmentation_loss  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json  # noqa: E402
 
 
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_per_epoch": stats["loss"],
         "constant_prediction_loss": constant_prediction_loss(train, config, classes),
         "fine_tune_seconds": stats["seconds"],
-        "train": [scored(model, central_slab(case, args.slab), classes) for case in chosen_cases(train, args.count, args.seed)[:1]],
+        "train": [scored(model, central_slab(case, args.slab), classes) for case in labelled_subset(train, args.count, args.seed)[:1]],
         "test": [scored(model, case, classes) for case in test],
         "command": " ".join(["python", "benchmarks/finetune_curve.py", *(argv if argv is not None else sys.argv[1:])]),
         "device_name": platform.processor(),
@@ -106,11 +108,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:>15}: predicted shares {block['predicted_share']}, binary Dice {block['binary_dice']:.3f}, "
                       f"class Dice {[round(v, 3) for v in block['class_dice']]}")
     return 0
-
-
-def chosen_cases(cases: list[PreparedCase], count: int, seed: int) -> list[PreparedCase]:
-    """The training scans ``fine_tuned_model`` picks for ``count`` and ``seed``."""
-    return [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))[:count]]
 
 
 def scored(model: torch.nn.Module, case: PreparedCase, classes: int) -> dict:
@@ -136,11 +133,9 @@ def scored(model: torch.nn.Module, case: PreparedCase, classes: int) -> dict:
 def constant_prediction_loss(cases: list[PreparedCase], config, classes: int, patches: int = 400) -> float:
     """The fine-tuning loss (cross-entropy + 1 - soft foreground Dice) of predicting, everywhere, the
     class frequencies of ``patches`` training patches drawn as fine-tuning draws them."""
-    from drasclr_monailabel.segmentation.training import _batch, _PatchCentres, segmentation_loss
-
     generator = np.random.default_rng(config.seed + 1)
-    samplers = [_PatchCentres(case, config.patch_size) for case in cases]
-    targets = torch.cat([_batch(cases, samplers, config, generator)[1] for _ in range(patches // config.batch_size)])
+    samplers = [PatchCentres(case, config.patch_size) for case in cases]
+    targets = torch.cat([patch_batch(cases, samplers, config, generator)[1] for _ in range(patches // config.batch_size)])
     frequencies = torch.bincount(targets.flatten(), minlength=classes).double() / targets.numel()
     losses = []
     for batch in targets.split(config.batch_size):

@@ -479,6 +479,11 @@ def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe(
                           encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
 
 
+def labelled_subset(cases: list[PreparedCase], count: int, seed: int) -> list[PreparedCase]:
+    """The ``count`` training scans labelled in a run of ``seed`` (a seeded permutation)."""
+    return [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))[:count]]
+
+
 def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[PreparedCase], count: int, config: FinetuneConfig,
                      routing_block: int | None = ROUTING_BLOCK, atlas: Atlas | None = None,
                      labels: tuple[str, ...] = BINARY) -> tuple[torch.nn.Module, dict]:
@@ -486,7 +491,7 @@ def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[Prepared
     labels already class indices of ``labels``): the DrasCLR U-Net from scratch or from ``encoder``
     (made for ``atlas``, default the shipped one), or MONAI's SegResNet; and the fine-tuning statistics."""
     torch.manual_seed(config.seed)
-    chosen = [train_cases[i] for i in np.random.default_rng(config.seed).permutation(len(train_cases))[:count]]
+    chosen = labelled_subset(train_cases, count, config.seed)
     pretrained = mode in PRETRAINING_ARMS
     if mode == "monai_segresnet":
         model = MonaiSegResNet(LabelSet(tuple(labels)).num_classes).to(config.device)

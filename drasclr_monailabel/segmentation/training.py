@@ -101,7 +101,7 @@ def finetune(
     model.to(device)
     generator = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    samplers = [_PatchCentres(case, config.patch_size) for case in cases]
+    samplers = [PatchCentres(case, config.patch_size) for case in cases]
     encoder_frozen = pretrained and config.freeze_encoder_epochs > 0
     optimizer = torch.optim.AdamW(
         [{"params": model.decoder_parameters(), "lr": config.lr},
@@ -123,7 +123,7 @@ def finetune(
                 break
             for group, base in zip(optimizer.param_groups, (config.lr, config.lr * (config.encoder_lr_scale if pretrained else 1.0))):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * stats["steps"] / total_steps))
-            x, y = _batch(cases, samplers, config, generator)
+            x, y = patch_batch(cases, samplers, config, generator)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = model(x)
@@ -157,7 +157,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: i
     return ce + (1.0 - dice.mean())
 
 
-class _PatchCentres:
+class PatchCentres:
     """Candidate patch centres of one case: lung voxels and labelled-foreground voxels."""
 
     def __init__(self, case: PreparedCase, patch: int) -> None:
@@ -183,12 +183,15 @@ class _PatchCentres:
         return pool[generator.integers(len(pool))]
 
 
-def _batch(
+def patch_batch(
     cases: Sequence[PreparedCase],
-    samplers: list[_PatchCentres],
+    samplers: list[PatchCentres],
     config: FinetuneConfig,
     generator: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fine-tuning batch: images (N, 4, P, P, P) in network units with intensity jitter and
+    labels (N, P, P, P), N = ``config.batch_size`` patches of random cases, a
+    ``config.foreground_fraction`` share centred on labelled voxels."""
     images, targets = [], []
     for _ in range(config.batch_size):
         index = int(generator.integers(len(cases)))

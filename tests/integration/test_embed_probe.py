@@ -7,7 +7,7 @@ phenotype file is written in another row order), recovers a target that is a lin
 the embeddings, finds nothing in the same values given to the wrong subjects (no fold leakage),
 and uses the same folds for both embeddings. Whether brief pretraining predicts severity better
 than random init is a measurement, reported in docs/embeddings.md: with the realistic synthetic
-emphysema of docs/data.md it does not at this size. About 5 minutes on 2 shared cores, most of it
+emphysema of docs/data.md it does not at this size. About 3 minutes on 2 cores, most of it
 in ``drasclr synth`` and ``drasclr preprocess`` (registration).
 """
 
@@ -75,7 +75,7 @@ def test_embed_and_probe_chain_on_a_pretrained_and_a_random_init_encoder(tmp_pat
         cohort, cache, encoder = tmp_path / "cohort", tmp_path / "cache", tmp_path / "run"
         run("synth", "--n", str(N_SCANS), "--source", "phantom", "--severity", "0", "40", "--phantom-spacing", "3", "3", "3",
             "--out", str(cohort), "--no-progress")
-        run("preprocess", str(cohort / "manifest.csv"), "--out", str(cache), "--workers", "1", "--no-progress")
+        run("preprocess", str(cohort / "manifest.csv"), "--out", str(cache), "--no-progress")
         run("pretrain", "--config", str(REPOSITORY / "configs" / "drasclr_demo.yaml"), "--cache", str(cache), "--out", str(encoder),
             "--set", "train.device=cpu", "--set", "train.progress=false", *NARROW)
         for name, extra in (("trained", []), ("random", ["--random-init", "0"])):

@@ -75,7 +75,7 @@ from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, wind
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
 from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noqa: E402
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK  # noqa: E402
-from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune  # noqa: E402
+from drasclr_monailabel.segmentation.training import ENCODER_BATCHNORM, FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
 
 run_step = step_runner(__file__)
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"pretrained arms: encoder learning rate / decoder's (default {FinetuneConfig.encoder_lr_scale})")
     parser.add_argument("--freeze-encoder-epochs", type=int, default=FinetuneConfig.freeze_encoder_epochs,
                         help=f"pretrained arms: first epochs with the encoder frozen (default {FinetuneConfig.freeze_encoder_epochs})")
+    parser.add_argument("--encoder-batchnorm", choices=ENCODER_BATCHNORM, default=FinetuneConfig.encoder_batchnorm,
+                        help="pretrained arms: keep the encoder's BatchNorm statistics from pretraining, or re-estimate "
+                             f"them from the fine-tuning batches as scratch does (default {FinetuneConfig.encoder_batchnorm})")
     parser.add_argument("--finetune-epochs", type=int,
                         help="fine-tuning epochs for every arm instead of the size's (its steps per epoch; runs are redone)")
     args = parser.parse_args(argv)
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.encoder_lr_scale <= 0 or args.freeze_encoder_epochs < 0:
         parser.error("--encoder-lr-scale must be positive and --freeze-encoder-epochs at least 0")
-    recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs)
+    recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs, args.encoder_batchnorm)
     size = SIZES[args.size]
     if args.finetune_epochs is not None:
         if args.finetune_epochs < 1:
@@ -343,6 +346,7 @@ class Recipe:
 
     encoder_lr_scale: float = FinetuneConfig.encoder_lr_scale
     freeze_encoder_epochs: int = FinetuneConfig.freeze_encoder_epochs
+    encoder_batchnorm: str = FinetuneConfig.encoder_batchnorm
 
 
 @dataclass(frozen=True)
@@ -394,7 +398,7 @@ def _is_done(run: Run, context: RunContext) -> bool:
     same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
     if run.arm not in PRETRAINING_ARMS:
         return same_size
-    same_recipe = record.get("recipe", asdict(Recipe())) == asdict(context.recipe)
+    same_recipe = {**asdict(Recipe()), **record.get("recipe", {})} == asdict(context.recipe)  # fields added later: defaults
     return same_size and same_recipe and record.get("encoder") == str(context.encoders.get(run.arm))
 
 
@@ -476,7 +480,8 @@ def pooled_class_dice(predictions: list[np.ndarray], truths: list[np.ndarray], n
 def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe()) -> FinetuneConfig:
     """The benchmark's fine-tuning budget and recipe (patches of the default size, batch 4)."""
     return FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
-                          encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs)
+                          encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs,
+                          encoder_batchnorm=recipe.encoder_batchnorm)
 
 
 def labelled_subset(cases: list[PreparedCase], count: int, seed: int) -> list[PreparedCase]:

@@ -7,7 +7,9 @@ teaches the foreground. The loss is cross-entropy plus soft Dice over the foregr
 Recipe for a pretrained encoder (the reason it works with one labelled scan): the encoder is
 frozen for the first ``freeze_encoder_epochs`` while the fresh decoder learns to read its
 features, then unfrozen at ``encoder_lr_scale`` times the decoder's learning rate. Its
-BatchNorm statistics stay those of pretraining (small fine-tuning batches would corrupt them).
+BatchNorm statistics stay those of pretraining by default (small fine-tuning batches would
+corrupt them); ``encoder_batchnorm="finetuning"`` re-estimates them from the fine-tuning batches
+instead, the ablation that tells whether pretraining statistics suit the lesion-centred patches.
 A scratch encoder trains from the start with BatchNorm in training mode.
 """
 
@@ -28,6 +30,10 @@ from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 ProgressCallback = Callable[[dict], None]
 
 
+ENCODER_BATCHNORM = ("pretraining", "finetuning")
+"""Where a pretrained encoder's BatchNorm statistics come from while fine-tuning."""
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning settings (also the ``emphysema`` model's train options in the app).
@@ -41,6 +47,9 @@ class FinetuneConfig:
         lr: decoder learning rate (AdamW).
         encoder_lr_scale: encoder learning rate = lr * this, once unfrozen.
         freeze_encoder_epochs: epochs with the encoder frozen (pretrained encoders only).
+        encoder_batchnorm: pretrained encoders only: "pretraining" keeps the BatchNorm running
+            statistics of pretraining (eval mode); "finetuning" normalises with the fine-tuning
+            batches and updates the statistics, as a scratch encoder does.
         foreground_fraction: share of patches centred on labelled emphysema.
         weight_decay: AdamW weight decay.
         device: "cpu", "cuda" or "cuda:N".
@@ -55,6 +64,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1
     freeze_encoder_epochs: int = 1
+    encoder_batchnorm: str = "pretraining"
     foreground_fraction: float = 0.5
     weight_decay: float = 1e-4
     device: str = "cpu"
@@ -67,6 +77,8 @@ class FinetuneConfig:
         for name in ("max_epochs", "steps_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.encoder_batchnorm not in ENCODER_BATCHNORM:
+            raise ValueError(f"encoder_batchnorm must be one of {', '.join(ENCODER_BATCHNORM)}, got {self.encoder_batchnorm!r}")
 
 
 def finetune(
@@ -115,7 +127,7 @@ def finetune(
     start = time.perf_counter()
     for epoch in range(config.max_epochs):
         frozen = encoder_frozen and epoch < config.freeze_encoder_epochs
-        _set_modes(model, pretrained, frozen)
+        _set_modes(model, keep_encoder_statistics=pretrained and config.encoder_batchnorm == "pretraining", frozen=frozen)
         losses = []
         for _ in range(config.steps_per_epoch):
             if should_stop is not None and should_stop():
@@ -213,10 +225,10 @@ def _intensity_jitter(image: torch.Tensor, generator: np.random.Generator) -> to
     return image * scale + noise * torch.randn_like(image)
 
 
-def _set_modes(model: EmphysemaUNet, pretrained: bool, frozen: bool) -> None:
-    """Decoder trains; encoder BatchNorm keeps pretraining statistics when pretrained."""
+def _set_modes(model: EmphysemaUNet, keep_encoder_statistics: bool, frozen: bool) -> None:
+    """Decoder trains; encoder BatchNorm in eval mode (its stored statistics) when asked."""
     model.train()
-    if pretrained:
+    if keep_encoder_statistics:
         for module in model.encoder.modules():
             if isinstance(module, torch.nn.BatchNorm3d):
                 module.eval()

@@ -87,14 +87,20 @@ def test_finetune_lowers_the_loss_and_predicts_in_input_geometry(prepared_phanto
     assert (exact.argmax(axis=0) == half.argmax(axis=0)).mean() > 0.99
 
 
-def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_phantom) -> None:
+def _saved_random_encoder(folder: Path) -> DrasclrEncoder:
+    """A seeded random DrasCLR encoder exported to ``folder`` for the shipped atlas."""
     atlas = load_default_atlas()
     torch.manual_seed(1)
     encoder = DrasclrEncoder()
     metadata = {"method": "drasclr", "architecture": encoder.architecture.to_dict(),
                 "atlas": {"id": atlas.atlas_id, "n_landmarks": atlas.n_landmarks, "coordinate_normalisation": atlas.coordinate_normalisation()},
                 "intensity": LUNG_WINDOW.to_dict(), "patch_size": 32, "embedding_dim": 128}
-    save_encoder(tmp_path / "enc", encoder.state_dict(), metadata)
+    save_encoder(folder, encoder.state_dict(), metadata)
+    return encoder
+
+
+def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_phantom) -> None:
+    encoder = _saved_random_encoder(tmp_path / "enc")
     model, info = build_model(["emphysema"], pretrained=tmp_path / "enc")
     assert info["loaded"] == len(encoder.state_dict())
     first = next(iter(encoder.state_dict()))
@@ -103,6 +109,22 @@ def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_
     finetune(model, [prepared_phantom], FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2), pretrained=True)
     for name, tensor in model.encoder.state_dict().items():
         torch.testing.assert_close(tensor, before[name], msg=f"{name} changed while the encoder was frozen")
+
+
+def test_encoder_batchnorm_finetuning_re_estimates_statistics_while_the_weights_stay_frozen(tmp_path: Path, prepared_phantom) -> None:
+    _saved_random_encoder(tmp_path / "enc")
+    model, _ = build_model(["emphysema"], pretrained=tmp_path / "enc")
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    config = FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2, encoder_batchnorm="finetuning")
+    finetune(model, [prepared_phantom], config, pretrained=True)
+    after = model.encoder.state_dict()
+    moved = [name for name in after if name.endswith("running_mean") and not torch.equal(after[name], before[name])]
+    assert moved, "no encoder BatchNorm statistic was updated from the fine-tuning batches"
+    for name in after:
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(after[name], before[name], msg=f"{name} changed while the encoder was frozen")
+    with pytest.raises(ValueError, match="encoder_batchnorm must be one of pretraining, finetuning, got 'batch'"):
+        FinetuneConfig(encoder_batchnorm="batch")
 
 
 def test_encoder_of_another_atlas_is_refused(tmp_path: Path) -> None:

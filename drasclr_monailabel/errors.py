@@ -21,6 +21,10 @@ class InputError(DrasclrError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Rebuild from (path, problem), so the error crosses from a worker process intact."""
+        return type(self), (self.path, self.problem)
+
 
 class NoLungsError(InputError):
     """A readable CT in which no lungs were found (e.g. a head or abdomen CT)."""
@@ -33,3 +37,7 @@ class ConfigError(DrasclrError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Rebuild from (source, problem), so the error crosses from a worker process intact."""
+        return type(self), (self.source, self.problem)

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from drasclr_monailabel.anatomy.pipeline import PipelineSettings, preprocess_vol
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.utils.atomic import write_json
 from drasclr_monailabel.utils.fingerprint import file_fingerprint
+from drasclr_monailabel.utils.process_pool import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -174,19 +173,9 @@ def _process_all(todo: list[ScanEntry], out: Path, atlas_dir: str | Path | None,
         for entry in todo:
             yield process_one(entry, out, atlas, settings)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(threads, logging.getLogger().level)) as pool:
+    with worker_pool(workers) as pool:
         tasks = [(entry, out, str(atlas_dir) if atlas_dir else None, settings) for entry in todo]
         yield from pool.imap_unordered(_worker_task, tasks)
-
-
-def _init_worker(threads: int, level: int) -> None:
-    """Share the cores between workers (ITK would use them all in every worker) and keep the log level."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _worker_task(task: tuple[ScanEntry, Path, str | None, PipelineSettings]) -> ScanResult:

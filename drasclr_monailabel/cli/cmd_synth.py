@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from drasclr_monailabel.cli.arguments import whole_number
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scanner calibration offset added to every HU, drawn per scan (default -10 10, at most +-100)")
     parser.add_argument("--phantom-spacing", nargs=3, type=float, default=(1.5, 1.5, 2.5), metavar=("X", "Y", "Z"),
                         help="voxel size in mm of phantom sources (default 1.5 1.5 2.5)")
+    parser.add_argument("--workers", type=whole_number(1), default=os.cpu_count() or 1,
+                        help="local processes making scans at once; the files do not depend on it (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             histograms.add(case.volume.hu, case.lungs, case.label)
             bar.update(1)
 
-        rows = write_cohort(out, args.n, sources, settings, args.seed, overwrite=args.overwrite, on_case=on_case)
+        rows = write_cohort(out, args.n, sources, settings, args.seed, overwrite=args.overwrite, on_case=on_case,
+                            workers=args.workers)
     severities = [float(r["severity"]) for r in rows]
     print(f"wrote {len(rows)} scans to {out} (manifest {out / 'manifest.csv'})")
     print(f"true emphysema {min(severities):.1f}-{max(severities):.1f} % of lung; "

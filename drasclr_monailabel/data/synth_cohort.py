@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +35,7 @@ from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.utils.atomic import atomic_open, write_with
+from drasclr_monailabel.utils.process_pool import worker_pool
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("id", "image", "label", "lungs", "source", "subtype", "laa950", "severity", "noise_hu",
@@ -289,7 +290,8 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 
 
 def write_cohort(out: str | Path, n: int, sources: Sequence[Source], settings: SynthSettings, seed: int,
-                 overwrite: bool = False, on_case: Callable[[SynthCase], None] | None = None) -> list[dict[str, object]]:
+                 overwrite: bool = False, on_case: Callable[[SynthCase], None] | None = None,
+                 workers: int = 1) -> list[dict[str, object]]:
     """Generate ``n`` scans from ``sources`` (used in turn) and write them with their manifest.
 
     Args:
@@ -299,7 +301,9 @@ def write_cohort(out: str | Path, n: int, sources: Sequence[Source], settings: S
         settings: parameter ranges (checked first).
         seed: cohort seed; scan i uses ``case_seeds(seed, n)[i]``.
         overwrite: replace an existing cohort in ``out``.
-        on_case: called after each scan is written (progress reporting, statistics).
+        on_case: called after each scan is written, in scan order (progress reporting, statistics).
+        workers: local processes making scans at once; each scan depends only on its own seed, so
+            the files are the same for any number.
 
     Returns:
         The manifest rows.
@@ -312,10 +316,10 @@ def write_cohort(out: str | Path, n: int, sources: Sequence[Source], settings: S
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # an overwritten cohort is incomplete until the new manifest lands
     width = max(4, len(str(n - 1)))
+    jobs = [(f"synth_{index:0{width}d}", index % len(sources), case_seed) for index, case_seed in enumerate(case_seeds(seed, n))]
     rows = []
-    for index, case_seed in enumerate(case_seeds(seed, n)):
-        case = synthesize_case(sources[index % len(sources)].scan(case_seed), settings, case_seed)
-        rows.append(_write_case(out, f"synth_{index:0{width}d}", case))
+    for row, case in _make_cases(out, jobs, sources, settings, workers):
+        rows.append(row)
         if on_case is not None:
             on_case(case)
     with atomic_open(out / MANIFEST_NAME, "w") as fh:
@@ -323,6 +327,40 @@ def write_cohort(out: str | Path, n: int, sources: Sequence[Source], settings: S
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+CaseJob = tuple[str, int, int]  # (scan id, index into the sources, scan seed)
+
+
+def _make_cases(out: Path, jobs: list[CaseJob], sources: Sequence[Source], settings: SynthSettings,
+                workers: int) -> Iterator[tuple[dict[str, object], SynthCase]]:
+    """Make and write every job's scan, yielding ``(manifest row, case)`` in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from (_make_case(out, job, sources, settings) for job in jobs)
+        return
+    with worker_pool(min(workers, len(jobs)), _keep_for_worker, (out, sources, settings)) as pool:
+        yield from pool.imap(_worker_case, jobs)
+
+
+def _make_case(out: Path, job: CaseJob, sources: Sequence[Source], settings: SynthSettings) -> tuple[dict[str, object], SynthCase]:
+    case_id, source_index, case_seed = job
+    case = synthesize_case(sources[source_index].scan(case_seed), settings, case_seed)
+    return _write_case(out, case_id, case), case
+
+
+# What every task of a worker process needs (the loaded sources are large): sent once per worker.
+_worker_state: tuple[Path, Sequence[Source], SynthSettings] | None = None
+
+
+def _keep_for_worker(out: Path, sources: Sequence[Source], settings: SynthSettings) -> None:
+    global _worker_state
+    _worker_state = (out, sources, settings)
+
+
+def _worker_case(job: CaseJob) -> tuple[dict[str, object], SynthCase]:
+    assert _worker_state is not None, "worker started without _keep_for_worker"
+    out, sources, settings = _worker_state
+    return _make_case(out, job, sources, settings)
 
 
 def _write_case(out: Path, case_id: str, case: SynthCase) -> dict[str, object]:

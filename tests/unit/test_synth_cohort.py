@@ -188,3 +188,25 @@ def test_a_sample_data_name_is_a_source(sample_lung1):
     sources = synth_cohort.resolve_sources(["lung1_image", "phantom"], SETTINGS, no_lungs)
     assert isinstance(sources[0], synth_cohort.RealSource) and isinstance(sources[1], PhantomSource)
     assert sources[0].name == "lung1_image" and sources[0].path == sample_lung1
+
+
+def test_worker_processes_write_the_same_cohort_in_the_same_order(tmp_path):
+    source = [PhantomSource(SETTINGS.phantom_spacing)]
+    seen: dict[int, list[int]] = {1: [], 2: []}
+    rows = {workers: write_cohort(tmp_path / str(workers), 3, source, SETTINGS, seed=5, workers=workers,
+                                  on_case=lambda case, w=workers: seen[w].append(case.seed))
+            for workers in (1, 2)}
+    assert rows[1] == rows[2] and len(rows[2]) == 3
+    assert [row["id"] for row in _manifest(tmp_path / "2")] == ["synth_0000", "synth_0001", "synth_0002"]
+    assert seen[1] == seen[2] == [int(row["seed"]) for row in rows[2]]
+    for row in rows[1]:
+        for kind in ("image", "label", "lungs"):
+            assert np.array_equal(_array(tmp_path / "1" / row[kind]), _array(tmp_path / "2" / row[kind]))
+
+
+@pytest.mark.parametrize("error", [InputError("scan.nii.gz", "no lungs found"), ConfigError("--lung-hu", "out of range")])
+def test_user_errors_cross_process_boundaries_intact(error):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)

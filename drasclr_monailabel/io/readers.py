@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +95,7 @@ def _read_with_sitk(path: Path) -> CTVolume:
     if dimension != 3:
         raise InputError(path, f"is a {dimension}D image of size {'x'.join(map(str, size))}; a 3D CT volume is needed")
     try:
-        if _suffix(path) in (".nii", ".nii.gz"):
-            _check_nifti_complete(path)
-        image = reader.Execute()
+        image = _execute_checked(reader, path)
     except RuntimeError as exc:
         raise InputError(path, f"cannot be read: the file is truncated or corrupt ({_first_reason(exc)})") from None
     if image.GetDimension() == 4:
@@ -105,6 +104,23 @@ def _read_with_sitk(path: Path) -> CTVolume:
         raise InputError(path, "has 8-bit voxels, which cannot hold Hounsfield units (not a CT in HU)")
     description = reader.GetMetaData("ITK_InputFilterName") if reader.HasMetaDataKey("ITK_InputFilterName") else ""
     return CTVolume.from_sitk(image, source=str(path), description=path.name, metadata={"reader": description})
+
+
+def _execute_checked(reader: sitk.ImageFileReader, path: Path) -> sitk.Image:
+    """``reader.Execute()``; for NIfTI with :func:`_check_nifti_complete` running in a second thread
+    meanwhile (ITK and zlib both release the GIL, so the check costs little wall time on 2 cores).
+    When both fail, the check's reason is the one raised (it says what is missing)."""
+    if _suffix(path) not in (".nii", ".nii.gz"):
+        return reader.Execute()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(_check_nifti_complete, path)
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            check.result()
+            raise
+        check.result()
+    return image
 
 
 def _check_nifti_complete(path: Path) -> None:

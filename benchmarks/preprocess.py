@@ -200,7 +200,7 @@ def main() -> int:
                   f"peak {results[name]['peak_rss_mb']} MB", file=sys.stderr)
     report = {
         "benchmark": "preprocess",
-        "command": "python benchmarks/preprocess.py --out " + args.out,
+        "command": " ".join(["python", "benchmarks/preprocess.py", *sys.argv[1:]]),
         "machine": machine_info(load_before),
         "goal_seconds_per_full_ct": GOAL_SECONDS,
         "goal_seconds_real_full_chest": FULL_CHEST_GOAL_SECONDS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=["real", "phantom"], help="synth sources (default real phantom)")
     args = parser.parse_args()
 
-    result: dict[str, object] = {"n": args.n, "cpu_count": os.cpu_count(), "sources": {}}
+    result: dict[str, object] = {"command": " ".join(["python", "benchmarks/synth_workers.py", *sys.argv[1:]]), "n": args.n, "cpu_count": os.cpu_count(), "sources": {}}
     with tempfile.TemporaryDirectory() as folder:
         for source in args.sources:
             baseline_s, rows = make(source, args.n, 1, Path(folder) / f"{source}_1")

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 import drasclr_monailabel
 from drasclr_monailabel.anatomy.atlas import Atlas
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, PreprocessedScan
 from drasclr_monailabel.anatomy.qa import write_qa_png
 from drasclr_monailabel.anatomy.registration import Registration
@@ -24,7 +25,6 @@ from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.utils.atomic import TMP_PREFIX, save_npy, write_json, write_with
 from drasclr_monailabel.utils.fingerprint import file_fingerprint
 
-CACHE_FORMAT = "drasclr-cache/1"
 ARRAY_SUFFIXES = ("_image.npy", "_lung.npy", "_landmarks.npy", "_valid.npy")
 FILE_SUFFIXES = ARRAY_SUFFIXES + ("_affine.tfm", "_qa.png", "_qa.json")
 

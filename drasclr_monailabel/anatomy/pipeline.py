@@ -25,7 +25,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas
 from drasclr_monailabel.anatomy.grid import IDENTITY, make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, patch_fractions
 from drasclr_monailabel.anatomy.lung_mask import LABEL_SMOOTHING_MM, lung_labels_working_grid
-from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, covers_part_of_lungs, prepare_atlas, register_to_atlas
+from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, covers_part_of_lungs, lungs_cut, prepare_atlas, register_to_atlas
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 
@@ -52,6 +52,9 @@ class PipelineSettings:
         refuse_dice: registration lung Dice below which the scan is refused.
         min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned
             (default all of it: a patch padded with -1024 HU beyond the scan is not a sample).
+        require_lung_end: refuse a scan whose lungs run through both its first and last slice
+            (neither apex nor base scanned): nothing fixes its height in the atlas, and slabs of the
+            middle of the lungs put landmarks up to 21 mm from the whole scan's (docs/anatomy.md).
         lung_model: optional TorchScript lung model used instead of the classical lung mask.
     """
 
@@ -59,6 +62,7 @@ class PipelineSettings:
     warn_dice: float = 0.7
     refuse_dice: float = 0.5
     min_valid_fov_fraction: float = 1.0
+    require_lung_end: bool = True
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     lung_model: str | None = None
 
@@ -119,8 +123,9 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     Raises:
         NoLungsError: no lungs in the scan.
         InputError: less than 30 mm of lung from top to bottom (50 mm when the lungs reach the first
-            or last slice), or a registration to the atlas too poor to place landmarks (Dice below
-            ``settings.refuse_dice``).
+            or last slice), lungs that reach both the first and the last slice (a slab of the middle
+            of the lungs: nothing fixes its height in the atlas), or a registration to the atlas too
+            poor to place landmarks (Dice below ``settings.refuse_dice``).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -135,6 +140,10 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     if extent < MIN_PARTIAL_LUNG_EXTENT_MM and covers_part_of_lungs(labels):
         raise InputError(source, f"the scan covers only part of the lungs ({extent:.0f} mm of lung, cut by its first or last "
                                  f"slice); at least {MIN_PARTIAL_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks in a partial scan")
+    if settings.require_lung_end and all(lungs_cut(labels)):
+        raise InputError(source, "the lungs run through both the first and the last slice, so neither apex nor base was scanned "
+                                 "and the scan's height in the lungs cannot be found (landmarks up to 21 mm off were measured); "
+                                 "a scan must hold the lung apex or the lung bases")
 
     clock = time.perf_counter()
     atlas_image = atlas.cached(f"registration-{settings.registration.spacing_mm}", lambda: prepare_atlas(atlas.lungs, settings.registration))
@@ -252,9 +261,8 @@ def _warnings(registration: Registration, valid: np.ndarray, labels: sitk.Image,
     warnings = []
     if registration.dice < settings.warn_dice:
         warnings.append(f"registration lung Dice {registration.dice:.2f} is below {settings.warn_dice}: check the QA image")
-    slices = sitk.GetArrayViewFromImage(labels).any(axis=(1, 2))
-    if slices[0] or slices[-1]:
-        ends = [name for name, hit in (("first", slices[0]), ("last", slices[-1])) if hit]
+    ends = [name for name, cut in zip(("first", "last"), lungs_cut(labels)) if cut]
+    if ends:
         warnings.append(f"the lungs reach the {' and '.join(ends)} slice: partial lung coverage")
     if valid.mean() < 0.5:
         warnings.append(f"only {int(valid.sum())} of {len(valid)} landmarks are valid")

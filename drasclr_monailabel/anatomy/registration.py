@@ -199,10 +199,15 @@ def initial_transform(subject: sitk.Image, atlas: sitk.Image) -> sitk.AffineTran
     return transform
 
 
+def lungs_cut(labels: sitk.Image) -> tuple[bool, bool]:
+    """Whether the lungs of an axis-aligned label grid reach its (first, last) slice."""
+    slices = sitk.GetArrayViewFromImage(labels).any(axis=(1, 2))
+    return bool(slices[0]), bool(slices[-1])
+
+
 def covers_part_of_lungs(labels: sitk.Image) -> bool:
     """True when the lungs of an axis-aligned label grid reach its first or last slice (partial coverage)."""
-    slices = sitk.GetArrayViewFromImage(labels).any(axis=(1, 2))
-    return bool(slices[0] or slices[-1])
+    return any(lungs_cut(labels))
 
 
 def _restricted(initial: sitk.AffineTransform) -> sitk.Similarity3DTransform:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.errors import InputError
 
-CACHE_FORMAT = "drasclr-cache/1"
 ATLAS_FORMAT = "drasclr-atlas/1"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.utils.atomic import save_npy, write_json, write_text
 
 SYNTHETIC_ATLAS_ID = "synthetic-grid"
@@ -88,7 +89,7 @@ def write_synthetic_cache(out_dir: str | Path, atlas_dir: str | Path, n_subjects
         write_text(folder / f"{scan_id}_affine.tfm", "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
                    "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n")
         write_json(folder / f"{scan_id}_qa.json", {
-            "format": "drasclr-cache/1", "id": scan_id, "source": "synthetic",
+            "format": CACHE_FORMAT, "id": scan_id, "source": "synthetic",
             "atlas": {"id": atlas["id"], "n_landmarks": len(rows)},
             "grid": {"spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
                      "size": list(shape[::-1])},

@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.batch import run_preprocess, shard_entries, write_summary
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.anatomy.inputs import ScanEntry, list_scans
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.errors import InputError
@@ -40,7 +41,7 @@ def load(folder: Path, scan_id: str, name: str) -> np.ndarray:
 def test_output_format(cache, phantom_atlas):
     for scan_id in ("full", "upper"):
         qa = json.loads((cache / scan_id / f"{scan_id}_qa.json").read_text())
-        assert qa["format"] == "drasclr-cache/1" and qa["id"] == scan_id
+        assert qa["format"] == CACHE_FORMAT and qa["id"] == scan_id
         assert qa["atlas"]["id"] == phantom_atlas.atlas_id
         arrays = {name: load(cache, scan_id, name) for name in ARRAYS}
         for name, dtype in ARRAYS.items():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.emphysema import quantify
 
@@ -135,7 +136,7 @@ def _cache_folder(case, root, grid=None):
     np.save(folder / "case_001_image.npy", case.volume.hu)
     np.save(folder / "case_001_lung.npy", case.lungs)
     volume = case.volume
-    qa = {"format": "drasclr-cache/1", "id": "case_001",
+    qa = {"format": CACHE_FORMAT, "id": "case_001",
           "grid": grid or {"spacing": list(volume.spacing), "origin": list(volume.origin),
                            "direction": list(volume.direction), "size": list(volume.shape_xyz)}}
     (folder / "case_001_qa.json").write_text(json.dumps(qa))

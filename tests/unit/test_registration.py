@@ -172,6 +172,18 @@ def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
         preprocess_volume(thin, default_atlas)
 
 
+def test_slab_of_the_middle_of_the_lungs_is_refused(lidc_case, default_atlas):
+    """Cut at both ends, a slab shows neither apex nor base: its height in the atlas is a guess
+    (measured up to 21 mm off, docs/anatomy.md), so it is refused rather than silently wrong."""
+    from drasclr_monailabel.data.sections import cut_slab
+    from drasclr_monailabel.errors import InputError
+
+    middle = sum(lidc_case.lung_z_range()) / 2.0
+    slab = cut_slab(lidc_case.volume, middle - 60.0, middle + 60.0, source="middle.nii.gz")
+    with pytest.raises(InputError, match=r"^middle\.nii\.gz: the lungs run through both the first and the last slice, so neither apex nor base"):
+        preprocess_volume(slab, default_atlas)
+
+
 @pytest.mark.parametrize("part", ["apex", "base"])
 def test_partial_slab_with_40_mm_of_lung_is_refused(lidc_case, default_atlas, part):
     """Slabs with 40 mm of lung put landmarks a median 11 mm off (docs/anatomy.md): refused, not silently wrong."""

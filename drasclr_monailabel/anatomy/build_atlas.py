@@ -36,6 +36,7 @@ from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.anatomy.lobes import LEFT_LOBES, LOBE_NAMES, RIGHT_LOBES, read_structure_lobes
 from drasclr_monailabel.anatomy.registration import Registration, covers_part_of_lungs, on_isotropic_grid, register_to_atlas
 from drasclr_monailabel.errors import DrasclrError, InputError
+from drasclr_monailabel.utils.mask_centre import mask_centre
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +249,8 @@ def _grown_grid(template: sitk.Image, linear: np.ndarray) -> sitk.Image:
 
 
 def _lung_centre(labels: sitk.Image) -> np.ndarray:
-    index = [float(np.mean(v)) for v in np.nonzero(sitk.GetArrayViewFromImage(labels))[::-1]]
-    return np.array(labels.TransformContinuousIndexToPhysicalPoint(index))
+    index = mask_centre(sitk.GetArrayViewFromImage(labels))[::-1]
+    return np.array(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]))
 
 
 def _crop_around_lungs(labels: sitk.Image, margin_mm: float) -> sitk.Image:

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.grid import IDENTITY, array_to_image, make_grid, resample_labels, world_bounds
 from drasclr_monailabel.anatomy.overlap_refinement import OverlapSettings, refine_overlap
+from drasclr_monailabel.utils.mask_centre import mask_centre
 
 N_LABELS = 2
 # Scale range searched at initialisation (subject size / atlas size) and its number of steps.
@@ -297,8 +298,8 @@ def _area_profile(labels: sitk.Image, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 def _centre_of_mass(labels: sitk.Image, mask: np.ndarray) -> np.ndarray:
     """World centre (x, y, z mm) of ``mask`` on ``labels``'s grid."""
-    index = [float(np.mean(v)) for v in np.nonzero(mask)[::-1]]
-    return np.array(labels.TransformContinuousIndexToPhysicalPoint(index))
+    index = mask_centre(mask)[::-1]
+    return np.array(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]))
 
 
 def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:

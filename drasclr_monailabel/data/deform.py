@@ -19,6 +19,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from drasclr_monailabel.io.volume import CTVolume
+from drasclr_monailabel.utils.mask_centre import mask_centre
 
 FIELD_STEP_MM = 8.0
 # Farthest any point moves under the largest allowed transform (rotation and scale about the lung
@@ -118,8 +119,8 @@ def _crop(lungs: np.ndarray, rng: np.random.Generator, limits: DeformRange) -> t
 
 
 def _lung_centre(image: sitk.Image, lungs: np.ndarray) -> np.ndarray:
-    inside = np.argwhere(lungs > 0)
-    centre_zyx = inside.mean(axis=0) if len(inside) else (np.array(lungs.shape) - 1) / 2.0
+    found = mask_centre(lungs)
+    centre_zyx = found if found is not None else (np.array(lungs.shape) - 1) / 2.0
     return np.array(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre_zyx[::-1]]))
 
 

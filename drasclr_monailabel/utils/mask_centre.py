@@ -1,8 +1,9 @@
 """Centre of mass of a 3D binary mask, from its projections.
 
-Summing the mask along axes reads it twice and allocates two small arrays, where the
+Counting the mask along axes costs three passes over it and two small arrays, where the
 coordinates of every voxel (``np.nonzero``) cost three index arrays as long as the mask holds
-voxels: for lungs on a 1 mm grid (4 M voxels) about 0.03 s against 0.15-0.25 s.
+voxels: for 8.4 M lung voxels on a 310 x 247 x 308 grid, 0.022 s against 0.177 s (median of 5,
+on the 2-core EPYC).
 """
 
 from __future__ import annotations

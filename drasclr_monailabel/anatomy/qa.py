@@ -3,8 +3,9 @@
 Right lung outlined in red, left in blue (a band of the lung's two outermost voxels, drawn as an
 overlay: cheaper than contour lines, and wide enough to survive the figure's downscaling); valid
 landmark centres whose patch crosses the shown slice are green dots, invalid ones orange crosses.
-Slices pass through the lungs' centre of mass. Views are shown in radiological convention (patient right on the image left, anterior up,
-superior up), which is how the LPS array displays without flips in the axial view.
+Slices pass through the lungs' centre of mass. Views are shown in radiological convention
+(patient right on the image left, anterior up, superior up), which is how the LPS array displays
+without flips in the axial view.
 """
 
 from __future__ import annotations

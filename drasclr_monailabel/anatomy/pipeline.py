@@ -53,8 +53,10 @@ class PipelineSettings:
         min_valid_fov_fraction: share of a valid landmark's patch that must have been scanned
             (default all of it: a patch padded with -1024 HU beyond the scan is not a sample).
         require_lung_end: refuse a scan whose lungs run through both its first and last slice
-            (neither apex nor base scanned): nothing fixes its height in the atlas, and slabs of the
-            middle of the lungs put landmarks up to 21 mm from the whole scan's (docs/anatomy.md).
+            (neither apex nor base scanned) instead of keeping it with a warning: nothing fixes its
+            height in the atlas, and slabs of the middle of the lungs put landmarks up to 21 mm from
+            the whole scan's (docs/anatomy.md). Off by default: cohorts cropped at random (``drasclr
+            synth``) and mid-chest scans would otherwise lose whole scans.
         lung_model: optional TorchScript lung model used instead of the classical lung mask.
     """
 
@@ -62,7 +64,7 @@ class PipelineSettings:
     warn_dice: float = 0.7
     refuse_dice: float = 0.5
     min_valid_fov_fraction: float = 1.0
-    require_lung_end: bool = True
+    require_lung_end: bool = False
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     lung_model: str | None = None
 
@@ -123,9 +125,10 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     Raises:
         NoLungsError: no lungs in the scan.
         InputError: less than 30 mm of lung from top to bottom (50 mm when the lungs reach the first
-            or last slice), lungs that reach both the first and the last slice (a slab of the middle
-            of the lungs: nothing fixes its height in the atlas), or a registration to the atlas too
-            poor to place landmarks (Dice below ``settings.refuse_dice``).
+            or last slice), lungs that reach both the first and the last slice when
+            ``settings.require_lung_end`` (a slab of the middle of the lungs: nothing fixes its
+            height in the atlas), or a registration to the atlas too poor to place landmarks (Dice
+            below ``settings.refuse_dice``).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -262,8 +265,11 @@ def _warnings(registration: Registration, valid: np.ndarray, labels: sitk.Image,
     if registration.dice < settings.warn_dice:
         warnings.append(f"registration lung Dice {registration.dice:.2f} is below {settings.warn_dice}: check the QA image")
     ends = [name for name, cut in zip(("first", "last"), lungs_cut(labels)) if cut]
-    if ends:
-        warnings.append(f"the lungs reach the {' and '.join(ends)} slice: partial lung coverage")
+    if len(ends) == 2:
+        warnings.append("the lungs reach the first and last slice: partial lung coverage with neither apex nor base, "
+                        "so landmark heights are uncertain (up to 21 mm off measured; --require-lung-end refuses such scans)")
+    elif ends:
+        warnings.append(f"the lungs reach the {ends[0]} slice: partial lung coverage")
     if valid.mean() < 0.5:
         warnings.append(f"only {int(valid.sum())} of {len(valid)} landmarks are valid")
     return warnings

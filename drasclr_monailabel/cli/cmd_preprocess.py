@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the DrasCLR reference, about 19 s per 512x512x400 scan on 2 cores)")
     parser.add_argument("--lung-model", metavar="FILE",
                         help="TorchScript lung model to use instead of the classical lung mask (contract in docs/anatomy.md)")
+    parser.add_argument("--require-lung-end", action="store_true",
+                        help="refuse scans whose lungs run through both the first and last slice (neither apex nor base: "
+                             "landmark heights uncertain, docs/anatomy.md) instead of keeping them with a warning")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     entries = list_scans(args.input)
     if args.lung_model:
         load_model(args.lung_model)  # a bad model file is a usage error, not a failure of every scan
-    settings = PipelineSettings(interpolation=args.interpolation, lung_model=args.lung_model)
+    settings = PipelineSettings(interpolation=args.interpolation, lung_model=args.lung_model, require_lung_end=args.require_lung_end)
     summary = run_preprocess(entries, args.out, atlas_dir=args.atlas, settings=settings, workers=args.workers,
                              shard=args.shard, progress=not args.no_progress)
     print(f"preprocess: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "

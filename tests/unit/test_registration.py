@@ -172,16 +172,20 @@ def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
         preprocess_volume(thin, default_atlas)
 
 
-def test_slab_of_the_middle_of_the_lungs_is_refused(lidc_case, default_atlas):
+def test_slab_of_the_middle_of_the_lungs_is_flagged_or_refused(lidc_case, default_atlas):
     """Cut at both ends, a slab shows neither apex nor base: its height in the atlas is a guess
-    (measured up to 21 mm off, docs/anatomy.md), so it is refused rather than silently wrong."""
+    (measured up to 21 mm off, docs/anatomy.md), so it is kept with a warning that says so, or
+    refused when the user asks for scans with a lung end."""
+    from drasclr_monailabel.anatomy.pipeline import PipelineSettings
     from drasclr_monailabel.data.sections import cut_slab
     from drasclr_monailabel.errors import InputError
 
     middle = sum(lidc_case.lung_z_range()) / 2.0
     slab = cut_slab(lidc_case.volume, middle - 60.0, middle + 60.0, source="middle.nii.gz")
+    kept = preprocess_volume(slab, default_atlas)
+    assert any("neither apex nor base" in w and "--require-lung-end" in w for w in kept.warnings)
     with pytest.raises(InputError, match=r"^middle\.nii\.gz: the lungs run through both the first and the last slice, so neither apex nor base"):
-        preprocess_volume(slab, default_atlas)
+        preprocess_volume(slab, default_atlas, PipelineSettings(require_lung_end=True))
 
 
 @pytest.mark.parametrize("part", ["apex", "base"])

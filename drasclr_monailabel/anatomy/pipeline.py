@@ -25,7 +25,7 @@ from drasclr_monailabel.anatomy.atlas import Atlas
 from drasclr_monailabel.anatomy.grid import IDENTITY, make_grid, resample_labels, resample_nearest
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, patch_fractions
 from drasclr_monailabel.anatomy.lung_mask import LABEL_SMOOTHING_MM, lung_labels_working_grid
-from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, covers_part_of_lungs, lungs_cut, prepare_atlas, register_to_atlas
+from drasclr_monailabel.anatomy.registration import Registration, RegistrationSettings, lungs_cut, prepare_atlas, register_to_atlas
 from drasclr_monailabel.errors import InputError
 from drasclr_monailabel.io.volume import CTVolume
 
@@ -140,10 +140,11 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     if extent < MIN_LUNG_EXTENT_MM:
         raise InputError(source, f"the scan holds only {extent:.0f} mm of lung from top to bottom; at least "
                                  f"{MIN_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks")
-    if extent < MIN_PARTIAL_LUNG_EXTENT_MM and covers_part_of_lungs(labels):
+    cut = lungs_cut(labels)
+    if extent < MIN_PARTIAL_LUNG_EXTENT_MM and any(cut):
         raise InputError(source, f"the scan covers only part of the lungs ({extent:.0f} mm of lung, cut by its first or last "
                                  f"slice); at least {MIN_PARTIAL_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks in a partial scan")
-    if settings.require_lung_end and all(lungs_cut(labels)):
+    if settings.require_lung_end and all(cut):
         raise InputError(source, "the lungs run through both the first and the last slice, so neither apex nor base was scanned "
                                  "and the scan's height in the lungs cannot be found (landmarks up to 21 mm off were measured); "
                                  "a scan must hold the lung apex or the lung bases")
@@ -172,7 +173,7 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
     image = resample_image(ct, grid, settings.interpolation)
     timings["resample"] = time.perf_counter() - clock
 
-    warnings = _warnings(registration, valid, labels, settings)
+    warnings = _warnings(registration, valid, cut, settings)
     return PreprocessedScan(image=image, lungs=lungs, origin=tuple(grid.GetOrigin()), spacing=tuple(grid.GetSpacing()),  # type: ignore[arg-type]
                             direction=tuple(grid.GetDirection()), registration=registration, landmarks=landmarks, valid=valid,
                             timings=timings, warnings=warnings)
@@ -260,11 +261,11 @@ def _box_corners(image: sitk.Image, ranges: list[tuple[float, float]]) -> np.nda
     return np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in c]) for c in corners])
 
 
-def _warnings(registration: Registration, valid: np.ndarray, labels: sitk.Image, settings: PipelineSettings) -> list[str]:
+def _warnings(registration: Registration, valid: np.ndarray, cut: tuple[bool, bool], settings: PipelineSettings) -> list[str]:
     warnings = []
     if registration.dice < settings.warn_dice:
         warnings.append(f"registration lung Dice {registration.dice:.2f} is below {settings.warn_dice}: check the QA image")
-    ends = [name for name, cut in zip(("first", "last"), lungs_cut(labels)) if cut]
+    ends = [name for name, reached in zip(("first", "last"), cut) if reached]
     if len(ends) == 2:
         warnings.append("the lungs reach the first and last slice: partial lung coverage with neither apex nor base, "
                         "so landmark heights are uncertain (up to 21 mm off measured; --require-lung-end refuses such scans)")

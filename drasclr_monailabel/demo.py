@@ -28,6 +28,7 @@ from drasclr_monailabel.cli.main import main as drasclr_main
 from drasclr_monailabel.data.sample_data import cached_sample_path
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.packaged import RECIPES_DIR, write_app
+from drasclr_monailabel.server_log_config import server_log_config
 from drasclr_monailabel.utils.atomic import write_text
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,11 @@ def fill_studies(cohort: Path, studies: Path) -> list[Path]:
 
 
 def server_command(plan: DemoPlan, host: str, port: int) -> list[str]:
-    """The ``monailabel start_server`` command line that serves the app on the demo datastore."""
+    """The ``monailabel start_server`` command line that serves the app on the demo datastore (with
+    the app's own log config, so that no start leaves a temporary file behind)."""
     return ["monailabel", "start_server", "--app", str(plan.app), "--studies", str(plan.studies),
-            "--conf", "pretrained", str(plan.encoder), "--host", host, "--port", str(port)]
+            "--conf", "pretrained", str(plan.encoder), "--host", host, "--port", str(port),
+            "--log_config", str(server_log_config(plan.app))]
 
 
 def slicer_instructions(host: str, port: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,9 +37,12 @@ def start_server(tmp_path):
     servers: list[AppServer] = []
 
     def start(studies: Path, conf: dict[str, str]) -> AppServer:
+        temp_files = set(Path(tempfile.gettempdir()).glob("tmp*.json"))
         server = AppServer(studies, conf, studies.parent)
         servers.append(server)
         assert server.wait_ready(START_TIMEOUT_S), f"server exited with {server.process.returncode}:\n{server.tail()}"
+        # Given --log_config, MONAI Label leaves no filled-in copy of its logging config in the temp folder.
+        assert set(Path(tempfile.gettempdir()).glob("tmp*.json")) <= temp_files
         return server
 
     yield start

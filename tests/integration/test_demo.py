@@ -67,6 +67,7 @@ def test_demo_from_the_installed_wheel_prepares_everything_and_serves_the_app(tm
         server = psutil.Process(process.pid).cmdline()  # the demo process became the server
         assert server[:3] == [str(installed_wheel / "python"), "-m", "monailabel.main"]
         assert server[server.index("--app") + 1] == str(workdir / "app")
+        assert Path(server[server.index("--log_config") + 1]) == (workdir / "app" / "logs" / "logging.json").resolve()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

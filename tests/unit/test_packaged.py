@@ -41,7 +41,9 @@ def test_drasclr_app_writes_the_app_and_refuses_to_replace_another_version(tmp_p
     out = tmp_path / "apps" / "emphysema"
     assert drasclr(["app", "--out", str(out)]) == 0
     assert all((out / name).read_bytes() == (APP_DIR / name).read_bytes() for name in app_files())
-    assert f"monailabel start_server --app {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"monailabel start_server --app {out}" in printed
+    assert f"--log_config {(out / 'logs' / 'logging.json').resolve()}" in printed and (out / "logs" / "logging.json").is_file()
     (out / "model").mkdir()  # what MONAI Label keeps in the app folder stays
     assert drasclr(["app", "--out", str(out)]) == 0  # the same version again: nothing to refuse
     (out / "main.py").write_text("# an older app\n")

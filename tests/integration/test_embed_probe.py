@@ -7,7 +7,7 @@ phenotype file is written in another row order), recovers a target that is a lin
 the embeddings, finds nothing in the same values given to the wrong subjects (no fold leakage),
 and uses the same folds for both embeddings. Whether brief pretraining predicts severity better
 than random init is a measurement, reported in docs/embeddings.md: with the realistic synthetic
-emphysema of docs/data.md it does not at this size. About 3 minutes on 2 cores, most of it
+emphysema of docs/data.md it does not at this size. About 2 minutes on 2 cores, most of it
 in ``drasclr synth`` and ``drasclr preprocess`` (registration).
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from drasclr_monailabel.cli.main import main
 
@@ -69,20 +68,15 @@ def folds(predictions: Path, target: str) -> dict[str, str]:
 
 
 def test_embed_and_probe_chain_on_a_pretrained_and_a_random_init_encoder(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cohort, cache, encoder = tmp_path / "cohort", tmp_path / "cache", tmp_path / "run"
-        run("synth", "--n", str(N_SCANS), "--source", "phantom", "--severity", "0", "40", "--phantom-spacing", "3", "3", "3",
-            "--out", str(cohort), "--no-progress")
-        run("preprocess", str(cohort / "manifest.csv"), "--out", str(cache), "--no-progress")
-        run("pretrain", "--config", str(REPOSITORY / "configs" / "drasclr_demo.yaml"), "--cache", str(cache), "--out", str(encoder),
-            "--set", "train.device=cpu", "--set", "train.progress=false", *NARROW)
-        for name, extra in (("trained", []), ("random", ["--random-init", "0"])):
-            run("embed", "--encoder", str(encoder), "--cache", str(cache), "--out", str(tmp_path / f"emb_{name}"),
-                "--max-landmarks", str(LANDMARKS), "--device", "cpu", "--no-progress", *extra)
-    finally:
-        torch.set_num_threads(threads)
+    cohort, cache, encoder = tmp_path / "cohort", tmp_path / "cache", tmp_path / "run"
+    run("synth", "--n", str(N_SCANS), "--source", "phantom", "--severity", "0", "40", "--phantom-spacing", "3", "3", "3",
+        "--out", str(cohort), "--no-progress")
+    run("preprocess", str(cohort / "manifest.csv"), "--out", str(cache), "--no-progress")
+    run("pretrain", "--config", str(REPOSITORY / "configs" / "drasclr_demo.yaml"), "--cache", str(cache), "--out", str(encoder),
+        "--set", "train.device=cpu", "--set", "train.progress=false", *NARROW)
+    for name, extra in (("trained", []), ("random", ["--random-init", "0"])):
+        run("embed", "--encoder", str(encoder), "--cache", str(cache), "--out", str(tmp_path / f"emb_{name}"),
+            "--max-landmarks", str(LANDMARKS), "--device", "cpu", "--no-progress", *extra)
 
     with (cohort / "manifest.csv").open() as handle:
         manifest_ids = sorted(row["id"] for row in csv.DictReader(handle))

@@ -8,7 +8,7 @@ valid in both the slab and the whole scan, the distance between the two position
 reported. Issue 15's line: within 10 mm. A slab that the pipeline refuses (a partial scan with
 less than 50 mm of lung, or, as with ``drasclr preprocess --require-lung-end``, a slab of the
 middle of the lungs, cut at both ends) is reported with its reason; a middle slab also with what
-it measures by default, when it is kept with a warning (``unguarded``).
+it measures by default, when it is kept with a warning (``kept_with_warning``).
 
     python benchmarks/partial_slabs.py --out benchmarks/results/partial_slabs.json --qa-dir docs/images
 
@@ -96,9 +96,9 @@ def main() -> int:
             except InputError as error:
                 row["refused"] = str(error)
                 if "neither apex nor base" in str(error):
-                    row["unguarded"] = distances(preprocess_volume(slab_volume, atlas, replace(settings, require_lung_end=False)), full)
+                    row["kept_with_warning"] = distances(preprocess_volume(slab_volume, atlas, replace(settings, require_lung_end=False)), full)
                 rows.append(row)
-                print(f"{label} {name:32s} refused: {error} {row.get('unguarded', '')}", file=sys.stderr)
+                print(f"{label} {name:32s} refused: {error} {row.get('kept_with_warning', '')}", file=sys.stderr)
                 continue
             if args.qa_dir and qa_name and name.startswith("base, 100 mm"):
                 write_qa_png(args.qa_dir / f"{qa_name}_base_slab.png", slab.image, slab.lungs, slab.landmarks, slab.valid,

@@ -28,7 +28,7 @@ from drasclr_monailabel.cli.main import main as drasclr_main
 from drasclr_monailabel.data.sample_data import cached_sample_path
 from drasclr_monailabel.errors import DrasclrError
 from drasclr_monailabel.packaged import RECIPES_DIR, write_app
-from drasclr_monailabel.server_log_config import server_log_config
+from drasclr_monailabel.server_log_config import log_config_path, server_log_config
 from drasclr_monailabel.utils.atomic import write_text
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def run_demo(plan: DemoPlan, say: Callable[[str], None] = print) -> None:
     say(f"[5/5] MONAI Label datastore with the unlabelled cohort -> {plan.studies}; app -> {plan.app}")
     fill_studies(plan.cohort, plan.studies)
     write_app(plan.app, overwrite=True)  # this version's app, also after an upgrade
+    server_log_config(plan.app)
 
 
 def fill_studies(cohort: Path, studies: Path) -> list[Path]:
@@ -133,7 +134,7 @@ def server_command(plan: DemoPlan, host: str, port: int) -> list[str]:
     the app's own log config, so that no start leaves a temporary file behind)."""
     return ["monailabel", "start_server", "--app", str(plan.app), "--studies", str(plan.studies),
             "--conf", "pretrained", str(plan.encoder), "--host", host, "--port", str(port),
-            "--log_config", str(server_log_config(plan.app))]
+            "--log_config", str(log_config_path(plan.app))]
 
 
 def slicer_instructions(host: str, port: int) -> str:

@@ -16,15 +16,20 @@ from drasclr_monailabel.utils.atomic import write_text
 LOG_FILE = "app.log"
 
 
+def log_config_path(app: Path) -> Path:
+    """Where :func:`server_log_config` puts the log config of the app folder ``app`` (absolute)."""
+    return (app / "logs").resolve() / "logging.json"
+
+
 def server_log_config(app: Path) -> Path:
     """Write ``app/logs/logging.json`` (MONAI Label's own config, logging to ``app/logs/app.log``)
     unless it already holds exactly that; return its path for ``--log_config``."""
-    log_dir = (app / "logs").resolve()
+    config = log_config_path(app)
+    log_dir = config.parent
     template = (Path(monailabel.__file__).parent / "logging.json").read_text()
     # The placeholders sit inside JSON strings: escape backslashes as MONAI Label does.
     text = (template.replace("${LOGDIR}", str(log_dir).replace("\\", "\\\\"))
             .replace("${LOGFILE}", str(log_dir / LOG_FILE).replace("\\", "\\\\")))
-    config = log_dir / "logging.json"
     if not config.is_file() or config.read_text() != text:
         log_dir.mkdir(parents=True, exist_ok=True)
         write_text(config, text)

@@ -349,6 +349,11 @@ class Recipe:
     encoder_batchnorm: str = FinetuneConfig.encoder_batchnorm
 
 
+RECIPE_BEFORE_ITS_FIELDS = {"encoder_batchnorm": "pretraining"}
+"""What a run record made before a recipe field existed was fine-tuned with (the default of that
+time, where it differs from today's)."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What every run of one fold shares: cohorts, the pretrained arms' encoders, budget, device,
@@ -398,7 +403,7 @@ def _is_done(run: Run, context: RunContext) -> bool:
     same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
     if run.arm not in PRETRAINING_ARMS:
         return same_size
-    same_recipe = {**asdict(Recipe()), **record.get("recipe", {})} == asdict(context.recipe)  # fields added later: defaults
+    same_recipe = {**asdict(Recipe()), **RECIPE_BEFORE_ITS_FIELDS, **record.get("recipe", {})} == asdict(context.recipe)
     return same_size and same_recipe and record.get("encoder") == str(context.encoders.get(run.arm))
 
 

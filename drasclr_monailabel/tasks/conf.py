@@ -54,8 +54,8 @@ class AppConf:
             uses :data:`DEFAULT_PRETRAINED` when it exists, ``none`` trains from scratch.
         labels: ``emphysema`` (binary) or ``centrilobular,panlobular,paraseptal`` (label values 1, 2, 3).
         device: ``auto`` (GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``.
-        max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs: one
-            fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
+        max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs,
+            encoder_batchnorm: one fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
             whose defaults apply when unset).
         infer_overlap: overlap of neighbouring 64^3 windows in whole-scan inference (0 to 0.5);
             unset: 0 on a CPU (about 2.5 times fewer windows: a chest CT in under 30 s on two
@@ -105,6 +105,7 @@ class AppConf:
     patch_size: int | None = None
     lr: float | None = None
     freeze_encoder_epochs: int | None = None
+    encoder_batchnorm: str | None = None
     infer_overlap: float | None = None
     amp: str = "auto"
     infer_precision: str = "auto"
@@ -216,7 +217,8 @@ TRAINING_LIMITS = {"max_epochs": 1000, "steps_per_epoch": 10000, "batch_size": 6
                    "freeze_encoder_epochs": 1000}
 """Largest value of each fine-tuning option: beyond these a round would run for days or exhaust memory."""
 
-TRAINING_KEYS = ("max_epochs", "steps_per_epoch", "batch_size", "patch_size", "lr", "freeze_encoder_epochs", "seed")
+TRAINING_KEYS = ("max_epochs", "steps_per_epoch", "batch_size", "patch_size", "lr", "freeze_encoder_epochs", "encoder_batchnorm",
+                 "seed")
 """Options passed to fine-tuning; train requests may override them per round."""
 
 

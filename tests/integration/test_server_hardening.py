@@ -122,7 +122,7 @@ def test_training_from_scratch_with_one_patch_per_step_is_a_400(client, phantom_
     label = {"label": ("label.nii.gz", zeros_label(phantom_studies))}
     assert client.put("/datastore/label?image=case_a&tag=final", files=label).status_code == 200
     assert_refused(client.post("/train/emphysema?run_sync=true", json={"batch_size": 1}), 400,
-                   "'batch_size' must be at least 2 when the model trains from scratch")
+                   "'batch_size' must be at least 2 when the encoder's BatchNorm learns from the fine-tuning batches")
 
 
 def test_uploads_and_exports_leave_no_file_behind(client, phantom_studies, temp_dir, monkeypatch):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.tasks.conf import MODELS, parse_app_conf, resolve_app_conf
+from drasclr_monailabel.tasks.conf import MODELS, parse_app_conf, resolve_app_conf, training_overrides
 
 
 def test_strings_from_the_command_line_become_typed_values():
@@ -19,6 +19,11 @@ def test_strings_from_the_command_line_become_typed_values():
     assert conf.skip_training is True
     assert conf.labels == ["centrilobular", "panlobular", "paraseptal"]
     assert conf.models == ["lung", "emphysema"]
+
+
+def test_the_encoder_batchnorm_source_is_a_training_option():
+    assert training_overrides(parse_app_conf({"encoder_batchnorm": "pretraining"}))["encoder_batchnorm"] == "pretraining"
+    assert "encoder_batchnorm" not in training_overrides(parse_app_conf({}))  # unset: the fine-tuning recipe's default
 
 
 def test_defaults_serve_every_model():
@@ -48,6 +53,7 @@ def test_defaults_serve_every_model():
     ({"nnunet_model": "/tmp"}, "nnunet_model"),
     ({"backend": "nnunet", "nnunet_model": "/nonexistent/model"}, "nnunet_model"),
     ({"patch_size": "48"}, "patch_size"),
+    ({"encoder_batchnorm": "batch"}, "encoder_batchnorm"),
     ({"background_nice": "20"}, "background_nice"),
     ({"background_nice": "-5"}, "background_nice"),
     ({"scan_cache_gb": "-1"}, "scan_cache_gb"),

@@ -55,12 +55,12 @@ def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encode
     assert not bench._is_done(pretrained, other_encoder)
     full_rate = _context(bench, tmp_path, "/encoders/a", recipe=bench.Recipe(encoder_lr_scale=1.0, freeze_encoder_epochs=0))
     assert bench._is_done(scratch, full_rate) and not bench._is_done(pretrained, full_rate)
-    batch_statistics = _context(bench, tmp_path, "/encoders/a", recipe=bench.Recipe(encoder_batchnorm="finetuning"))
-    assert not bench._is_done(pretrained, batch_statistics)
-    record = bench.read_run(first.runs_dir, pretrained)  # made before the recipe had encoder_batchnorm: its default
+    pretraining_statistics = _context(bench, tmp_path, "/encoders/a", recipe=bench.Recipe(encoder_batchnorm="pretraining"))
+    assert not bench._is_done(pretrained, pretraining_statistics)
+    record = bench.read_run(first.runs_dir, pretrained)  # made before the recipe had encoder_batchnorm: "pretraining" then
     del record["recipe"]["encoder_batchnorm"]
     bench.write_json(first.runs_dir / pretrained.file_name, record)
-    assert bench._is_done(pretrained, first) and not bench._is_done(pretrained, batch_statistics)
+    assert bench._is_done(pretrained, pretraining_statistics) and not bench._is_done(pretrained, first)
     other_size = _context(bench, tmp_path, "/encoders/a", size="medium")
     assert not bench._is_done(scratch, other_size) and not bench._is_done(pretrained, other_size)
     assert bench.read_run(first.runs_dir, pretrained)["dice"] == 0.6

@@ -99,24 +99,24 @@ def _saved_random_encoder(folder: Path) -> DrasclrEncoder:
     return encoder
 
 
-def test_pretrained_encoder_is_loaded_and_frozen_first(tmp_path: Path, prepared_phantom) -> None:
+def test_pretrained_encoder_is_loaded_and_frozen_first_keeping_its_pretraining_statistics(tmp_path: Path, prepared_phantom) -> None:
     encoder = _saved_random_encoder(tmp_path / "enc")
     model, info = build_model(["emphysema"], pretrained=tmp_path / "enc")
     assert info["loaded"] == len(encoder.state_dict())
     first = next(iter(encoder.state_dict()))
     torch.testing.assert_close(model.encoder.state_dict()[first], encoder.state_dict()[first])
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    finetune(model, [prepared_phantom], FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2), pretrained=True)
+    config = FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2, encoder_batchnorm="pretraining")
+    finetune(model, [prepared_phantom], config, pretrained=True)
     for name, tensor in model.encoder.state_dict().items():
         torch.testing.assert_close(tensor, before[name], msg=f"{name} changed while the encoder was frozen")
 
 
-def test_encoder_batchnorm_finetuning_re_estimates_statistics_while_the_weights_stay_frozen(tmp_path: Path, prepared_phantom) -> None:
+def test_by_default_encoder_batchnorm_re_estimates_statistics_while_the_weights_stay_frozen(tmp_path: Path, prepared_phantom) -> None:
     _saved_random_encoder(tmp_path / "enc")
     model, _ = build_model(["emphysema"], pretrained=tmp_path / "enc")
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    config = FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2, encoder_batchnorm="finetuning")
-    finetune(model, [prepared_phantom], config, pretrained=True)
+    finetune(model, [prepared_phantom], FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=2), pretrained=True)  # the default
     after = model.encoder.state_dict()
     moved = [name for name in after if name.endswith("running_mean") and not torch.equal(after[name], before[name])]
     assert moved, "no encoder BatchNorm statistic was updated from the fine-tuning batches"

@@ -187,8 +187,7 @@ def test_a_joint2d3d_encoder_serves_embedding_diversity_and_hybrid_without_regis
                                                                                       monkeypatch):
     import drasclr_monailabel.anatomy.pipeline as pipeline
 
-    # the segmentation network trains from scratch here, and its BatchNorm then needs 2 patches a batch
-    conf = {**FAST_CONF, "pretrained": str(tiny_joint_encoder), "auto_update_scoring": "false", "batch_size": "2"}
+    conf = {**FAST_CONF, "pretrained": str(tiny_joint_encoder), "auto_update_scoring": "false"}
     with in_process_app(phantom_studies, conf) as client:
         info = client.get("/info/").json()
         assert {"epistemic", "diversity", "hybrid"} <= set(info["strategies"]) and "embedding" in info["scoring"]

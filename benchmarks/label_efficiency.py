@@ -15,6 +15,11 @@ Arms (every one fine-tuned with the same steps, batch and patches):
     (``model.encoder.conditioned=false``, the paper's no-anatomy ablation);
   * ``no_neighbour``: pretrained without the neighbour loss (``moco.neighbour_weight=0``);
   * ``monai_segresnet``: MONAI's SegResNet from scratch on the CT channel, the outside baseline.
+Ablations of the scratch U-Net (not run unless named in ``--arms``), each changing one thing that
+sets it apart from SegResNet: ``scratch_unconditioned`` (plain convolutions, no location routing),
+``scratch_groupnorm`` (GroupNorm instead of BatchNorm in the encoder), ``scratch_stride8`` (three
+down-samplings with SegResNet's widths 8-64 instead of five, so a 32^3 patch keeps a 4^3 bottleneck
+instead of 1^3).
 Tasks: ``binary`` (emphysema vs not: Dice of label > 0) and ``subtypes`` (centrilobular,
 panlobular, paraseptal: the mean over the three of each class's Dice pooled over the test scans;
 a class absent from every test label is left out). Test scans are predicted as the app does (64^3
@@ -69,12 +74,13 @@ from drasclr_monailabel.data.synth_cohort import threshold_dice  # noqa: E402
 from drasclr_monailabel.demo import DEMO_RECIPE  # noqa: E402
 from drasclr_monailabel.io import read_ct  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
+from drasclr_monailabel.models.encoder import EncoderArchitecture  # noqa: E402
 from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case  # noqa: E402
 from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
 from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, window_probabilities  # noqa: E402
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
 from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noqa: E402
-from drasclr_monailabel.segmentation.network import ROUTING_BLOCK  # noqa: E402
+from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet  # noqa: E402
 from drasclr_monailabel.segmentation.training import ENCODER_BATCHNORM, FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
 
@@ -83,7 +89,13 @@ run_step = step_runner(__file__)
 PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.conditioned=false"],
                     "no_neighbour": ["moco.neighbour_weight=0"]}
 """Arms whose encoder comes from pretraining, with their recipe changes (same budget)."""
+SCRATCH_ARMS = {"scratch": EncoderArchitecture(), "scratch_unconditioned": EncoderArchitecture(conditioned=False),
+                "scratch_groupnorm": EncoderArchitecture(norm="group"),
+                "scratch_stride8": EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64)}
+"""Arms that fine-tune the DrasCLR U-Net from a random encoder of this architecture."""
 ARMS = ("scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet")
+"""The arms run by default."""
+ABLATION_ARMS = ("scratch_unconditioned", "scratch_groupnorm", "scratch_stride8")
 TASKS = {"subtypes": SUBTYPES, "binary": BINARY}
 # True emphysema share of the lung in every synthetic scan (low, high), split between the three subtypes.
 SEVERITY_PERCENT = (5, 25)
@@ -135,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", type=Path,
                         help="exported encoder for the pretrained arm instead of pretraining one (its pretraining data must "
                              "not include the test patient)")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default all)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS + ABLATION_ARMS, default=list(ARMS),
+                        help=f"arms to run (default {' '.join(ARMS)})")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="tasks (default both)")
     parser.add_argument("--folds", nargs="+", choices=sorted(FOLD_SOURCES), help="folds (default: the size's)")
     parser.add_argument("--counts", nargs="+", type=int, help="numbers of labelled scans, a subset of the size's (default all)")
@@ -439,7 +452,8 @@ def _score_run(run: Run, context: RunContext) -> dict:
                                 labels=labels)
     score = score_on_test(model, for_task(_worker_cases[str(context.test)], labels), context.device, len(labels),
                           context.size.overlap)
-    record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder),
+    network = model.encoder.architecture.to_dict() if isinstance(model, EmphysemaUNet) else {"name": type(model).__name__}
+    record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder), "network": network,
               "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE}
     write_json(context.runs_dir / run.file_name, record)
     return record
@@ -499,7 +513,7 @@ def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[Prepared
                      labels: tuple[str, ...] = BINARY) -> tuple[torch.nn.Module, dict]:
     """A model of arm ``mode`` fine-tuned on ``count`` training scans picked by ``config.seed`` (their
     labels already class indices of ``labels``): the DrasCLR U-Net from scratch or from ``encoder``
-    (made for ``atlas``, default the shipped one), or MONAI's SegResNet; and the fine-tuning statistics."""
+    (made for ``atlas``, default the shipped one; a scratch ablation with its architecture), or MONAI's SegResNet; and the fine-tuning statistics."""
     torch.manual_seed(config.seed)
     chosen = labelled_subset(train_cases, count, config.seed)
     pretrained = mode in PRETRAINING_ARMS
@@ -507,7 +521,7 @@ def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[Prepared
         model = MonaiSegResNet(LabelSet(tuple(labels)).num_classes).to(config.device)
     else:
         model, _ = build_model(list(labels), pretrained=encoder if pretrained else None, device=config.device,
-                               routing_block=routing_block, atlas=atlas)
+                               routing_block=routing_block, atlas=atlas, architecture=SCRATCH_ARMS.get(mode))
     return model, finetune(model, chosen, config, pretrained=pretrained)
 
 
@@ -519,7 +533,8 @@ def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str,
 
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",
-           "monai_segresnet": "tab:brown"}
+           "monai_segresnet": "tab:brown", "scratch_unconditioned": "tab:cyan", "scratch_groupnorm": "tab:olive",
+           "scratch_stride8": "tab:pink"}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -1,7 +1,7 @@
 """The DrasCLR encoder: 13 location-conditioned 3x3x3 convolutions, 32^3 patch -> 128-d vector.
 
 Layout with the default widths (every convolution is a :class:`CondConv3d`, each followed by
-BatchNorm and ELU; ``s2`` = stride 2):
+BatchNorm (or GroupNorm, ``norm="group"``) and ELU; ``s2`` = stride 2):
 
 ```
 stem     1 -> 8,  8 -> 8 s2                      32 -> 16
@@ -19,6 +19,7 @@ is 1^3, so this equals the flatten of the original design).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ from torch import nn
 from drasclr_monailabel.models.condconv import CondConv3d
 
 ARCHITECTURE_NAME = "drasclr_encoder"
+NORMS = ("batch", "group")
+GROUPS = 8
+"""Channel groups of each GroupNorm (MONAI SegResNet's choice; fewer where a width is not a multiple)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class EncoderArchitecture:
         conditioned: route every convolution by the location (DrasCLR). False: the location is
             ignored and every layer uses the kernel of one fixed location (the atlas centre), i.e.
             plain convolutions of the same shapes and cost (the paper's "no anatomy" ablation).
+        norm: normalisation after every convolution. ``"batch"`` (DrasCLR's) normalises over the
+            batch, so its statistics depend on what is batched together (one landmark per batch in
+            pretraining, a few patches in fine-tuning); ``"group"`` normalises each sample on its
+            own (:data:`GROUPS` groups), as SegResNet does, and has no running statistics.
     """
 
     in_channels: int = 1
@@ -56,10 +64,14 @@ class EncoderArchitecture:
     num_experts: int = 8
     location_dim: int = 3
     conditioned: bool = True
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
-        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("block_channels", "conditioned")}
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.name not in ("block_channels", "conditioned", "norm")}
         bad = [name for name, value in positive.items() if value < 1] + (["block_channels"] if any(c < 1 for c in self.block_channels) else [])
         if bad:
             raise ValueError(f"{bad[0]} must be positive")
@@ -75,13 +87,13 @@ class EncoderArchitecture:
         return 2 + len(self.block_channels) * self.block_depth + 2
 
 
-class ConvBnElu(nn.Module):
-    """CondConv3d -> BatchNorm3d -> ELU."""
+class ConvNormElu(nn.Module):
+    """CondConv3d -> BatchNorm3d or GroupNorm (``arch.norm``) -> ELU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, arch: EncoderArchitecture) -> None:
         super().__init__()
         self.conv = CondConv3d(in_channels, out_channels, 3, stride=stride, num_experts=arch.num_experts, location_dim=arch.location_dim)
-        self.norm = nn.BatchNorm3d(out_channels)
+        self.norm = nn.BatchNorm3d(out_channels) if arch.norm == "batch" else nn.GroupNorm(math.gcd(GROUPS, out_channels), out_channels)
         self.act = nn.ELU(inplace=True)
 
     def forward(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
@@ -102,8 +114,8 @@ class DrasclrEncoder(nn.Module):
         arch = architecture or EncoderArchitecture()
         self.architecture = arch
 
-        def layer(cin: int, cout: int, stride: int) -> ConvBnElu:
-            return ConvBnElu(cin, cout, stride, arch)
+        def layer(cin: int, cout: int, stride: int) -> ConvNormElu:
+            return ConvNormElu(cin, cout, stride, arch)
 
         # Levels: each ends with the map kept as that resolution's feature (before the stride-2 conv).
         self.levels = nn.ModuleList()

@@ -36,12 +36,14 @@ def build_model(
     deep_supervision: bool = False,
     routing_block: int | None = ROUTING_BLOCK,
     atlas: Atlas | None = None,
+    architecture: EncoderArchitecture | None = None,
 ) -> tuple[EmphysemaUNet, dict[str, Any]]:
     """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is None).
 
     ``routing_block``: see :class:`EmphysemaUNet` (None: one location per window). ``atlas``: the
     atlas the coordinate channels refer to (default: the shipped one); a pretrained encoder must
-    have been made for it.
+    have been made for it. ``architecture``: the fresh encoder's (default DrasCLR's); a pretrained
+    encoder brings its own.
 
     Returns:
         ``(model, info)``: ``info`` holds the checkpoint ``meta`` and a report of the encoder
@@ -53,8 +55,10 @@ def build_model(
     """
     label_set = LabelSet(tuple(labels))
     atlas_id = (atlas or load_default_atlas()).atlas_id
+    if pretrained is not None and architecture is not None:
+        raise ValueError("give either a pretrained encoder or the architecture of a fresh one, not both")
     if pretrained is None:
-        encoder = DrasclrEncoder(EncoderArchitecture())
+        encoder = DrasclrEncoder(architecture or EncoderArchitecture())
         encoder_meta: dict[str, Any] = {"method": None, "atlas": {"id": atlas_id}}
         logger.info("emphysema model: no pretrained encoder given, training from scratch")
     else:

@@ -123,7 +123,9 @@ class DrasclrMethod(PretrainMethod):
         self.augmenter = PatchAugmenter(config.augment, patch, LUNG_WINDOW)
         self._pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._sampler: LandmarkBatchSampler | None = None
-        self.batchnorm_record: dict[str, Any] = {"statistics": "running average of one-landmark training batches"}
+        self.batchnorm_record: dict[str, Any] = (
+            {"statistics": "running average of one-landmark training batches"} if config.model.encoder.norm == "batch"
+            else {"statistics": "none: the encoder has no BatchNorm (model.encoder.norm)"})
 
     @property
     def network(self) -> nn.Module:
@@ -231,7 +233,7 @@ class DrasclrMethod(PretrainMethod):
         Every rank draws the same patches (seeded), so all ranks end with the same statistics.
         """
         settings = self.config.precise_bn
-        if settings.samples == 0:
+        if settings.samples == 0 or self.config.model.encoder.norm != "batch":
             return
         batches = mixed_landmark_batches(self.index.valid, settings.samples, settings.batch_size,
                                          settings.subjects_per_landmark, seed=self.config.train.seed)

@@ -46,3 +46,22 @@ def test_small_label_efficiency_run(tmp_path: Path) -> None:
     assert set(subtype_run["dice_per_class"]) <= {"centrilobular", "panlobular", "paraseptal"}
     assert result["command"].startswith("python benchmarks/label_efficiency.py --size small")
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(1200)
+def test_small_scratch_ablations_run_with_their_own_encoders(tmp_path: Path) -> None:
+    out = tmp_path / "ablations.json"
+    ablations = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8"]
+    run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--tasks", "subtypes", "--arms", *ablations,
+                          "--out", str(out)], capture_output=True, text=True, timeout=1200, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["arms"]["subtypes"]) == set(ablations)
+    assert "pretrained" not in result and not result["pretraining"]["A"]
+    networks = {}
+    for arm in ablations:
+        record = json.loads((tmp_path / "ablations_work" / "runs" / f"A_subtypes_{arm}_1_0.json").read_text())
+        assert record["encoder"] == "None" and 0.0 <= record["dice"] <= 1.0, arm
+        networks[arm] = record["network"]
+    assert networks["scratch_unconditioned"]["conditioned"] is False and networks["scratch_groupnorm"]["norm"] == "group"
+    assert networks["scratch_stride8"]["block_channels"] == [16] and networks["scratch_stride8"]["norm"] == "batch"

@@ -120,3 +120,30 @@ def test_architecture_validation() -> None:
         EncoderArchitecture(block_depth=1)
     with pytest.raises(ValueError, match="num_experts"):
         EncoderArchitecture(num_experts=0)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        EncoderArchitecture(norm="layer")
+
+
+def test_group_norm_encoder_normalises_each_sample_on_its_own(tmp_path) -> None:
+    arch = EncoderArchitecture(stem_channels=2, block_channels=(4, 4, 12), top_channels=16, embedding_dim=16, num_experts=2,
+                               norm="group")
+    encoder = DrasclrEncoder(arch).train()
+    norms = [m for m in encoder.modules() if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.GroupNorm))]
+    assert len(norms) == arch.num_convolutions and all(isinstance(m, torch.nn.GroupNorm) for m in norms)
+    assert {m.num_groups for m in norms if m.num_channels == 12} == {4}  # the largest divisor of 12 up to 8 groups
+    x = torch.randn(3, 1, 32, 32, 32)
+    alone = encoder(x[:1], torch.zeros(3))
+    batched = encoder(x, torch.zeros(3))[:1]
+    torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)  # BatchNorm in training mode would differ
+    save_encoder(tmp_path, encoder.state_dict(), metadata_for(arch))
+    loaded, metadata = load_encoder(tmp_path)
+    assert metadata["architecture"]["norm"] == "group"
+    torch.testing.assert_close(loaded(x, torch.zeros(3)), encoder.eval()(x, torch.zeros(3)))
+
+
+def test_encoders_exported_before_the_norm_option_load_with_batch_norm(tmp_path) -> None:
+    meta = metadata_for(TINY)
+    del meta["architecture"]["norm"]
+    save_encoder(tmp_path, DrasclrEncoder(TINY).state_dict(), meta)
+    loaded, _ = load_encoder(tmp_path)
+    assert loaded.architecture.norm == "batch"

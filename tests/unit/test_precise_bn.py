@@ -86,6 +86,14 @@ def test_without_precise_bn_the_export_says_so(easy_atlas: Path, easy_cache: Pat
     assert metadata["batchnorm"]["statistics"].startswith("running average")
 
 
+def test_a_group_norm_encoder_pretrains_exports_and_reports_no_batchnorm(easy_atlas: Path, easy_cache: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run_pretraining(easy_config(easy_atlas, "train.max_steps=2", "model.encoder.norm=group"), easy_cache, tmp_path / "run")
+    encoder, metadata = load_encoder(tmp_path / "run")
+    assert metadata["batchnorm"]["statistics"].startswith("none") and metadata["architecture"]["norm"] == "group"
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in encoder.modules())
+
+
 def test_mixed_landmark_batches_mix_landmarks_in_grouped_layout_and_cover_every_pair() -> None:
     valid = np.ones((8, 6), dtype=bool)
     valid[:5, 5] = False  # landmark 5: 3 valid subjects, fewer than 4: never drawn

@@ -10,7 +10,7 @@ import torch
 
 from drasclr_monailabel.anatomy.atlas import load_default_atlas
 from drasclr_monailabel.errors import InputError
-from drasclr_monailabel.models.encoder import DrasclrEncoder
+from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitecture
 from drasclr_monailabel.models.export import save_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.case import network_input
@@ -148,6 +148,18 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
     (tmp_path / "broken.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(InputError, match="cannot be loaded"):
         load_checkpoint(tmp_path / "broken.pt")
+
+
+def test_a_fresh_encoder_of_another_architecture_is_built_and_reloaded_from_its_checkpoint(tmp_path: Path) -> None:
+    architecture = EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64, norm="group")
+    model, info = build_model(["emphysema"], architecture=architecture)
+    assert model.encoder.feature_strides[-1] == 8 and model.encoder.architecture == architecture
+    loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "model.pt", info["meta"]))
+    assert loaded.encoder.architecture == architecture
+    x = torch.randn(1, 4, 32, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+    with pytest.raises(ValueError, match="not both"):
+        build_model(["emphysema"], pretrained=tmp_path / "enc", architecture=architecture)
 
 
 @pytest.mark.slow

@@ -15,11 +15,11 @@ Arms (every one fine-tuned with the same steps, batch and patches):
     (``model.encoder.conditioned=false``, the paper's no-anatomy ablation);
   * ``no_neighbour``: pretrained without the neighbour loss (``moco.neighbour_weight=0``);
   * ``monai_segresnet``: MONAI's SegResNet from scratch on the CT channel, the outside baseline.
-Ablations of the scratch U-Net (not run unless named in ``--arms``), each changing one thing that
-sets it apart from SegResNet: ``scratch_unconditioned`` (plain convolutions, no location routing),
+Ablations of the scratch U-Net (not run unless named in ``--arms``), three that each change one
+thing that sets it apart from SegResNet: ``scratch_unconditioned`` (plain convolutions, no location routing),
 ``scratch_groupnorm`` (GroupNorm instead of BatchNorm in the encoder), ``scratch_stride8`` (three
 down-samplings with SegResNet's widths 8-64 instead of five, so a 32^3 patch keeps a 4^3 bottleneck
-instead of 1^3).
+instead of 1^3), and ``scratch_segresnet_like`` (all three at once).
 Tasks: ``binary`` (emphysema vs not: Dice of label > 0) and ``subtypes`` (centrilobular,
 panlobular, paraseptal: the mean over the three of each class's Dice pooled over the test scans;
 a class absent from every test label is left out). Test scans are predicted as the app does (64^3
@@ -91,11 +91,13 @@ PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.condition
 """Arms whose encoder comes from pretraining, with their recipe changes (same budget)."""
 SCRATCH_ARMS = {"scratch": EncoderArchitecture(), "scratch_unconditioned": EncoderArchitecture(conditioned=False),
                 "scratch_groupnorm": EncoderArchitecture(norm="group"),
-                "scratch_stride8": EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64)}
+                "scratch_stride8": EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64),
+                "scratch_segresnet_like": EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64,
+                                                              conditioned=False, norm="group")}
 """Arms that fine-tune the DrasCLR U-Net from a random encoder of this architecture."""
 ARMS = ("scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet")
 """The arms run by default."""
-ABLATION_ARMS = ("scratch_unconditioned", "scratch_groupnorm", "scratch_stride8")
+ABLATION_ARMS = ("scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like")
 TASKS = {"subtypes": SUBTYPES, "binary": BINARY}
 # True emphysema share of the lung in every synthetic scan (low, high), split between the three subtypes.
 SEVERITY_PERCENT = (5, 25)
@@ -534,7 +536,7 @@ def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str,
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",
            "monai_segresnet": "tab:brown", "scratch_unconditioned": "tab:cyan", "scratch_groupnorm": "tab:olive",
-           "scratch_stride8": "tab:pink"}
+           "scratch_stride8": "tab:pink", "scratch_segresnet_like": "tab:gray"}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -51,7 +51,7 @@ def test_small_label_efficiency_run(tmp_path: Path) -> None:
 @pytest.mark.timeout(1200)
 def test_small_scratch_ablations_run_with_their_own_encoders(tmp_path: Path) -> None:
     out = tmp_path / "ablations.json"
-    ablations = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8"]
+    ablations = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like"]
     run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--tasks", "subtypes", "--arms", *ablations,
                           "--out", str(out)], capture_output=True, text=True, timeout=1200, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -65,3 +65,5 @@ def test_small_scratch_ablations_run_with_their_own_encoders(tmp_path: Path) -> 
         networks[arm] = record["network"]
     assert networks["scratch_unconditioned"]["conditioned"] is False and networks["scratch_groupnorm"]["norm"] == "group"
     assert networks["scratch_stride8"]["block_channels"] == [16] and networks["scratch_stride8"]["norm"] == "batch"
+    combined = networks["scratch_segresnet_like"]
+    assert combined["block_channels"] == [16] and combined["norm"] == "group" and combined["conditioned"] is False

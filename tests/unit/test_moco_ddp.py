@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -44,12 +45,24 @@ def _torchrun() -> str:
 
 
 def _launch_nodes(command: list[str], cwd: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Start ``command`` once per node, concurrently, as two machines of a cluster would."""
-    processes = [subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Start ``command`` once per node, concurrently, as two machines of a cluster would, each in its
+    own process group; past ``timeout`` seconds every node's group (torchrun agent and worker) is
+    killed, so a hung rendezvous or shutdown leaves nothing running, and the nodes come back failed
+    with their output so far."""
+    processes = [subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)
                  for _ in range(NODES)]
+    deadline = time.monotonic() + timeout
     results = []
     for process in processes:
-        output, _ = process.communicate(timeout=timeout)
+        try:
+            output, _ = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                if other.poll() is None:
+                    os.killpg(other.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            output += f"\n(timed out after {timeout:.0f} s: every node's processes were killed)"
         results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
     return results
 

@@ -132,9 +132,12 @@ def test_group_norm_encoder_normalises_each_sample_on_its_own(tmp_path) -> None:
     assert len(norms) == arch.num_convolutions and all(isinstance(m, torch.nn.GroupNorm) for m in norms)
     assert {m.num_groups for m in norms if m.num_channels == 12} == {4}  # the largest divisor of 12 up to 8 groups
     x = torch.randn(3, 1, 32, 32, 32)
-    alone = encoder(x[:1], torch.zeros(3))
-    batched = encoder(x, torch.zeros(3))[:1]
-    torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)  # BatchNorm in training mode would differ
+    # Maps of stride 1-4 (8^3 voxels or more per group): a BatchNorm in training mode would differ.
+    # The deepest maps hold a few values per group, where normalising amplifies rounding.
+    alone = encoder.forward_features(x[:1], torch.zeros(3))[:3]
+    batched = encoder.forward_features(x, torch.zeros(3))[:3]
+    for one, many in zip(alone, batched):
+        torch.testing.assert_close(one, many[:1], rtol=1e-4, atol=1e-4)
     save_encoder(tmp_path, encoder.state_dict(), metadata_for(arch))
     loaded, metadata = load_encoder(tmp_path)
     assert metadata["architecture"]["norm"] == "group"

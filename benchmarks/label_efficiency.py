@@ -97,7 +97,8 @@ SCRATCH_ARMS = {"scratch": EncoderArchitecture(), "scratch_unconditioned": Encod
 """Arms that fine-tune the DrasCLR U-Net from a random encoder of this architecture."""
 ARMS = ("scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet")
 """The arms run by default."""
-ABLATION_ARMS = ("scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like")
+ABLATION_ARMS = tuple(arm for arm in SCRATCH_ARMS if arm not in ARMS)
+"""The scratch U-Net's ablations, run only when named in ``--arms``."""
 TASKS = {"subtypes": SUBTYPES, "binary": BINARY}
 # True emphysema share of the lung in every synthetic scan (low, high), split between the three subtypes.
 SEVERITY_PERCENT = (5, 25)

@@ -44,14 +44,14 @@ def _torchrun() -> str:
     return str(Path(sys.executable).with_name("torchrun"))
 
 
-def _launch_nodes(command: list[str], cwd: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Start ``command`` once per node, concurrently, as two machines of a cluster would, each in its
-    own process group; past ``timeout`` seconds every node's group (torchrun agent and worker) is
-    killed, so a hung rendezvous or shutdown leaves nothing running, and the nodes come back failed
-    with their output so far."""
-    processes = [subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def _run_in_groups(commands: list[list[str]], env: dict[str, str], timeout: float) -> list[subprocess.CompletedProcess]:
+    """Run ``commands`` concurrently from the repository, each in its own process group; past
+    ``timeout`` seconds every group still running (srun, torchrun agents, their workers) is killed,
+    so a hung rendezvous or shutdown leaves nothing running, and those commands come back failed
+    (-9) with their output so far."""
+    processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
-                 for _ in range(NODES)]
+                 for command in commands]
     deadline = time.monotonic() + timeout
     results = []
     for process in processes:
@@ -62,7 +62,7 @@ def _launch_nodes(command: list[str], cwd: Path, timeout: float = 300) -> list[s
                 if other.poll() is None:
                     os.killpg(other.pid, signal.SIGKILL)
             output, _ = process.communicate()
-            output += f"\n(timed out after {timeout:.0f} s: every node's processes were killed)"
+            output += f"\n(timed out after {timeout:.0f} s: the processes still running were killed)"
         results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
     return results
 
@@ -81,7 +81,7 @@ def test_two_nodes_keep_parameters_identical_and_enqueue_every_key_exactly_once(
     overrides = [*EASY, f"train.max_steps={steps}", "moco.queue_size=64", "train.batch_size=3", "precise_bn.samples=16"]
     command = _two_node_command(_free_port(), ["-m", "tests.unit.ddp_pretrain_worker", str(easy_atlas), str(easy_cache),
                                                str(tmp_path), *overrides])
-    results = _launch_nodes(command, REPO)
+    results = _run_in_groups([command] * NODES, _environment(), timeout=300)  # as two machines of a cluster would
     for result in results:
         assert result.returncode == 0, _failure_report(result.stdout)
     ranks = sorted((torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(NODES)), key=lambda s: s["rank"])
@@ -137,21 +137,6 @@ def _failure_report(output: str) -> str:
     return f"first traceback:\n{first}\n...\nlast lines:\n{output[-2000:]}"
 
 
-def _run_job(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a batch job in its own process group; past ``timeout`` seconds kill the whole group (srun,
-    both torchrun agents, their workers), so a hung attempt leaves nothing running, and return it as
-    failed (-9) with its output so far."""
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        output += f"\n(timed out after {timeout:.0f} s: the job's processes were killed)"
-    return subprocess.CompletedProcess(command, process.returncode, output)
-
-
 def _shim(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text("#!/usr/bin/env bash\n" + body)
@@ -192,8 +177,8 @@ def test_the_slurm_template_runs_two_nodes_with_the_same_torchrun_command_line(e
                "SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1",
                "SCONTROL_LOG": str(tmp_path / f"scontrol{attempt}.log")}
         run_dir = tmp_path / f"run{attempt}"
-        result = _run_job(["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml",
-                           str(easy_cache), str(run_dir), *[a for o in overrides for a in ("--set", o)]], env, timeout=150)
+        result, = _run_in_groups([["bash", str(REPO / "pretrain" / "slurm_multinode.sbatch"), "configs/drasclr_demo.yaml",
+                                   str(easy_cache), str(run_dir), *[a for o in overrides for a in ("--set", o)]]], env, timeout=150)
         if result.returncode == 0 or attempt == 2:
             break
         warnings.warn("two-node SLURM run failed once, retrying: " + _failure_report(result.stdout))

@@ -49,20 +49,22 @@ def test_small_label_efficiency_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(1200)
-def test_small_scratch_ablations_run_with_their_own_encoders(tmp_path: Path) -> None:
+def test_small_ablations_run_with_their_own_encoders(tmp_path: Path) -> None:
     out = tmp_path / "ablations.json"
-    ablations = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like"]
-    run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--tasks", "subtypes", "--arms", *ablations,
-                          "--out", str(out)], capture_output=True, text=True, timeout=1200, check=False)
+    scratch = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like"]
+    run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--tasks", "subtypes", "--arms", *scratch,
+                          "pretrained_stride8", "--out", str(out)], capture_output=True, text=True, timeout=1200, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["arms"]["subtypes"]) == set(ablations)
-    assert "pretrained" not in result and not result["pretraining"]["A"]
+    assert set(result["arms"]["subtypes"]) == {*scratch, "pretrained_stride8"}
+    assert "pretrained" not in result and set(result["pretraining"]["A"]) == {"pretrained_stride8"}
     networks = {}
-    for arm in ablations:
+    for arm in [*scratch, "pretrained_stride8"]:
         record = json.loads((tmp_path / "ablations_work" / "runs" / f"A_subtypes_{arm}_1_0.json").read_text())
-        assert record["encoder"] == "None" and 0.0 <= record["dice"] <= 1.0, arm
+        assert (record["encoder"] == "None") == (arm in scratch) and 0.0 <= record["dice"] <= 1.0, arm
         networks[arm] = record["network"]
+    exported = json.loads((tmp_path / "ablations_work" / "fold_A" / "encoder_pretrained_stride8" / "encoder.json").read_text())
+    assert networks["pretrained_stride8"] == networks["scratch_stride8"] and exported["architecture"]["block_channels"] == [16]
     assert networks["scratch_unconditioned"]["conditioned"] is False and networks["scratch_groupnorm"]["norm"] == "group"
     assert networks["scratch_stride8"]["block_channels"] == [16] and networks["scratch_stride8"]["norm"] == "batch"
     combined = networks["scratch_segresnet_like"]

@@ -142,6 +142,12 @@ class DrasclrEncoder(nn.Module):
         """Down-sampling factor of each map of :meth:`forward_features` (1, 2, 4, ...)."""
         return [2**i for i in range(len(self.feature_channels))]
 
+    def needs_batches(self, patch_size: int) -> bool:
+        """Whether training-mode normalisation needs 2+ patches of ``patch_size``^3 voxels per step:
+        BatchNorm does when the deepest map of one patch is a single voxel (one value per channel,
+        nothing to normalise with); GroupNorm, which normalises each sample alone, never does."""
+        return self.architecture.norm == "batch" and patch_size // self.feature_strides[-1] <= 1
+
     def forward_features(self, x: torch.Tensor, location: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps finest first: for a 32^3 input, sizes 32, 16, 8, 4, 2, 1.
 

@@ -115,12 +115,12 @@ class EmphysemaTrainTask(TrainTask):
         prepare_s = time.perf_counter() - start
         model, meta, pretrained = self._starting_model()
         config = FinetuneConfig(**options, device=self.resolved.device, amp=self.resolved.amp)
-        if config.batch_size < 2 and config.encoder_batchnorm_trains(pretrained):
-            # The encoder's BatchNorm normalises with the batch, and one patch's 1^3 bottleneck holds
-            # a single value per channel: torch would raise mid-round (HTTP 500 before).
+        if config.batch_size < 2 and config.encoder_batchnorm_trains(pretrained) and model.encoder.needs_batches(config.patch_size):
+            # torch would raise mid-round (HTTP 500 before)
             raise refuse(BAD_REQUEST, "'batch_size' must be at least 2 when the encoder's BatchNorm learns from the "
-                                      "fine-tuning batches (from scratch, or encoder_batchnorm finetuning): one patch per "
-                                      "step leaves it nothing to normalise with")
+                                      "fine-tuning batches (from scratch, or encoder_batchnorm finetuning): one "
+                                      f"{config.patch_size}^3 patch per step leaves a single value per channel at its "
+                                      "deepest map, nothing to normalise with")
         logger.info("train: round %d on %d scan(s), %d epochs, device %s, %s", meta["round"], len(cases),
                     config.max_epochs, config.device, "from pretrained encoder" if pretrained else "from scratch")
         result = finetune(model, cases, config, pretrained=pretrained, progress=_log_progress)

@@ -150,3 +150,22 @@ def test_encoders_exported_before_the_norm_option_load_with_batch_norm(tmp_path)
     save_encoder(tmp_path, DrasclrEncoder(TINY).state_dict(), meta)
     loaded, _ = load_encoder(tmp_path)
     assert loaded.architecture.norm == "batch"
+
+
+@pytest.mark.parametrize(("block_channels", "norm", "patch", "needs"), [
+    ((4, 4, 8), "batch", 32, True),    # stride 32: one voxel per channel at the bottleneck
+    ((4, 4, 8), "batch", 64, False),   # 2^3 voxels there
+    ((4, 4, 8), "group", 32, False),
+    ((4,), "batch", 32, False),        # stride 8: 4^3 voxels
+])
+def test_needs_batches_says_exactly_when_one_patch_cannot_train(block_channels, norm, patch, needs) -> None:
+    arch = EncoderArchitecture(stem_channels=2, block_channels=block_channels, top_channels=8, embedding_dim=16, num_experts=2,
+                               norm=norm)
+    encoder = DrasclrEncoder(arch).train()
+    assert encoder.needs_batches(patch) is needs
+    one = torch.randn(1, 1, patch, patch, patch)
+    if needs:
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            encoder.forward_features(one, torch.zeros(3))
+    else:
+        assert torch.isfinite(encoder.forward_features(one, torch.zeros(3))[-1]).all()

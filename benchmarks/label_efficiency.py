@@ -19,8 +19,9 @@ Ablations of the scratch U-Net (not run unless named in ``--arms``), three that 
 thing that sets it apart from SegResNet: ``scratch_unconditioned`` (plain convolutions, no location routing),
 ``scratch_groupnorm`` (GroupNorm instead of BatchNorm in the encoder), ``scratch_stride8`` (three
 down-samplings with SegResNet's widths 8-64 instead of five, so a 32^3 patch keeps a 4^3 bottleneck
-instead of 1^3), and ``scratch_segresnet_like`` (all three at once); and ``pretrained_stride8``, the
-stride-8 encoder pretrained like ``pretrained`` (does pretraining help the shallower network?).
+instead of 1^3), and ``scratch_segresnet_like`` (all three at once); and ``pretrained_stride8`` and
+``unconditioned_stride8``, the stride-8 encoder pretrained like ``pretrained`` and ``unconditioned``
+(does pretraining, and its location conditioning, help the shallower network?).
 Tasks: ``binary`` (emphysema vs not: Dice of label > 0) and ``subtypes`` (centrilobular,
 panlobular, paraseptal: the mean over the three of each class's Dice pooled over the test scans;
 a class absent from every test label is left out). Test scans are predicted as the app does (64^3
@@ -89,9 +90,10 @@ run_step = step_runner(__file__)
 
 STRIDE8 = {"block_channels": (16,), "top_channels": 32, "embedding_dim": 64}
 """The encoder with three down-samplings (SegResNet's widths 8-64): a 4^3 bottleneck for a 32^3 patch."""
+_STRIDE8_SETTINGS = [f"model.encoder.{key}={json.dumps(value)}" for key, value in STRIDE8.items()]
 PRETRAINING_ARMS = {"pretrained": [], "unconditioned": ["model.encoder.conditioned=false"],
-                    "no_neighbour": ["moco.neighbour_weight=0"],
-                    "pretrained_stride8": [f"model.encoder.{key}={json.dumps(value)}" for key, value in STRIDE8.items()]}
+                    "no_neighbour": ["moco.neighbour_weight=0"], "pretrained_stride8": _STRIDE8_SETTINGS,
+                    "unconditioned_stride8": [*_STRIDE8_SETTINGS, "model.encoder.conditioned=false"]}
 """Arms whose encoder comes from pretraining, with their recipe changes (same budget)."""
 SCRATCH_ARMS = {"scratch": EncoderArchitecture(), "scratch_unconditioned": EncoderArchitecture(conditioned=False),
                 "scratch_groupnorm": EncoderArchitecture(norm="group"),
@@ -540,7 +542,7 @@ def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str,
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",
            "monai_segresnet": "tab:brown", "scratch_unconditioned": "tab:cyan", "scratch_groupnorm": "tab:olive",
-           "scratch_stride8": "tab:pink", "scratch_segresnet_like": "tab:gray", "pretrained_stride8": "tab:red"}
+           "scratch_stride8": "tab:pink", "scratch_segresnet_like": "tab:gray", "pretrained_stride8": "tab:red", "unconditioned_stride8": "lime"}
 
 
 def plot(result: dict, path: Path) -> None:

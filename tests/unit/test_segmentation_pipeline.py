@@ -162,6 +162,18 @@ def test_a_fresh_encoder_of_another_architecture_is_built_and_reloaded_from_its_
         build_model(["emphysema"], pretrained=tmp_path / "enc", architecture=architecture)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_a_stride_8_encoder_fine_tunes_on_one_patch_per_step(prepared_phantom, norm: str) -> None:
+    """Its one-patch bottleneck is 4^3 voxels, so even BatchNorm has values to normalise with (the
+    default encoder's 1^3 one does not: the app refuses ``batch_size`` 1 only for that)."""
+    torch.manual_seed(0)
+    architecture = EncoderArchitecture(block_channels=(16,), top_channels=32, embedding_dim=64, norm=norm)
+    model, _ = build_model(["emphysema"], architecture=architecture)
+    assert not model.encoder.needs_batches(32) and build_model(["emphysema"])[0].encoder.needs_batches(32)
+    stats = finetune(model, [prepared_phantom], FinetuneConfig(max_epochs=1, steps_per_epoch=2, batch_size=1), pretrained=False)
+    assert stats["steps"] == 2 and np.isfinite(stats["loss"]).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("x_extent", [None, 20])  # 20 voxels < the 32^3 window: MONAI pads the grid
 def test_windows_without_lung_are_skipped_and_change_nothing_in_the_lung(prepared_phantom, x_extent) -> None:

@@ -542,7 +542,8 @@ def predicted_emphysema(model: torch.nn.Module, case: PreparedCase, device: str,
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange", "unconditioned": "tab:green", "no_neighbour": "tab:purple",
            "monai_segresnet": "tab:brown", "scratch_unconditioned": "tab:cyan", "scratch_groupnorm": "tab:olive",
-           "scratch_stride8": "tab:pink", "scratch_segresnet_like": "tab:gray", "pretrained_stride8": "tab:red", "unconditioned_stride8": "lime"}
+           "scratch_stride8": "tab:pink", "scratch_segresnet_like": "tab:gray", "pretrained_stride8": "tab:red",
+           "unconditioned_stride8": "lime"}
 
 
 def plot(result: dict, path: Path) -> None:

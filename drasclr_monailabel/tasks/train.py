@@ -115,8 +115,8 @@ class EmphysemaTrainTask(TrainTask):
         prepare_s = time.perf_counter() - start
         model, meta, pretrained = self._starting_model()
         config = FinetuneConfig(**options, device=self.resolved.device, amp=self.resolved.amp)
-        if config.batch_size < 2 and config.encoder_batchnorm_trains(pretrained) and model.encoder.needs_batches(config.patch_size):
-            # torch would raise mid-round (HTTP 500 before)
+        one_patch_fails = config.encoder_batchnorm_trains(pretrained) and model.encoder.needs_batches(config.patch_size)
+        if config.batch_size < 2 and one_patch_fails:  # torch would raise mid-round (HTTP 500 before)
             raise refuse(BAD_REQUEST, "'batch_size' must be at least 2 when the encoder's BatchNorm learns from the "
                                       "fine-tuning batches (from scratch, or encoder_batchnorm finetuning): one "
                                       f"{config.patch_size}^3 patch per step leaves a single value per channel at its "

@@ -46,7 +46,9 @@ Writes the JSON and a PNG plot beside it (same name, ``.png``). ``pretrained`` a
 task; ``binary`` holds the binary task's arms in the same shape; ``arms`` every
 ``{task: {arm: {count: ..}}}``; ``folds`` the same per fold; ``threshold_950`` the binary threshold
 Dice; ``pretraining`` the samples seen per landmark and the queue fill of every pretrained encoder;
-``subtype_voxels`` the voxels of each subtype in every training and test scan of each fold.
+``subtype_voxels`` the voxels of each subtype in every training and test scan of each fold;
+``commits`` the git commits the pooled runs were made with (a persistent ``--workdir`` lets the
+full grid, about 17 CPU-hours, gather over several sessions).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import json
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -137,13 +140,15 @@ SIZES = {
                   finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2, folds=("A",), overlap=0.0, test_slab=64),
     "medium": Size("real", train_scans=4, test_scans=2, unlabelled_scans=8, counts=(1, 2, 4), seeds=(0, 1),
                    finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200, folds=("A",)),
-    # about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
+    # fine-tuning: 32 epochs of 25 steps, the budget at which the subtype Dice has levelled off
+    # (benchmarks/finetune_curve.py); about 3 minutes per run on the 2-core CPU.
+    # Pretraining: about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
     # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
-                 finetune_epochs=8, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),
+                 finetune_epochs=32, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),
     # about 10 minutes of one H100/H200 for the three pretrainings and the grid with --jobs 8
     "gpu": Size("real", train_scans=8, test_scans=3, unlabelled_scans=32, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
-                finetune_epochs=8, steps_per_epoch=25, pretrain_steps=3000, pretrain_batch=32, pretrain_queue=32),
+                finetune_epochs=32, steps_per_epoch=25, pretrain_steps=3000, pretrain_batch=32, pretrain_queue=32),
 }
 
 
@@ -234,13 +239,15 @@ def summarise(runs_dir: Path, counts: tuple[int, ...], seeds: tuple[int, ...], f
         return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": values}
 
     result: dict = {"arms": {}, "folds": {}}
+    commits = set()
     for task in tasks:
         result["arms"][task] = {}
         for arm in arms:
             result["arms"][task][arm] = {}
             for count in counts:
-                per_fold = {fold: [read_run(runs_dir, Run(fold, task, arm, count, seed))["dice"] for seed in seeds]
-                            for fold in folds}
+                records = {fold: [read_run(runs_dir, Run(fold, task, arm, count, seed)) for seed in seeds] for fold in folds}
+                commits.update(record.get("commit", "unrecorded") for values in records.values() for record in values)
+                per_fold = {fold: [record["dice"] for record in values] for fold, values in records.items()}
                 result["arms"][task][arm][str(count)] = block([d for values in per_fold.values() for d in values])
                 for fold, values in per_fold.items():
                     result["folds"].setdefault(fold, {}).setdefault(task, {}).setdefault(arm, {})[str(count)] = block(values)
@@ -254,6 +261,7 @@ def summarise(runs_dir: Path, counts: tuple[int, ...], seeds: tuple[int, ...], f
     if "binary" in tasks:
         result["binary"] = result["arms"]["binary"]
     result["headline_task"] = headline
+    result["commits"] = sorted(commits)
     return result
 
 
@@ -462,9 +470,24 @@ def _score_run(run: Run, context: RunContext) -> dict:
                           context.size.overlap)
     network = model.encoder.architecture.to_dict() if isinstance(model, EmphysemaUNet) else {"name": type(model).__name__}
     record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder), "network": network,
-              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE}
+              "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE,
+              "commit": code_version()}
     write_json(context.runs_dir / run.file_name, record)
     return record
+
+
+def code_version() -> str:
+    """The git commit this script runs from, ``+modified`` when tracked files differ from it, or
+    ``unknown`` outside a git checkout. Kept in every run record: a work folder that persists pools
+    runs made over several sessions, and the JSON lists the commits it pooled."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        modified = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if modified else "")
 
 
 def _report(record: dict) -> None:

@@ -30,12 +30,13 @@ def _context(bench, tmp_path: Path, encoder: str, size: str = "small", recipe=No
                             recipe or bench.Recipe())
 
 
-def _finish(bench, run, context, dice: float) -> None:
-    """Write the record a finished run leaves, as _score_run does."""
+def _finish(bench, run, context, dice: float, commit: str | None = None) -> None:
+    """Write the record a finished run leaves, as _score_run does (``commit`` None: a record made
+    before runs kept their commit)."""
     bench.write_json(context.runs_dir / run.file_name,
                      {**bench.asdict(run), "dice": dice, "encoder": str(context.encoders.get(run.arm)),
                       "size": bench.asdict(context.size), "recipe": bench.asdict(context.recipe), "device": "cpu",
-                      "inference": bench.INFERENCE})
+                      "inference": bench.INFERENCE, **({"commit": commit} if commit else {})})
 
 
 def test_finished_runs_are_skipped_and_pretrained_ones_redone_for_another_encoder_or_recipe(bench, tmp_path: Path) -> None:
@@ -138,6 +139,21 @@ def test_a_subset_of_counts_and_seeds_is_summarised_from_its_own_runs_only(bench
     assert result["scratch"]["2"]["runs"] == [0.4, 0.6]  # seed 2 left out
     with pytest.raises(FileNotFoundError):  # count 4 never ran: no silent gap
         bench.summarise(context.runs_dir, (4,), (0, 1), ("A",), ("subtypes",), ("scratch",))
+
+
+def test_the_summary_lists_the_commits_of_the_runs_it_pooled(bench, tmp_path: Path) -> None:
+    context = _context(bench, tmp_path, "/encoders/a", size="full")
+    for seed, commit in ((0, "abc"), (1, "def+modified"), (2, None)):
+        _finish(bench, bench.Run("A", "subtypes", "scratch", 2, seed), context, 0.5, commit)
+    _finish(bench, bench.Run("A", "subtypes", "scratch", 4, 0), context, 0.5, "not-pooled")
+    result = bench.summarise(context.runs_dir, (2,), (0, 1, 2), ("A",), ("subtypes",), ("scratch",))
+    assert result["commits"] == ["abc", "def+modified", "unrecorded"]
+
+
+def test_the_code_version_is_this_checkout_s_commit(bench) -> None:
+    version = bench.code_version()
+    commit = version.removesuffix("+modified")
+    assert len(commit) == 40 and int(commit, 16) >= 0  # a full hexadecimal git hash
 
 
 def test_counts_outside_the_size_are_refused(bench, tmp_path: Path, capsys) -> None:

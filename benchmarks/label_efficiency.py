@@ -84,7 +84,6 @@ from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case  # n
 from drasclr_monailabel.segmentation.checkpoint import build_model  # noqa: E402
 from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, window_probabilities  # noqa: E402
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
-from drasclr_monailabel.segmentation.monai_baseline import MonaiSegResNet  # noqa: E402
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet  # noqa: E402
 from drasclr_monailabel.segmentation.training import ENCODER_BATCHNORM, FinetuneConfig, finetune  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
@@ -146,7 +145,8 @@ SIZES = {
     # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
                  finetune_epochs=32, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),
-    # about 10 minutes of one H100/H200 for the three pretrainings and the grid with --jobs 8
+    # sized for about 10 minutes of one H100/H200 per fold (three pretrainings and the grid, --jobs 8):
+    # an estimate, not yet measured (no GPU has been lent to this benchmark)
     "gpu": Size("real", train_scans=8, test_scans=3, unlabelled_scans=32, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
                 finetune_epochs=32, steps_per_epoch=25, pretrain_steps=3000, pretrain_batch=32, pretrain_queue=32),
 }
@@ -549,7 +549,7 @@ def fine_tuned_model(mode: str, encoder: Path | None, train_cases: list[Prepared
     chosen = labelled_subset(train_cases, count, config.seed)
     pretrained = mode in PRETRAINING_ARMS
     if mode == "monai_segresnet":
-        model = MonaiSegResNet(LabelSet(tuple(labels)).num_classes).to(config.device)
+        model, _ = build_model(list(labels), device=config.device, atlas=atlas, network="segresnet")
     else:
         model, _ = build_model(list(labels), pretrained=encoder if pretrained else None, device=config.device,
                                routing_block=routing_block, atlas=atlas, architecture=SCRATCH_ARMS.get(mode))

@@ -32,6 +32,7 @@ from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
 from drasclr_monailabel.segmentation.inference import WINDOW, windows_per_pass
 from drasclr_monailabel.segmentation.labels import LabelSet
+from drasclr_monailabel.segmentation.segresnet import DIVISOR as SEGRESNET_DIVISOR
 from drasclr_monailabel.utils.atomic import write_json
 
 BUNDLE_VERSION = "0.1.0"
@@ -75,6 +76,9 @@ def export_bundle(model: Path, out: Path, overwrite: bool = False) -> Path:
 
 def network_definition(meta: dict[str, Any]) -> dict[str, Any]:
     """The ``network_def`` of a checkpoint's ``meta``: the same network :func:`load_checkpoint` builds."""
+    if meta.get("network") == "segresnet":
+        return {"_target_": "drasclr_monailabel.segmentation.segresnet.MonaiSegResNet",
+                "num_classes": LabelSet(tuple(meta["labels"])).num_classes, "dropout": float(meta.get("dropout", 0.1))}
     architecture = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
     return {
         "_target_": "drasclr_monailabel.segmentation.network.EmphysemaUNet",
@@ -167,7 +171,9 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """``configs/metadata.json`` after the MONAI Bundle specification, plus the model's provenance."""
     label_set = LabelSet(tuple(meta["labels"]))
     channels = {"0": "background", **{str(i): name for i, name in enumerate(label_set.names, start=1)}}
-    block = meta.get("routing_block") or 32
+    segresnet = meta.get("network") == "segresnet"
+    block = SEGRESNET_DIVISOR if segresnet else meta.get("routing_block") or 32
+    network = "MONAI SegResNet (reads the CT channel only)" if segresnet else "U-Net on an anatomy-aware DrasCLR encoder"
     return {
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: "exported by drasclr export-bundle"},
@@ -177,7 +183,7 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "required_packages_version": {"drasclr-monailabel": drasclr_monailabel.__version__, "SimpleITK": _version("SimpleITK")},
         "name": "DrasCLR emphysema segmentation",
         "task": "Emphysema segmentation in chest CT" + (" (subtypes)" if len(label_set.names) > 1 else ""),
-        "description": "U-Net on an anatomy-aware DrasCLR encoder, fine-tuned in the drasclr MONAI Label app. "
+        "description": f"{network}, fine-tuned in the drasclr MONAI Label app. "
                        "Input: the CT on a 1 mm grid registered to the lung atlas, with atlas-coordinate channels.",
         "authors": "drasclr-monailabel",
         "copyright": "drasclr-monailabel contributors",
@@ -201,6 +207,7 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             "labels": list(label_set.names),
             "intensity": meta.get("intensity"),
             "atlas_id": meta["atlas_id"],
+            "network": meta.get("network", "drasclr_unet"),
             "routing_block": meta.get("routing_block"),
             "encoder": {"pretrained": meta.get("pretrained"), "pretraining_method": meta.get("pretraining_method")},
             "fine_tuning": {key: meta[key] for key in ("round", "trained_on") if key in meta},

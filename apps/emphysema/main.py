@@ -108,6 +108,7 @@ class EmphysemaApp(MONAILabelApp):
         # Names, not server paths: any client may read /info/.
         info["drasclr"] = {
             "pretrained": self.resolved.pretrained.name if self.resolved.pretrained else None,
+            "network": self.resolved.conf.network if self.resolved.conf.backend == "native" else self.resolved.conf.backend,
             "device": self.resolved.device,
         }
         return info

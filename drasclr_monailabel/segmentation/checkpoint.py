@@ -2,9 +2,9 @@
 
 A checkpoint is ``{"model": state_dict, "meta": {...}}`` with only tensors and plain containers,
 so ``torch.load(weights_only=True)`` (MONAI Label's loader) reads it; ``meta`` holds every
-argument needed to rebuild the network (among them ``routing_block``, the edge of the blocks whose
-centre location routes the encoder: inference routes as fine-tuning did), the label names and the
-atlas the coordinates refer to.
+argument needed to rebuild the network (its ``network``, one of :data:`NETWORKS`; for the DrasCLR
+U-Net ``routing_block``, the edge of the blocks whose centre location routes the encoder: inference
+routes as fine-tuning did), the label names and the atlas the coordinates refer to.
 """
 
 from __future__ import annotations
@@ -21,10 +21,17 @@ from drasclr_monailabel.models.encoder import DrasclrEncoder, EncoderArchitectur
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.labels import LabelSet
+from drasclr_monailabel.segmentation.segresnet import MonaiSegResNet
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet
 from drasclr_monailabel.utils.atomic import write_with
 
 CHECKPOINT_FORMAT = "drasclr-segmentation/1"
+NETWORKS = ("drasclr_unet", "segresnet")
+"""Segmentation networks: the DrasCLR U-Net (its encoder pretrained or fresh, routed by atlas
+location) and MONAI's SegResNet from scratch on the CT alone, which scored the higher subtype Dice
+with 1-2 labelled scans in the label-efficiency benchmark (docs/segmentation.md). A checkpoint
+without ``network`` in its meta holds the DrasCLR U-Net (the only network before)."""
+SegmentationModel = EmphysemaUNet | MonaiSegResNet
 logger = logging.getLogger(__name__)
 
 
@@ -37,13 +44,16 @@ def build_model(
     routing_block: int | None = ROUTING_BLOCK,
     atlas: Atlas | None = None,
     architecture: EncoderArchitecture | None = None,
-) -> tuple[EmphysemaUNet, dict[str, Any]]:
-    """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is None).
+    network: str = "drasclr_unet",
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is
+    None), or MONAI's SegResNet from scratch (``network="segresnet"``).
 
     ``routing_block``: see :class:`EmphysemaUNet` (None: one location per window). ``atlas``: the
     atlas the coordinate channels refer to (default: the shipped one); a pretrained encoder must
     have been made for it. ``architecture``: the fresh encoder's (default DrasCLR's); a pretrained
-    encoder brings its own.
+    encoder brings its own. SegResNet takes none of ``pretrained``, ``architecture``,
+    ``deep_supervision``; its meta keeps the atlas id too (cases are prepared on that atlas's grid).
 
     Returns:
         ``(model, info)``: ``info`` holds the checkpoint ``meta`` and a report of the encoder
@@ -52,9 +62,20 @@ def build_model(
     Raises:
         InputError: the exported encoder is missing, malformed, or made for another atlas or
             intensity window.
+        ValueError: an unknown ``network``, or options that network does not take.
     """
     label_set = LabelSet(tuple(labels))
     atlas_id = (atlas or load_default_atlas()).atlas_id
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    if network == "segresnet":
+        if pretrained is not None or architecture is not None or deep_supervision:
+            raise ValueError("SegResNet trains from scratch: no pretrained encoder, encoder architecture or deep supervision")
+        logger.info("emphysema model: MONAI SegResNet from scratch")
+        meta = {"format": CHECKPOINT_FORMAT, "network": network, "labels": list(label_set.names), "dropout": dropout,
+                "atlas_id": atlas_id, "intensity": LUNG_WINDOW.to_dict(), "pretrained": None, "pretraining_method": None}
+        model = MonaiSegResNet(label_set.num_classes, dropout=dropout)
+        return model.to(device), {"meta": meta, "loaded": 0, "pretrained": None}
     if pretrained is not None and architecture is not None:
         raise ValueError("give either a pretrained encoder or the architecture of a fresh one, not both")
     if pretrained is None:
@@ -68,6 +89,7 @@ def build_model(
                           routing_block=routing_block)
     meta = {
         "format": CHECKPOINT_FORMAT,
+        "network": network,
         "labels": list(label_set.names),
         "encoder_architecture": encoder.architecture.to_dict(),
         "dropout": dropout,
@@ -81,19 +103,20 @@ def build_model(
     return model.to(device), info
 
 
-def save_checkpoint(model: EmphysemaUNet, path: str | Path, meta: dict[str, Any]) -> Path:
+def save_checkpoint(model: SegmentationModel, path: str | Path, meta: dict[str, Any]) -> Path:
     """Atomically write ``{"model": state_dict, "meta": meta}``; a reader never sees a partial file.
 
-    The network's ``routing_block`` is written from the model itself, so the checkpoint cannot
+    The DrasCLR U-Net's ``routing_block`` is written from the model itself, so the checkpoint cannot
     disagree with how it was trained.
     """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    meta = {**meta, "routing_block": model.routing_block}
+    if isinstance(model, EmphysemaUNet):
+        meta = {**meta, "routing_block": model.routing_block}
     write_with(path, lambda tmp: torch.save({"model": state, "meta": meta}, tmp))
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EmphysemaUNet, dict[str, Any]]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, dict[str, Any]]:
     """Rebuild a saved model in eval mode.
 
     Raises:
@@ -109,12 +132,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     meta = payload.get("meta") if isinstance(payload, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"is not a {CHECKPOINT_FORMAT} checkpoint")
-    arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
-    encoder = DrasclrEncoder(EncoderArchitecture(**arguments))
-    model = EmphysemaUNet(encoder, LabelSet(tuple(meta["labels"])).num_classes, dropout=float(meta.get("dropout", 0.1)),
-                          routing_block=meta.get("routing_block", ROUTING_BLOCK))  # older ones: 32^3 patches, one block
+    model = _network_of(path, meta)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise InputError(path, f"weights do not fit the network in its meta ({str(exc).splitlines()[-1].strip()})") from None
     return model.to(device).eval(), meta
+
+
+def _network_of(path: Path, meta: dict[str, Any]) -> SegmentationModel:
+    """The untrained network a checkpoint's ``meta`` describes."""
+    network = meta.get("network", "drasclr_unet")
+    num_classes, dropout = LabelSet(tuple(meta["labels"])).num_classes, float(meta.get("dropout", 0.1))
+    if network == "segresnet":
+        return MonaiSegResNet(num_classes, dropout=dropout)
+    if network != "drasclr_unet":
+        raise InputError(path, f"holds an unknown network {network!r} (this version knows {', '.join(NETWORKS)})")
+    arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
+    return EmphysemaUNet(DrasclrEncoder(EncoderArchitecture(**arguments)), num_classes, dropout=dropout,
+                         routing_block=meta.get("routing_block", ROUTING_BLOCK))  # older ones: 32^3 patches, one block

@@ -99,6 +99,11 @@ class EmphysemaUNet(nn.Module):
             previous = width
         self.heads = nn.ModuleList([nn.Conv3d(width, num_classes, 1) for width in widths])
 
+    def needs_batches(self, patch_size: int) -> bool:
+        """Whether training-mode normalisation needs 2+ patches of ``patch_size`` per step (the
+        encoder's, :meth:`DrasclrEncoder.needs_batches`; the decoder's instance norm never does)."""
+        return self.encoder.needs_batches(patch_size)
+
     @property
     def divisor(self) -> int:
         """Window edges must be multiples of this (the encoder's total stride, or the routing block)."""

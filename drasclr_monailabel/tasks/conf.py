@@ -50,6 +50,11 @@ class AppConf:
             nnU-Net trains outside the app on a ``drasclr export-nnunet`` dataset).
         nnunet_model: the nnU-Net model folder for ``backend nnunet``
             (``nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>``).
+        network: the ``native`` segmentation network: ``drasclr_unet`` (the U-Net on the DrasCLR
+            encoder, from ``pretrained`` or from scratch) or ``segresnet`` (MONAI's SegResNet from
+            scratch on the CT alone; ``pretrained`` then serves the embedding strategies only).
+            SegResNet scored the higher subtype Dice with 1-2 labelled scans in the label-efficiency
+            benchmark (docs/segmentation.md).
         pretrained: exported DrasCLR encoder folder (``encoder.pt`` + ``encoder.json``); ``auto``
             uses :data:`DEFAULT_PRETRAINED` when it exists, ``none`` trains from scratch.
         labels: ``emphysema`` (binary) or ``centrilobular,panlobular,paraseptal`` (label values 1, 2, 3).
@@ -96,6 +101,7 @@ class AppConf:
     models: list[str] = field(default_factory=lambda: list(MODELS))
     backend: str = "native"
     nnunet_model: Path | None = None
+    network: str = "drasclr_unet"
     pretrained: str = "auto"
     labels: list[str] = field(default_factory=lambda: ["emphysema"])
     device: str = "auto"
@@ -277,8 +283,15 @@ def _check_ranges(conf: AppConf) -> None:
 
 
 def _check_backend(conf: AppConf) -> None:
+    from drasclr_monailabel.segmentation.checkpoint import NETWORKS
+
     if conf.backend not in BACKENDS:
         raise ConfigError(SOURCE, f"'backend' must be one of {', '.join(BACKENDS)}, got {conf.backend!r}")
+    if conf.network not in NETWORKS:
+        raise ConfigError(SOURCE, f"'network' must be one of {', '.join(NETWORKS)}, got {conf.network!r}")
+    if conf.backend == "nnunet" and conf.network != AppConf.network:
+        raise ConfigError(SOURCE, "'network' chooses the native backend's network; with --conf backend nnunet the nnU-Net "
+                                  "model folder is the network")
     if conf.backend == "nnunet" and conf.nnunet_model is None:
         raise ConfigError(SOURCE, "'backend' nnunet needs --conf nnunet_model <nnU-Net model folder>")
     if conf.backend == "native" and conf.nnunet_model is not None:

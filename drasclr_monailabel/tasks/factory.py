@@ -110,8 +110,15 @@ def _add_diversity(resolved: ResolvedConf, tasks: ModelTasks) -> EmbeddingCache 
 
 
 def _backbone_conf(resolved: ResolvedConf) -> ResolvedConf:
-    """``resolved`` for the segmentation network: without the encoder when it is joint2d3d's."""
-    if resolved.pretrained is None or encoder_method(resolved.pretrained) != JOINT_METHOD:
+    """``resolved`` for the segmentation network: without the encoder when it is joint2d3d's, or when
+    the network is SegResNet (which has no place for one)."""
+    if resolved.pretrained is None:
+        return resolved
+    if resolved.conf.network == "segresnet":
+        logger.info("--conf network segresnet: the encoder %s serves the embedding scoring, diversity and hybrid; "
+                    "SegResNet trains from scratch", resolved.pretrained)
+        return replace(resolved, pretrained=None, pretrained_reason=f"encoder {resolved.pretrained} (embeddings only)")
+    if encoder_method(resolved.pretrained) != JOINT_METHOD:
         return resolved
     logger.info("%s is a joint2d3d encoder: it serves the embedding scoring, diversity and hybrid; "
                 "the segmentation model trains from scratch", resolved.pretrained)

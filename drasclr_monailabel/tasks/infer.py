@@ -227,7 +227,8 @@ class EmphysemaInferTask(VolumeInferTask):
                             ToInputGridd(), Quantifyd()])
         result = pipeline({"image": volume})
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
-                             "pretrained": meta.get("pretrained"), "precision": self.precision}}
+                             "network": meta.get("network", "drasclr_unet"), "pretrained": meta.get("pretrained"),
+                             "precision": self.precision}}
         return Segmentation(result["pred"], result["quantification"], details)
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:

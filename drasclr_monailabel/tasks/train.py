@@ -115,7 +115,7 @@ class EmphysemaTrainTask(TrainTask):
         prepare_s = time.perf_counter() - start
         model, meta, pretrained = self._starting_model()
         config = FinetuneConfig(**options, device=self.resolved.device, amp=self.resolved.amp)
-        one_patch_fails = config.encoder_batchnorm_trains(pretrained) and model.encoder.needs_batches(config.patch_size)
+        one_patch_fails = config.encoder_batchnorm_trains(pretrained) and model.needs_batches(config.patch_size)
         if config.batch_size < 2 and one_patch_fails:  # torch would raise mid-round (HTTP 500 before)
             raise refuse(BAD_REQUEST, "'batch_size' must be at least 2 when the encoder's BatchNorm learns from the "
                                       "fine-tuning batches (from scratch, or encoder_batchnorm finetuning): one "
@@ -141,22 +141,24 @@ class EmphysemaTrainTask(TrainTask):
         return stats
 
     def _starting_model(self) -> tuple[Any, dict[str, Any], bool]:
-        """Continue from the published model if it has the same labels, else a new one."""
+        """Continue from the published model if it has the same labels and network, else a new one."""
         from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint
 
-        labels = list(self.resolved.conf.labels)
+        labels, network = list(self.resolved.conf.labels), self.resolved.conf.network
         if self.store.exists():
             try:
                 model, meta = load_checkpoint(self.store.checkpoint, self.resolved.device)
             except DrasclrError as exc:
                 logger.warning("train: published model unusable (%s); starting a new one", exc)
             else:
-                if list(meta.get("labels", [])) == labels:
+                published = (list(meta.get("labels", [])), meta.get("network", "drasclr_unet"))
+                if published == (labels, network):
                     meta["round"] = int(meta.get("round", 0)) + 1
                     return model, meta, meta.get("pretrained") is not None
-                logger.info("train: published model has labels %s, not %s; starting a new one", meta.get("labels"), labels)
+                logger.info("train: published model has labels %s and network %s, not %s and %s; starting a new one",
+                            *published, labels, network)
         pretrained = self.resolved.pretrained
-        model, info = build_model(labels, pretrained, self.resolved.device)
+        model, info = build_model(labels, pretrained, self.resolved.device, network=network)
         meta = dict(info["meta"], round=1)
         return model, meta, pretrained is not None
 

@@ -214,3 +214,33 @@ def test_a_joint2d3d_encoder_serves_embedding_diversity_and_hybrid_without_regis
             answer = client.post(f"/activelearning/{strategy}", json={}).json()
             assert answer["id"] != image_id and "fallback" not in answer["selection"], answer
             assert "reason" not in answer["selection"], answer  # hybrid used both uncertainty and diversity
+
+
+def test_a_segresnet_app_trains_on_one_patch_infers_and_keeps_the_encoder_for_diversity(phantom_studies, tiny_encoder):
+    """``--conf network segresnet``: MONAI's SegResNet is the segmentation model (GroupNorm, so one
+    patch per step trains: no 400), published and served like the DrasCLR U-Net, epistemic scoring
+    samples its dropout, and the DrasCLR encoder still ranks scans for diversity."""
+    from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
+    from drasclr_monailabel.segmentation.segresnet import MonaiSegResNet
+
+    conf = {**FAST_CONF, "network": "segresnet", "pretrained": str(tiny_encoder), "auto_update_scoring": "false"}
+    with in_process_app(phantom_studies, conf) as client:
+        info = client.get("/info/").json()
+        assert info["drasclr"]["network"] == "segresnet" and info["drasclr"]["pretrained"] == tiny_encoder.name
+        assert {"epistemic", "diversity", "hybrid"} <= set(info["strategies"])
+        image_id = client.post("/activelearning/diversity", json={}).json()["id"]
+        image = sitk.ReadImage(str(phantom_studies / f"{image_id}.nii.gz"))
+        _, laa = infer_all(client, "emphysema_laa", image_id)
+        assert save_label(client, image_id, label_bytes(laa, image)).status_code == 200
+
+        trained = client.post("/train/emphysema?run_sync=true", json={"batch_size": 1})
+        assert trained.status_code == 200, trained.text
+        assert trained.json()["round"] == 1 and trained.json()["pretrained"] is False  # the encoder is no SegResNet backbone
+        model, meta = load_checkpoint(phantom_studies / ".drasclr" / "model" / "emphysema.pt")
+        assert isinstance(model, MonaiSegResNet) and meta["network"] == "segresnet"
+
+        params, predicted = infer_all(client, "emphysema", image_id)
+        assert predicted.shape == laa.shape and params["model"]["network"] == "segresnet"
+        assert client.post("/scoring/epistemic?run_sync=true").json()["scored"] == 2
+        again = client.post("/train/emphysema?run_sync=true", json={}).json()
+        assert again["round"] == 2  # continues the published SegResNet

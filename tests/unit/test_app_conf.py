@@ -30,6 +30,7 @@ def test_defaults_serve_every_model():
     conf = parse_app_conf({})
     assert conf.models == list(MODELS)
     assert conf.labels == ["emphysema"]
+    assert conf.network == "drasclr_unet" and parse_app_conf({"network": "segresnet"}).network == "segresnet"
 
 
 @pytest.mark.parametrize("raw, named", [
@@ -58,6 +59,8 @@ def test_defaults_serve_every_model():
     ({"background_nice": "-5"}, "background_nice"),
     ({"scan_cache_gb": "-1"}, "scan_cache_gb"),
     ({"scan_cache_gb": "lots"}, "scan_cache_gb"),
+    ({"network": "unet"}, "network"),
+    ({"network": "segresnet", "backend": "nnunet", "nnunet_model": "/tmp"}, "network"),
 ])
 def test_bad_options_are_refused_naming_the_key(raw, named):
     with pytest.raises(ConfigError) as info:

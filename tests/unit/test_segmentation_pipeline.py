@@ -16,6 +16,7 @@ from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.case import network_input
 from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint, save_checkpoint
 from drasclr_monailabel.segmentation.inference import predict_volume, window_probabilities
+from drasclr_monailabel.segmentation.segresnet import MonaiSegResNet
 from drasclr_monailabel.segmentation.training import FinetuneConfig, finetune, segmentation_loss
 
 def test_coordinates_at_landmarks_equal_the_atlas_locations(prepared_phantom) -> None:
@@ -160,6 +161,36 @@ def test_a_fresh_encoder_of_another_architecture_is_built_and_reloaded_from_its_
     torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
     with pytest.raises(ValueError, match="not both"):
         build_model(["emphysema"], pretrained=tmp_path / "enc", architecture=architecture)
+
+
+def test_a_segresnet_is_built_saved_and_reloaded_as_the_same_network(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, info = build_model(["centrilobular", "panlobular", "paraseptal"], network="segresnet")
+    assert isinstance(model, MonaiSegResNet) and info["meta"]["network"] == "segresnet" and info["meta"]["pretrained"] is None
+    loaded, meta = load_checkpoint(save_checkpoint(model, tmp_path / "model.pt", info["meta"]))
+    assert isinstance(loaded, MonaiSegResNet) and "routing_block" not in meta
+    x = torch.randn(1, 4, 32, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+    assert loaded(x).shape == (1, 4, 32, 32, 32)  # background + three subtypes
+
+
+def test_segresnet_refuses_what_only_the_drasclr_u_net_takes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="from scratch"):
+        build_model(["emphysema"], pretrained=tmp_path / "enc", network="segresnet")
+    with pytest.raises(ValueError, match="from scratch"):
+        build_model(["emphysema"], architecture=EncoderArchitecture(norm="group"), network="segresnet")
+    with pytest.raises(ValueError, match="network must be one of drasclr_unet, segresnet"):
+        build_model(["emphysema"], network="unet")
+
+
+def test_a_checkpoint_without_a_network_holds_the_drasclr_u_net_and_an_unknown_one_is_named(tmp_path: Path) -> None:
+    model, info = build_model(["emphysema"])
+    old_meta = {key: value for key, value in info["meta"].items() if key != "network"}  # written before networks were named
+    loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "old.pt", old_meta))
+    assert type(loaded) is type(model)
+    path = save_checkpoint(model, tmp_path / "future.pt", {**info["meta"], "network": "swin_unetr"})
+    with pytest.raises(InputError, match="future.pt.*unknown network 'swin_unetr'"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])

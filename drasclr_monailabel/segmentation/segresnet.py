@@ -1,10 +1,12 @@
-"""A plain MONAI network trained from scratch: the outside baseline of the label-efficiency benchmark.
+"""MONAI's SegResNet trained from scratch: the outside baseline of the label-efficiency benchmark,
+and the app's second segmentation network (``--conf network segresnet``).
 
-MONAI's SegResNet sees only the CT channel of the network input (no atlas coordinates, no
-pretraining), as a MONAI user would train it, but otherwise goes through the same fine-tuning
-(:func:`drasclr_monailabel.segmentation.training.finetune`) and whole-scan inference
-(:func:`drasclr_monailabel.segmentation.inference.window_probabilities`) as the DrasCLR U-Net, so
-the comparison changes the network and nothing else.
+SegResNet sees only the CT channel of the network input (no atlas coordinates, no pretraining), as
+a MONAI user would train it, but otherwise goes through the same fine-tuning
+(:func:`drasclr_monailabel.segmentation.training.finetune`), whole-scan inference
+(:func:`drasclr_monailabel.segmentation.inference.window_probabilities`) and checkpoints
+(:mod:`drasclr_monailabel.segmentation.checkpoint`) as the DrasCLR U-Net, so the comparison
+changes the network and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from drasclr_monailabel.segmentation.network import IMAGE_CHANNELS
 
 BLOCKS_DOWN = (1, 2, 2, 4)
 """Residual blocks per SegResNet level (MONAI's default depth): three 2x downsamplings."""
+DIVISOR = 2 ** (len(BLOCKS_DOWN) - 1)
+"""Window and patch edges must be multiples of this (the network's total stride, 8)."""
 
 
 class MonaiSegResNet(nn.Module):
@@ -38,8 +42,12 @@ class MonaiSegResNet(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Window and patch edges must be multiples of this (the network's total stride)."""
-        return 2 ** (len(BLOCKS_DOWN) - 1)
+        """Window and patch edges must be multiples of this (:data:`DIVISOR`)."""
+        return DIVISOR
+
+    def needs_batches(self, patch_size: int) -> bool:
+        """Never: SegResNet's GroupNorm normalises within each patch, so one patch per step trains."""
+        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x[:, :IMAGE_CHANNELS])

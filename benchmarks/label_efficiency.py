@@ -139,8 +139,8 @@ SIZES = {
                   finetune_epochs=1, steps_per_epoch=2, pretrain_steps=2, folds=("A",), overlap=0.0, test_slab=64),
     "medium": Size("real", train_scans=4, test_scans=2, unlabelled_scans=8, counts=(1, 2, 4), seeds=(0, 1),
                    finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200, folds=("A",)),
-    # fine-tuning: 32 epochs of 25 steps, the budget at which the subtype Dice has levelled off
-    # (benchmarks/finetune_curve.py); about 3 minutes per run on the 2-core CPU.
+    # fine-tuning: 32 epochs of 25 steps (at 8 the subtype models barely predicted emphysema,
+    # docs/benchmarks.md); about 4.3 minutes per run with the test inference on the 2-core CPU.
     # Pretraining: about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
     # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),

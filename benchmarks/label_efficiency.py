@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{name} must be among the {args.size} size's {list(allowed)}, got {list(chosen)}")
     arms, tasks = tuple(dict.fromkeys(args.arms)), tuple(dict.fromkeys(args.tasks))
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), code_version()
 
     threshold, pretraining, composition = {}, {}, {}
     for fold in folds:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         pretraining[fold] = {arm: pretraining_record(size, folder / f"pretrain_{arm}") for arm in encoders}
         if args.encoder and "pretrained" in arms:
             encoders["pretrained"] = args.encoder
-        context = RunContext(cohorts["train"], cohorts["test"], encoders, size, args.device, workdir / "runs", recipe)
+        context = RunContext(cohorts["train"], cohorts["test"], encoders, size, args.device, workdir / "runs", recipe, commit)
         grid = [Run(fold, task, arm, count, seed) for task in tasks for count in counts for seed in seeds for arm in arms]
         run_grid(grid, context, args.jobs)
         test_cases = _worker_cases.get(str(cohorts["test"])) or prepare_cohort(cohorts["test"])
@@ -395,6 +395,7 @@ class RunContext:
     device: str
     runs_dir: Path
     recipe: Recipe = Recipe()
+    commit: str = "unknown"  # the code the runs are made with (code_version() when the benchmark started)
 
 
 _worker_cases: dict[str, list[PreparedCase]] = {}
@@ -471,7 +472,7 @@ def _score_run(run: Run, context: RunContext) -> dict:
     network = model.encoder.architecture.to_dict() if isinstance(model, EmphysemaUNet) else {"name": type(model).__name__}
     record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder), "network": network,
               "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE,
-              "commit": code_version()}
+              "commit": context.commit}
     write_json(context.runs_dir / run.file_name, record)
     return record
 

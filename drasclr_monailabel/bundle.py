@@ -29,7 +29,7 @@ import torch
 
 import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.segmentation.checkpoint import load_checkpoint
+from drasclr_monailabel.segmentation.checkpoint import load_checkpoint, network_name
 from drasclr_monailabel.segmentation.inference import WINDOW, windows_per_pass
 from drasclr_monailabel.segmentation.labels import LabelSet
 from drasclr_monailabel.segmentation.segresnet import DIVISOR as SEGRESNET_DIVISOR
@@ -207,7 +207,7 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             "labels": list(label_set.names),
             "intensity": meta.get("intensity"),
             "atlas_id": meta["atlas_id"],
-            "network": meta.get("network", "drasclr_unet"),
+            "network": network_name(meta),
             "routing_block": meta.get("routing_block"),
             "encoder": {"pretrained": meta.get("pretrained"), "pretraining_method": meta.get("pretraining_method")},
             "fine_tuning": {key: meta[key] for key in ("round", "trained_on") if key in meta},

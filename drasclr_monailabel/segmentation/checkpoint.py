@@ -44,7 +44,7 @@ def build_model(
     routing_block: int | None = ROUTING_BLOCK,
     atlas: Atlas | None = None,
     architecture: EncoderArchitecture | None = None,
-    network: str = "drasclr_unet",
+    network: str = NETWORKS[0],
 ) -> tuple[SegmentationModel, dict[str, Any]]:
     """A segmentation model on a pretrained DrasCLR encoder (or a fresh one when ``pretrained`` is
     None), or MONAI's SegResNet from scratch (``network="segresnet"``).
@@ -68,12 +68,13 @@ def build_model(
     atlas_id = (atlas or load_default_atlas()).atlas_id
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    shared = {"format": CHECKPOINT_FORMAT, "network": network, "labels": list(label_set.names), "dropout": dropout,
+              "atlas_id": atlas_id, "intensity": LUNG_WINDOW.to_dict()}
     if network == "segresnet":
         if pretrained is not None or architecture is not None or deep_supervision:
             raise ValueError("SegResNet trains from scratch: no pretrained encoder, encoder architecture or deep supervision")
         logger.info("emphysema model: MONAI SegResNet from scratch")
-        meta = {"format": CHECKPOINT_FORMAT, "network": network, "labels": list(label_set.names), "dropout": dropout,
-                "atlas_id": atlas_id, "intensity": LUNG_WINDOW.to_dict(), "pretrained": None, "pretraining_method": None}
+        meta = {**shared, "pretrained": None, "pretraining_method": None}
         model = MonaiSegResNet(label_set.num_classes, dropout=dropout)
         return model.to(device), {"meta": meta, "loaded": 0, "pretrained": None}
     if pretrained is not None and architecture is not None:
@@ -87,18 +88,8 @@ def build_model(
         logger.info("emphysema model: loaded %d encoder tensors from %s", len(encoder.state_dict()), pretrained)
     model = EmphysemaUNet(encoder, label_set.num_classes, dropout=dropout, deep_supervision=deep_supervision,
                           routing_block=routing_block)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "network": network,
-        "labels": list(label_set.names),
-        "encoder_architecture": encoder.architecture.to_dict(),
-        "dropout": dropout,
-        "routing_block": routing_block,
-        "atlas_id": atlas_id,
-        "intensity": LUNG_WINDOW.to_dict(),
-        "pretrained": None if pretrained is None else str(pretrained),
-        "pretraining_method": encoder_meta.get("method"),
-    }
+    meta = {**shared, "encoder_architecture": encoder.architecture.to_dict(), "routing_block": routing_block,
+            "pretrained": None if pretrained is None else str(pretrained), "pretraining_method": encoder_meta.get("method")}
     info = {"meta": meta, "loaded": 0 if pretrained is None else len(encoder.state_dict()), "pretrained": meta["pretrained"]}
     return model.to(device), info
 
@@ -140,13 +131,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), meta
 
 
+def network_name(meta: dict[str, Any]) -> str:
+    """The network a checkpoint's ``meta`` names; one written before networks were named holds the DrasCLR U-Net."""
+    return meta.get("network", NETWORKS[0])
+
+
 def _network_of(path: Path, meta: dict[str, Any]) -> SegmentationModel:
     """The untrained network a checkpoint's ``meta`` describes."""
-    network = meta.get("network", "drasclr_unet")
+    network = network_name(meta)
     num_classes, dropout = LabelSet(tuple(meta["labels"])).num_classes, float(meta.get("dropout", 0.1))
     if network == "segresnet":
         return MonaiSegResNet(num_classes, dropout=dropout)
-    if network != "drasclr_unet":
+    if network != NETWORKS[0]:
         raise InputError(path, f"holds an unknown network {network!r} (this version knows {', '.join(NETWORKS)})")
     arguments = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
     return EmphysemaUNet(DrasclrEncoder(EncoderArchitecture(**arguments)), num_classes, dropout=dropout,

@@ -218,6 +218,7 @@ class EmphysemaInferTask(VolumeInferTask):
         """The package's MONAI transforms (the bundle's too), with the app's lung-window inference."""
         from monai.transforms import Compose
 
+        from drasclr_monailabel.segmentation.checkpoint import network_name
         from drasclr_monailabel.segmentation.precision import DTYPES
         from drasclr_monailabel.segmentation.transforms import LungAtlasd, LungWindowInferd, Quantifyd, ToInputGridd
 
@@ -227,7 +228,7 @@ class EmphysemaInferTask(VolumeInferTask):
                             ToInputGridd(), Quantifyd()])
         result = pipeline({"image": volume})
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
-                             "network": meta.get("network", "drasclr_unet"), "pretrained": meta.get("pretrained"),
+                             "network": network_name(meta), "pretrained": meta.get("pretrained"),
                              "precision": self.precision}}
         return Segmentation(result["pred"], result["quantification"], details)
 

@@ -142,7 +142,7 @@ class EmphysemaTrainTask(TrainTask):
 
     def _starting_model(self) -> tuple[Any, dict[str, Any], bool]:
         """Continue from the published model if it has the same labels and network, else a new one."""
-        from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint
+        from drasclr_monailabel.segmentation.checkpoint import build_model, load_checkpoint, network_name
 
         labels, network = list(self.resolved.conf.labels), self.resolved.conf.network
         if self.store.exists():
@@ -151,7 +151,7 @@ class EmphysemaTrainTask(TrainTask):
             except DrasclrError as exc:
                 logger.warning("train: published model unusable (%s); starting a new one", exc)
             else:
-                published = (list(meta.get("labels", [])), meta.get("network", "drasclr_unet"))
+                published = (list(meta.get("labels", [])), network_name(meta))
                 if published == (labels, network):
                     meta["round"] = int(meta.get("round", 0)) + 1
                     return model, meta, meta.get("pretrained") is not None

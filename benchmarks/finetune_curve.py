@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     test = for_task([central_slab(c, args.slab) for c in prepare_cohort(args.fold_dir / "test")[:args.test_scans]], labels)
     if args.count > len(train):
         parser.error(f"--count {args.count} is more than the {len(train)} training scans in {args.fold_dir / 'train'}")
-    config = finetune_config(replace(SIZES["full"], finetune_epochs=args.epochs), "cpu", args.seed)
+    config = finetune_config(replace(SIZES["full"], finetune_epochs=args.epochs), "cpu", args.seed, count=args.count)
     overrides = {k: v for k, v in (("lr", args.lr), ("foreground_fraction", args.foreground_fraction)) if v is not None}
     config = replace(config, **overrides)
     model, stats = fine_tuned_model("scratch", None, train, args.count, config, labels=labels)

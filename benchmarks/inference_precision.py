@@ -100,7 +100,7 @@ def main() -> int:
     test = for_task(prepare_cohort(cohorts["test"]), BINARY)[0]
     seeds = {}
     for seed in SIZE.seeds:
-        model, _ = fine_tuned_model("scratch", None, train, SIZE.counts[0], finetune_config(SIZE, args.device, seed))
+        model, _ = fine_tuned_model("scratch", None, train, SIZE.counts[0], finetune_config(SIZE, args.device, seed, count=SIZE.counts[0]))
         seeds[str(seed)] = test_scan_measures(model, test, args.device)
         print(f"seed {seed}: {seeds[str(seed)]}", file=sys.stderr)
 

@@ -76,7 +76,7 @@ def main() -> int:
     truth = test.labels > 0
     seeds: dict[str, Any] = {}
     for seed in SEEDS:
-        model, _ = fine_tuned_model("scratch", None, train, SIZE.counts[0], finetune_config(SIZE, "cpu", seed))
+        model, _ = fine_tuned_model("scratch", None, train, SIZE.counts[0], finetune_config(SIZE, "cpu", seed, count=SIZE.counts[0]))
         runs = {}
         for overlap in OVERLAPS:
             for tiling in ("whole_grid", "lung_box"):

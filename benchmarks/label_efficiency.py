@@ -8,7 +8,9 @@ labelled subset and every test scan can score each subtype):
     ``lung1`` and ``lung2``; the held-out test scans from another patient, LIDC-IDRI-0001;
   * fold B: the roles rotated: pool and pretraining from ``lung1`` and LIDC-IDRI-0001, test from
     ``lung2``. (``--size small`` uses phantoms with disjoint seeds.)
-Arms (every one fine-tuned with the same steps, batch and patches):
+Arms (every one fine-tuned with the same steps, batch and patches at a given number of labelled
+scans; the steps are the size's fixed epochs for every count, or with ``--epochs-per-scan N``
+N epochs per labelled scan, a budget that grows with the count):
   * ``scratch``: the DrasCLR U-Net with a random encoder;
   * ``pretrained``: its encoder from DrasCLR pretraining on the fold's unlabelled cohort;
   * ``unconditioned``: pretrained the same way with plain convolutions of the same shapes
@@ -132,6 +134,15 @@ class Size:
     folds: tuple[str, ...] = ("A", "B")
     overlap: float = 0.25  # of the 64^3 inference windows on the test scans
     test_slab: int | None = None  # score only this many axial slices (1 mm) at the middle of each test scan's lungs
+    finetune_epochs_per_scan: int | None = None  # fine-tune this many epochs per labelled scan instead of finetune_epochs
+
+    def epochs_for(self, count: int) -> int:
+        """Fine-tuning epochs of a run with ``count`` labelled scans (each ``steps_per_epoch`` steps)."""
+        return self.finetune_epochs if self.finetune_epochs_per_scan is None else self.finetune_epochs_per_scan * count
+
+
+SIZE_BEFORE_ITS_FIELDS = {"finetune_epochs_per_scan": None}
+"""What a run record made before a size field existed was made with."""
 
 
 SIZES = {
@@ -175,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-batchnorm", choices=ENCODER_BATCHNORM, default=FinetuneConfig.encoder_batchnorm,
                         help="pretrained arms: keep the encoder's BatchNorm statistics from pretraining, or re-estimate "
                              f"them from the fine-tuning batches as scratch does (default {FinetuneConfig.encoder_batchnorm})")
-    parser.add_argument("--finetune-epochs", type=int,
-                        help="fine-tuning epochs for every arm instead of the size's (its steps per epoch; runs are redone)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--finetune-epochs", type=int,
+                        help="fine-tuning epochs for every arm and count instead of the size's (its steps per epoch; runs are redone)")
+    budget.add_argument("--epochs-per-scan", type=int,
+                        help="fine-tuning epochs per labelled scan instead of the size's fixed epochs: a budget that grows "
+                             "with the count, e.g. 16 gives 16 epochs to 1 scan and 128 to 8 (runs are redone)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -188,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.finetune_epochs < 1:
             parser.error(f"--finetune-epochs must be at least 1, got {args.finetune_epochs}")
         size = replace(size, finetune_epochs=args.finetune_epochs)
+    if args.epochs_per_scan is not None:
+        if args.epochs_per_scan < 1:
+            parser.error(f"--epochs-per-scan must be at least 1, got {args.epochs_per_scan}")
+        size = replace(size, finetune_epochs_per_scan=args.epochs_per_scan)
     folds = tuple(args.folds or size.folds)
     counts, seeds = tuple(dict.fromkeys(args.counts or size.counts)), tuple(dict.fromkeys(args.seeds or size.seeds))
     for name, chosen, allowed in (("--counts", counts, size.counts), ("--seeds", seeds, size.seeds)):
@@ -430,7 +449,8 @@ def _is_done(run: Run, context: RunContext) -> bool:
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
-    same_size = record.get("size") == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
+    recorded_size = {**SIZE_BEFORE_ITS_FIELDS, **record["size"]} if "size" in record else None
+    same_size = recorded_size == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
     if run.arm not in PRETRAINING_ARMS:
         return same_size
     same_recipe = {**asdict(Recipe()), **RECIPE_BEFORE_ITS_FIELDS, **record.get("recipe", {})} == asdict(context.recipe)
@@ -464,13 +484,14 @@ def _score_run(run: Run, context: RunContext) -> dict:
     started = time.perf_counter()
     encoder = context.encoders.get(run.arm)
     labels = TASKS[run.task]
-    config = finetune_config(context.size, context.device, run.seed, context.recipe)
+    config = finetune_config(context.size, context.device, run.seed, context.recipe, count=run.count)
     model, _ = fine_tuned_model(run.arm, encoder, for_task(_worker_cases[str(context.train)], labels), run.count, config,
                                 labels=labels)
     score = score_on_test(model, for_task(_worker_cases[str(context.test)], labels), context.device, len(labels),
                           context.size.overlap)
     network = model.encoder.architecture.to_dict() if isinstance(model, EmphysemaUNet) else {"name": type(model).__name__}
     record = {**asdict(run), **score, "seconds": round(time.perf_counter() - started, 1), "encoder": str(encoder), "network": network,
+              "finetune_steps": config.max_epochs * config.steps_per_epoch,
               "size": asdict(context.size), "recipe": asdict(context.recipe), "device": context.device, "inference": INFERENCE,
               "commit": context.commit}
     write_json(context.runs_dir / run.file_name, record)
@@ -528,9 +549,10 @@ def pooled_class_dice(predictions: list[np.ndarray], truths: list[np.ndarray], n
     return per_class
 
 
-def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe()) -> FinetuneConfig:
-    """The benchmark's fine-tuning budget and recipe (patches of the default size, batch 4)."""
-    return FinetuneConfig(max_epochs=size.finetune_epochs, steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
+def finetune_config(size: Size, device: str, seed: int, recipe: Recipe = Recipe(), *, count: int) -> FinetuneConfig:
+    """The benchmark's fine-tuning budget for a run with ``count`` labelled scans and recipe
+    (patches of the default size, batch 4)."""
+    return FinetuneConfig(max_epochs=size.epochs_for(count), steps_per_epoch=size.steps_per_epoch, device=device, seed=seed,
                           encoder_lr_scale=recipe.encoder_lr_scale, freeze_encoder_epochs=recipe.freeze_encoder_epochs,
                           encoder_batchnorm=recipe.encoder_batchnorm)
 

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": {mode: summarise([r for r in runs if r["mode"] == mode]) for mode in args.modes},
         "runs": runs,
         "settings": {**settings, "encoder": str(encoder), "test_scans": [c.case_id for c in test_cases],
-                     "budgets": {c.name: _budget(finetune_config(size, "cpu", 0), c.train, args.budget) for c in CONDITIONS}},
+                     "budgets": {c.name: _budget(finetune_config(size, "cpu", 0, count=plan.labelled), c.train, args.budget) for c in CONDITIONS}},
         "machine": machine_info(load_before),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -224,7 +224,7 @@ def _budget(base: FinetuneConfig, patch: int, rule: str) -> dict:
 def measure(mode: str, seed: int, encoder: Path, train_cases: list[PreparedCase], test_cases: list[PreparedCase],
             size: Size, plan: Plan, rule: str, atlas: Atlas) -> dict:
     """Fine-tune once per distinct training, then score every condition on every test scan."""
-    base = finetune_config(size, "cpu", seed)
+    base = finetune_config(size, "cpu", seed, count=plan.labelled)
     out: dict = {"conditions": {}, "finetune_seconds": {}, "finetune_last_epoch_loss": {}}
     for training in dict.fromkeys(c.training for c in CONDITIONS):
         patch, block = training

@@ -161,3 +161,26 @@ def test_counts_outside_the_size_are_refused(bench, tmp_path: Path, capsys) -> N
         bench.main(["--size", "small", "--counts", "2", "--out", str(tmp_path / "le.json")])
     assert stopped.value.code == 2
     assert "--counts must be among the small size's [1], got [2]" in capsys.readouterr().err
+
+
+def test_a_budget_per_labelled_scan_grows_with_the_count_and_redoes_fixed_budget_runs(bench, tmp_path: Path) -> None:
+    full = bench.SIZES["full"]
+    per_scan = bench.replace(full, finetune_epochs_per_scan=16)
+    assert [full.epochs_for(count) for count in (1, 8)] == [full.finetune_epochs] * 2
+    assert [per_scan.epochs_for(count) for count in (1, 2, 8)] == [16, 32, 128]
+    config = bench.finetune_config(per_scan, "cpu", 0, count=4)
+    assert config.max_epochs * config.steps_per_epoch == 64 * full.steps_per_epoch
+    fixed = _context(bench, tmp_path, "/encoders/a", size="full")
+    run = bench.Run("A", "subtypes", "scratch", 2, 0)
+    _finish(bench, run, fixed, 0.5)
+    record = bench.read_run(fixed.runs_dir, run)  # made before the size had finetune_epochs_per_scan: a fixed budget then
+    del record["size"]["finetune_epochs_per_scan"]
+    bench.write_json(fixed.runs_dir / run.file_name, record)
+    assert bench._is_done(run, fixed)
+    assert not bench._is_done(run, bench.replace(fixed, size=per_scan))
+
+
+def test_the_two_budget_options_exclude_each_other(bench, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--size", "small", "--finetune-epochs", "2", "--epochs-per-scan", "4", "--out", str(tmp_path / "le.json")])
+    assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def export_bundle(model: Path, out: Path, overwrite: bool = False) -> Path:
 
 def network_definition(meta: dict[str, Any]) -> dict[str, Any]:
     """The ``network_def`` of a checkpoint's ``meta``: the same network :func:`load_checkpoint` builds."""
-    if meta.get("network") == "segresnet":
+    if network_name(meta) == "segresnet":
         return {"_target_": "drasclr_monailabel.segmentation.segresnet.MonaiSegResNet",
                 "num_classes": LabelSet(tuple(meta["labels"])).num_classes, "dropout": float(meta.get("dropout", 0.1))}
     architecture = {k: v for k, v in meta["encoder_architecture"].items() if k != "name"}
@@ -171,7 +171,7 @@ def bundle_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """``configs/metadata.json`` after the MONAI Bundle specification, plus the model's provenance."""
     label_set = LabelSet(tuple(meta["labels"]))
     channels = {"0": "background", **{str(i): name for i, name in enumerate(label_set.names, start=1)}}
-    segresnet = meta.get("network") == "segresnet"
+    segresnet = network_name(meta) == "segresnet"
     block = SEGRESNET_DIVISOR if segresnet else meta.get("routing_block") or 32
     network = "MONAI SegResNet (reads the CT channel only)" if segresnet else "U-Net on an anatomy-aware DrasCLR encoder"
     return {

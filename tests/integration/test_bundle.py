@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.atlas import load_default_atlas
 from drasclr_monailabel.cli.main import main as drasclr
-from drasclr_monailabel.io import read_ct
+from drasclr_monailabel.io import CTVolume, read_ct
 from drasclr_monailabel.metrics import dice
 from drasclr_monailabel.segmentation.case import prepare_case
 from drasclr_monailabel.segmentation.checkpoint import build_model, save_checkpoint
@@ -34,20 +34,34 @@ TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "va
 """Keys the specification requires for every input and output of ``network_data_format`` (inputs add ``modality``)."""
 
 
+def _fine_tuned_model_folder(folder: Path, volume: CTVolume, labels: np.ndarray, network: str) -> Path:
+    """The app's model folder with a checkpoint of ``network`` fine-tuned 40 steps on one real scan's
+    ``labels`` (Z, Y, X on the scan's grid)."""
+    model, info = build_model(["emphysema"], network=network)
+    finetune(model, [prepare_case(volume, label_map=labels)], FinetuneConfig(max_epochs=1, steps_per_epoch=40, seed=0),
+             pretrained=False)
+    save_checkpoint(model, folder / "emphysema.pt", {**info["meta"], "round": 1, "trained_on": ["lung1"]})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def app_model(tmp_path_factory: pytest.TempPathFactory, sample_lung1: Path) -> Path:
-    """The app's model folder with a checkpoint fine-tuned briefly on real CT (lung1) to label the
-    upper half of the scan's lung: learnt in a few steps from the atlas-coordinate channels, so the
-    model draws a boundary through the lungs and the two pipelines' labels can be compared there."""
+    """The DrasCLR U-Net fine-tuned briefly on real CT (lung1) to label the upper half of the scan's
+    lung: learnt in a few steps from the atlas-coordinate channels, so the model draws a boundary
+    through the lungs and the two pipelines' labels can be compared there."""
     volume = read_ct(sample_lung1)
     upper_half = np.zeros(volume.hu.shape, dtype=np.uint8)
     upper_half[volume.hu.shape[0] // 2:] = 1  # labels outside the lungs are dropped by prepare_case
-    case = prepare_case(volume, label_map=upper_half)
-    model, info = build_model(["emphysema"])
-    finetune(model, [case], FinetuneConfig(max_epochs=1, steps_per_epoch=40, seed=0), pretrained=False)
-    folder = tmp_path_factory.mktemp("model")
-    save_checkpoint(model, folder / "emphysema.pt", {**info["meta"], "round": 1, "trained_on": ["lung1"]})
-    return folder
+    return _fine_tuned_model_folder(tmp_path_factory.mktemp("model"), volume, upper_half, "drasclr_unet")
+
+
+@pytest.fixture(scope="module")
+def segresnet_model(tmp_path_factory: pytest.TempPathFactory, sample_lung1: Path) -> Path:
+    """MONAI's SegResNet (the app's ``--conf network segresnet``) fine-tuned briefly on lung1 to
+    label its lung below -860 HU: it reads the CT channel alone, so its boundary is one of density."""
+    volume = read_ct(sample_lung1)
+    return _fine_tuned_model_folder(tmp_path_factory.mktemp("segresnet_model"), volume, (volume.hu < -860).astype(np.uint8),
+                                    "segresnet")
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +72,38 @@ def lung2_study(tmp_path_factory: pytest.TempPathFactory, sample_lung2: Path) ->
     return studies
 
 
-@pytest.fixture(scope="module")
-def app_answer(app_model: Path, lung2_study: Path) -> tuple[np.ndarray, sitk.Image, dict]:
+def _app_answer(model_folder: Path, studies: Path) -> tuple[np.ndarray, sitk.Image, dict]:
     """The app's own infer task on lung2: its labels (Z, Y, X), the label image and the quantification."""
-    task = EmphysemaInferTask(["emphysema"], ModelStore(app_model), "cpu", LungMaskCache())
-    path, result = task({"image": str(lung2_study / "lung2.nii.gz")})
+    task = EmphysemaInferTask(["emphysema"], ModelStore(model_folder), "cpu", LungMaskCache())
+    path, result = task({"image": str(studies / "lung2.nii.gz")})
     label = sitk.ReadImage(path)
     Path(path).unlink()
     labels = sitk.GetArrayFromImage(label)
-    lung_voxels = int(np.count_nonzero(task.lung_cache.lungs(read_ct(lung2_study / "lung2.nii.gz"))))
+    lung_voxels = int(np.count_nonzero(task.lung_cache.lungs(read_ct(studies / "lung2.nii.gz"))))
     assert 0.02 < np.count_nonzero(labels) / lung_voxels < 0.98  # a boundary inside the lungs to compare
     return labels, label, result["quantification"]
 
 
+@pytest.fixture(scope="module")
+def app_answer(app_model: Path, lung2_study: Path) -> tuple[np.ndarray, sitk.Image, dict]:
+    return _app_answer(app_model, lung2_study)
+
+
 def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: Path, lung2_study: Path, app_answer, tmp_path: Path) -> None:
+    _check_and_run_the_bundle(app_model, "drasclr_unet", lung2_study, app_answer, tmp_path)
+
+
+def test_a_segresnet_bundle_is_checked_and_run_by_monai_and_matches_the_app(segresnet_model: Path, lung2_study: Path,
+                                                                            tmp_path: Path) -> None:
+    _check_and_run_the_bundle(segresnet_model, "segresnet", lung2_study, _app_answer(segresnet_model, lung2_study), tmp_path)
+
+
+def _check_and_run_the_bundle(model_folder: Path, network: str, studies: Path, app_answer, tmp_path: Path) -> None:
+    """Export the model folder's checkpoint (of ``network``), check the bundle against the specification, let
+    MONAI verify its network and run its inference on lung2, and compare with the app's answer."""
     bundle = tmp_path / "bundle"
-    assert drasclr(["export-bundle", str(app_model), "--out", str(bundle)]) == 0
-    assert drasclr(["export-bundle", str(app_model), "--out", str(bundle)]) == 2  # never replaced unasked
+    assert drasclr(["export-bundle", str(model_folder), "--out", str(bundle)]) == 0
+    assert drasclr(["export-bundle", str(model_folder), "--out", str(bundle)]) == 2  # never replaced unasked
     assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == [
         "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
@@ -85,6 +114,7 @@ def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: P
     assert metadata["network_data_format"]["inputs"]["image"]["modality"] == "CT"
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "emphysema"}
     assert metadata["drasclr"]["atlas_id"] == load_default_atlas().atlas_id
+    assert metadata["drasclr"]["network"] == network
     import torch
 
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
@@ -98,7 +128,7 @@ def test_the_bundle_is_checked_and_run_by_monai_and_matches_the_app(app_model: P
 
     results = tmp_path / "results"
     ran = subprocess.run([*monai_bundle, "run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                          "--dataset_dir", str(lung2_study), "--output_dir", str(results)], capture_output=True, text=True, timeout=900)
+                          "--dataset_dir", str(studies), "--output_dir", str(results)], capture_output=True, text=True, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
     _assert_matches_the_app(sitk.ReadImage(str(results / "lung2_seg.nii.gz")),
                             json.loads((results / "lung2_quantification.json").read_text()), app_answer)

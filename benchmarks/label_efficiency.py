@@ -442,19 +442,29 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 
 def _is_done(run: Run, context: RunContext) -> bool:
-    """A run counts as done when its record exists and was made with the same size and inference
-    (window, routing) and, for a pretrained arm, the same encoder and recipe (the other arms use
+    """A run counts as done when its record exists and was made with the same size (the same
+    fine-tuning steps for its count, whichever budget rule gave them) and inference (window,
+    routing) and, for a pretrained arm, the same encoder and recipe (the other arms use
     neither, so they carry over to a rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name
     if not path.is_file():
         return False
     record = read_run(context.runs_dir, run)
-    recorded_size = {**SIZE_BEFORE_ITS_FIELDS, **record["size"]} if "size" in record else None
-    same_size = recorded_size == json.loads(json.dumps(asdict(context.size))) and record.get("inference") == INFERENCE
+    try:
+        recorded = Size(**{**SIZE_BEFORE_ITS_FIELDS, **record["size"]})
+    except (KeyError, TypeError):  # no size, or one with fields this version lacks
+        return False
+    same_size = _as_run_sees_it(recorded, run.count) == _as_run_sees_it(context.size, run.count) and record.get("inference") == INFERENCE
     if run.arm not in PRETRAINING_ARMS:
         return same_size
     same_recipe = {**asdict(Recipe()), **RECIPE_BEFORE_ITS_FIELDS, **record.get("recipe", {})} == asdict(context.recipe)
     return same_size and same_recipe and record.get("encoder") == str(context.encoders.get(run.arm))
+
+
+def _as_run_sees_it(size: Size, count: int) -> dict:
+    """``size`` as plain JSON values, its budget rule replaced by the epochs a run with ``count``
+    labelled scans gets (a fixed 128 epochs and 16 per scan are the same budget for 8 scans)."""
+    return json.loads(json.dumps(asdict(replace(size, finetune_epochs=size.epochs_for(count), finetune_epochs_per_scan=None))))
 
 
 def _load_cases(context: RunContext, threads: int) -> None:

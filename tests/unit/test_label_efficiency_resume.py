@@ -177,7 +177,16 @@ def test_a_budget_per_labelled_scan_grows_with_the_count_and_redoes_fixed_budget
     del record["size"]["finetune_epochs_per_scan"]
     bench.write_json(fixed.runs_dir / run.file_name, record)
     assert bench._is_done(run, fixed)
-    assert not bench._is_done(run, bench.replace(fixed, size=per_scan))
+    assert not bench._is_done(run, bench.replace(fixed, size=bench.replace(per_scan, finetune_epochs_per_scan=8)))
+    assert bench._is_done(run, bench.replace(fixed, size=per_scan))  # 16 epochs per scan: the 32 epochs 2 scans got
+    longer = bench.replace(full, finetune_epochs=128)
+    eight = bench.Run("A", "subtypes", "scratch", 8, 0)
+    _finish(bench, eight, bench.replace(fixed, size=per_scan), 0.35)
+    assert bench._is_done(eight, bench.replace(fixed, size=longer)) and not bench._is_done(eight, fixed)
+    record = bench.read_run(fixed.runs_dir, eight)
+    record["size"]["a_field_of_a_later_version"] = 1
+    bench.write_json(fixed.runs_dir / eight.file_name, record)
+    assert not bench._is_done(eight, bench.replace(fixed, size=longer))
 
 
 def test_the_two_budget_options_exclude_each_other(bench, tmp_path: Path, capsys) -> None:

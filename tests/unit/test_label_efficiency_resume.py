@@ -164,13 +164,13 @@ def test_counts_outside_the_size_are_refused(bench, tmp_path: Path, capsys) -> N
 
 
 def test_a_budget_per_labelled_scan_grows_with_the_count_and_redoes_fixed_budget_runs(bench, tmp_path: Path) -> None:
-    full = bench.SIZES["full"]
+    full = bench.replace(bench.SIZES["full"], finetune_epochs=32)
     per_scan = bench.replace(full, finetune_epochs_per_scan=16)
     assert [full.epochs_for(count) for count in (1, 8)] == [full.finetune_epochs] * 2
     assert [per_scan.epochs_for(count) for count in (1, 2, 8)] == [16, 32, 128]
     config = bench.finetune_config(per_scan, "cpu", 0, count=4)
     assert config.max_epochs * config.steps_per_epoch == 64 * full.steps_per_epoch
-    fixed = _context(bench, tmp_path, "/encoders/a", size="full")
+    fixed = bench.replace(_context(bench, tmp_path, "/encoders/a"), size=full)
     run = bench.Run("A", "subtypes", "scratch", 2, 0)
     _finish(bench, run, fixed, 0.5)
     record = bench.read_run(fixed.runs_dir, run)  # made before the size had finetune_epochs_per_scan: a fixed budget then

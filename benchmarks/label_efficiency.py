@@ -152,7 +152,7 @@ SIZES = {
                    finetune_epochs=4, steps_per_epoch=25, pretrain_steps=200, folds=("A",)),
     # fine-tuning: 128 epochs of 25 steps, 3,200 steps for every count (at 32 epochs every count was under-trained:
     # fold A's scratch subtype Dice doubled from 32 to 128 at 1 and at 8 labelled scans, docs/benchmarks.md);
-    # about 10 minutes per run with the test inference on the 2-core CPU (two at once with --jobs 2, 19-21 minutes).
+    # with the test inference, two runs at once on the 2-core CPU (--jobs 2) take 19-22 minutes: one run every 10.
     # Pretraining: about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
     # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),

@@ -153,8 +153,9 @@ SIZES = {
     # fine-tuning: 128 epochs of 25 steps, 3,200 steps for every count (at 32 epochs every count was under-trained:
     # fold A's scratch subtype Dice doubled from 32 to 128 at 1 and at 8 labelled scans, docs/benchmarks.md);
     # with the test inference, two runs at once on the 2-core CPU (--jobs 2) take 19-22 minutes: one run every 10.
-    # Pretraining: about 60 minutes of the 2-core CPU per pretrained encoder (0.9 s per step of 8 patches, measured
-    # by benchmarks/pretraining_signal.py); queue 16 is what the queue plan recommends for 16 scans
+    # Pretraining: sized at 0.9 s per step of 8 patches (benchmarks/pretraining_signal.py, beside other work), about
+    # 60 minutes; fold A's encoder later ran at 0.27-0.29 s a step on idle cores, about 19 minutes (docs/benchmarks.md);
+    # queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
                  finetune_epochs=128, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),
     # sized for about 10 minutes of one H100/H200 per fold (three pretrainings and the grid, --jobs 8) when

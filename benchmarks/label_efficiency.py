@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-batchnorm", choices=ENCODER_BATCHNORM, default=FinetuneConfig.encoder_batchnorm,
                         help="pretrained arms: keep the encoder's BatchNorm statistics from pretraining, or re-estimate "
                              f"them from the fine-tuning batches as scratch does (default {FinetuneConfig.encoder_batchnorm})")
+    parser.add_argument("--pretrain-steps", type=int,
+                        help="pretraining steps for the pretraining arms instead of the size's; those encoders go to their "
+                             "own folders (pretrain_<arm>_<N>_steps), so the size's encoders and the other arms' runs are kept")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--finetune-epochs", type=int,
                         help="fine-tuning epochs for every arm and count instead of the size's (its steps per epoch; runs are redone)")
@@ -202,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--encoder-lr-scale must be positive and --freeze-encoder-epochs at least 0")
     recipe = Recipe(args.encoder_lr_scale, args.freeze_encoder_epochs, args.encoder_batchnorm)
     size = SIZES[args.size]
+    pretrain_folder = "pretrain_{arm}"
+    if args.pretrain_steps is not None:
+        if args.pretrain_steps < 1:
+            parser.error(f"--pretrain-steps must be at least 1, got {args.pretrain_steps}")
+        if args.pretrain_steps != size.pretrain_steps:
+            pretrain_folder += f"_{args.pretrain_steps}_steps"
+        size = replace(size, pretrain_steps=args.pretrain_steps)
     if args.finetune_epochs is not None:
         if args.finetune_epochs < 1:
             parser.error(f"--finetune-epochs must be at least 1, got {args.finetune_epochs}")
@@ -223,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     for fold in folds:
         folder = workdir / f"fold_{fold}"
         cohorts = make_cohorts(size, folder, fold)
-        encoders = {arm: pretrain(size, cohorts["unlabelled"], folder / f"pretrain_{arm}", overrides=PRETRAINING_ARMS[arm],
-                                  device=args.device)
+        encoders = {arm: pretrain(size, cohorts["unlabelled"], folder / pretrain_folder.format(arm=arm),
+                                  overrides=PRETRAINING_ARMS[arm], device=args.device)
                     for arm in arms if arm in PRETRAINING_ARMS and not (arm == "pretrained" and args.encoder)}
-        pretraining[fold] = {arm: pretraining_record(size, folder / f"pretrain_{arm}") for arm in encoders}
+        pretraining[fold] = {arm: pretraining_record(size, folder / pretrain_folder.format(arm=arm)) for arm in encoders}
         if args.encoder and "pretrained" in arms:
             encoders["pretrained"] = args.encoder
         context = RunContext(cohorts["train"], cohorts["test"], encoders, size, args.device, workdir / "runs", recipe, commit)
@@ -457,17 +467,23 @@ def _is_done(run: Run, context: RunContext) -> bool:
         recorded = Size(**{**SIZE_BEFORE_ITS_FIELDS, **record["size"]})
     except (KeyError, TypeError):  # no size, or one with fields this version lacks
         return False
-    same_size = _as_run_sees_it(recorded, run.count) == _as_run_sees_it(context.size, run.count) and record.get("inference") == INFERENCE
+    same_size = _as_run_sees_it(recorded, run.count, run.arm) == _as_run_sees_it(context.size, run.count, run.arm) and record.get("inference") == INFERENCE
     if run.arm not in PRETRAINING_ARMS:
         return same_size
     same_recipe = {**asdict(Recipe()), **RECIPE_BEFORE_ITS_FIELDS, **record.get("recipe", {})} == asdict(context.recipe)
     return same_size and same_recipe and record.get("encoder") == str(context.encoders.get(run.arm))
 
 
-def _as_run_sees_it(size: Size, count: int) -> dict:
+PRETRAINING_FIELDS = ("pretrain_steps", "pretrain_batch", "pretrain_queue")
+"""Size fields only the pretraining arms depend on (a pretrained run also records its encoder)."""
+
+
+def _as_run_sees_it(size: Size, count: int, arm: str) -> dict:
     """``size`` as plain JSON values, its budget rule replaced by the epochs a run with ``count``
-    labelled scans gets (a fixed 128 epochs and 16 per scan are the same budget for 8 scans)."""
-    return json.loads(json.dumps(asdict(replace(size, finetune_epochs=size.epochs_for(count), finetune_epochs_per_scan=None))))
+    labelled scans gets (a fixed 128 epochs and 16 per scan are the same budget for 8 scans), less
+    the pretraining budget for an arm that is not pretrained."""
+    seen = json.loads(json.dumps(asdict(replace(size, finetune_epochs=size.epochs_for(count), finetune_epochs_per_scan=None))))
+    return seen if arm in PRETRAINING_ARMS else {k: v for k, v in seen.items() if k not in PRETRAINING_FIELDS}
 
 
 def _load_cases(context: RunContext, threads: int) -> None:

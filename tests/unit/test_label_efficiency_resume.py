@@ -193,3 +193,23 @@ def test_the_two_budget_options_exclude_each_other(bench, tmp_path: Path, capsys
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--size", "small", "--finetune-epochs", "2", "--epochs-per-scan", "4", "--out", str(tmp_path / "le.json")])
     assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_another_pretraining_budget_keeps_the_runs_of_arms_that_are_not_pretrained(bench, tmp_path: Path) -> None:
+    context = _context(bench, tmp_path, "/encoders/a", size="full")
+    runs = {arm: bench.Run("A", "subtypes", arm, 2, 0) for arm in ("scratch", "monai_segresnet", "pretrained", "unconditioned")}
+    for run in runs.values():
+        _finish(bench, run, context, 0.5)
+    longer = bench.replace(context, size=bench.replace(context.size, pretrain_steps=3 * context.size.pretrain_steps))
+    assert bench._is_done(runs["scratch"], longer) and bench._is_done(runs["monai_segresnet"], longer)
+    assert not bench._is_done(runs["pretrained"], longer) and not bench._is_done(runs["unconditioned"], longer)
+    other_batch = bench.replace(context, size=bench.replace(context.size, pretrain_batch=2 * context.size.pretrain_batch))
+    assert bench._is_done(runs["scratch"], other_batch) and not bench._is_done(runs["pretrained"], other_batch)
+    shorter_finetuning = bench.replace(context, size=bench.replace(context.size, finetune_epochs=4))
+    assert not bench._is_done(runs["scratch"], shorter_finetuning)  # fine-tuning budget still counts for every arm
+
+
+def test_a_pretraining_budget_below_one_step_is_refused(bench, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--size", "small", "--pretrain-steps", "0", "--out", str(tmp_path / "le.json")])
+    assert stopped.value.code == 2 and "--pretrain-steps must be at least 1, got 0" in capsys.readouterr().err

@@ -155,6 +155,7 @@ SIZES = {
     # with the test inference, two runs at once on the 2-core CPU (--jobs 2) take 19-22 minutes: one run every 10.
     # Pretraining: sized at 0.9 s per step of 8 patches (benchmarks/pretraining_signal.py, beside other work), about
     # 60 minutes; fold A's encoder later ran at 0.27-0.29 s a step on idle cores, about 19 minutes (docs/benchmarks.md);
+    # kept at 4,000 steps because 12,000 (69 minutes, --pretrain-steps) did not fine-tune better on fold A;
     # queue 16 is what the queue plan recommends for 16 scans
     "full": Size("real", train_scans=8, test_scans=3, unlabelled_scans=16, counts=(1, 2, 4, 8), seeds=(0, 1, 2),
                  finetune_epochs=128, steps_per_epoch=25, pretrain_steps=4000, pretrain_batch=8, pretrain_queue=16),

@@ -33,7 +33,8 @@ cannot tell subtypes apart (docs/data.md).
 
 Every finished run is kept as ``runs/<fold>_<task>_<arm>_<count>_<seed>.json`` in the work folder,
 so a run that is stopped resumes where it was (same work folder, size, encoders and recipe; runs
-without an encoder are kept when only an encoder or the recipe changes); ``--jobs N`` fine-tunes N
+without an encoder are kept when only an encoder, the recipe or the pretraining budget changes:
+``--pretrain-steps N`` pretrains N steps into ``pretrain_<arm>_<N>_steps``); ``--jobs N`` fine-tunes N
 runs at once in separate processes (worth it on a GPU).
 
 Usage:
@@ -457,7 +458,8 @@ def run_grid(grid: list[Run], context: RunContext, jobs: int) -> None:
 
 def _is_done(run: Run, context: RunContext) -> bool:
     """A run counts as done when its record exists and was made with the same size (the same
-    fine-tuning steps for its count, whichever budget rule gave them) and inference (window,
+    fine-tuning steps for its count, whichever budget rule gave them; the pretraining budget only
+    for a pretrained arm) and inference (window,
     routing) and, for a pretrained arm, the same encoder and recipe (the other arms use
     neither, so they carry over to a rerun with another encoder or recipe)."""
     path = context.runs_dir / run.file_name

@@ -11,7 +11,8 @@ Per step:
 * negatives of a query: the written slots of queue ``j`` and the keys of the whole (global)
   batch, except every key of the query's own subject (its positive, and older keys of the same
   subject still in the queue, which would be false negatives);
-* local InfoNCE: anchor = query, positive = its key;
+* local InfoNCE: anchor = query, positive = its key (also logged against this step's keys only,
+  ``loss_local_batch``: negatives as fresh as the positive);
 * neighbour InfoNCE: anchor = sum of the k neighbour embeddings (unit vectors, not re-normalised),
   positive and negatives as above; a subject for which any neighbour landmark is invalid (outside
   its scan or lung) is left out of this term, which averages over the remaining subjects (0 if
@@ -178,7 +179,8 @@ class DrasclrMethod(PretrainMethod):
         # Chance level: every logit equal gives log(1 + n) and top-1 1 / (1 + n), for n negatives.
         metrics = {"loss_local": loss_local.detach(), "loss_local_chance": torch.log1p(counted).mean(),
                    "acc_local": _top1(query, positive, negatives, excluded), "acc_local_chance": (1.0 / (1.0 + counted)).mean(),
-                   "negatives": counted.mean(), "queue_fill": self.queues.fill()[landmark]}
+                   "negatives": counted.mean(), "queue_fill": self.queues.fill()[landmark],
+                   **_batch_only_metrics(query, positive, keys, same_subject(subjects, key_subjects), temperature)}
         loss = loss_local
         if self.use_neighbours:
             anchor = torch.stack(embeddings[1:]).sum(dim=0)
@@ -289,6 +291,25 @@ def contrast_set(queued: torch.Tensor, queued_subjects: torch.Tensor, keys: torc
     """
     negatives = torch.cat([queued.to(keys.dtype), keys])
     return negatives, same_subject(query_subjects, torch.cat([queued_subjects.to(key_subjects.device), key_subjects]))
+
+
+def _batch_only_metrics(query: torch.Tensor, positive: torch.Tensor, keys: torch.Tensor, excluded: torch.Tensor,
+                        temperature: float) -> dict[str, torch.Tensor]:
+    """The local loss and top-1 against this step's keys of other subjects only, with their chance levels.
+
+    These negatives come from the current key network, as the positive does, so they fall below
+    chance only if the encoder tells subjects apart at the landmark; queued keys, embedded by an
+    older key network, can be told apart by their age alone (docs/pretraining.md).
+
+    Args:
+        query, positive: (N, D); keys: (M, D) of the global batch; excluded: bool (N, M), the
+            query's own subject's keys.
+    """
+    with torch.no_grad():
+        counted = (~excluded).sum(dim=1).float()
+        return {"loss_local_batch": info_nce(query, positive, keys, temperature, excluded).mean(),
+                "loss_local_batch_chance": torch.log1p(counted).mean(),
+                "acc_local_batch": _top1(query, positive, keys, excluded)}
 
 
 def _top1(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:

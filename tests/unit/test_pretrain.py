@@ -184,6 +184,29 @@ def test_keys_of_the_querys_own_subject_are_never_negatives(easy_atlas: Path, ea
     assert step.metrics["negatives"].item() == pytest.approx(4 + len(subjects) - 1 - 2 / len(subjects))
 
 
+def test_the_batch_only_loss_ignores_queued_keys_and_counts_the_other_subjects(easy_atlas: Path, easy_cache: Path) -> None:
+    config = easy_config(easy_atlas, *NO_AUGMENTATION, "moco.queue_size=16")
+    method = DrasclrMethod(config, setup("cpu"), easy_cache)
+    dataset, sampler = method.build_data()
+    key = next(iter(sampler))
+    batch = method.prepare_batch(dataset[key], torch.Generator().manual_seed(0))
+
+    def step_metrics() -> dict[str, float]:
+        with torch.no_grad():
+            step = method.training_step(method.network, batch, torch.Generator().manual_seed(1))
+        return {name: float(value) for name, value in step.metrics.items()}
+
+    empty = step_metrics()
+    others = [s for s in range(20) if s not in key.subjects][:8]
+    method.queues.enqueue(torch.nn.functional.normalize(torch.randn(8, 16), dim=1), [key.landmark] * 8, torch.tensor(others))
+    queued = step_metrics()
+    assert queued["loss_local"] != pytest.approx(empty["loss_local"])  # the queue changes the training loss ...
+    for name in ("loss_local_batch", "loss_local_batch_chance", "acc_local_batch"):
+        assert queued[name] == pytest.approx(empty[name], abs=1e-6), name  # ... not the batch-only one
+    assert empty["loss_local_batch"] == pytest.approx(empty["loss_local"], abs=1e-6)  # empty queue: the same negatives
+    assert empty["loss_local_batch_chance"] == pytest.approx(math.log(len(key.subjects)))
+
+
 def test_the_run_folder_holds_the_queue_plan_and_warns_when_queues_cannot_fill(easy_atlas: Path, easy_cache: Path,
                                                                               tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING"):

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from drasclr_monailabel.utils.atomic import write_json
 
 TAGS = ("train/loss_local", "train/loss_local_chance", "train/acc_local", "train/acc_local_chance",
-        "train/loss_local_batch", "train/loss_local_batch_chance", "train/acc_local_batch",
+        "train/loss_local_batch", "train/loss_local_batch_chance", "train/acc_local_batch", "train/acc_local_batch_chance",
         "train/loss_neighbour", "train/queue_fill", "train/lr")
 """Scalars summarised (those a run does not log, e.g. the neighbour loss at weight 0, are left out)."""
 

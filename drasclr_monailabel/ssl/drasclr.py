@@ -309,7 +309,8 @@ def _batch_only_metrics(query: torch.Tensor, positive: torch.Tensor, keys: torch
         counted = (~excluded).sum(dim=1).float()
         return {"loss_local_batch": info_nce(query, positive, keys, temperature, excluded).mean(),
                 "loss_local_batch_chance": torch.log1p(counted).mean(),
-                "acc_local_batch": _top1(query, positive, keys, excluded)}
+                "acc_local_batch": _top1(query, positive, keys, excluded),
+                "acc_local_batch_chance": (1.0 / (1.0 + counted)).mean()}
 
 
 def _top1(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """benchmarks/label_efficiency.py runs end to end at its CI size, every arm and both tasks, and
-writes the agreed JSON shape."""
+writes the agreed JSON shape; then the ablation arms on the same work folder."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficien
 ARMS = {"scratch", "pretrained", "unconditioned", "no_neighbour", "monai_segresnet"}
 
 
-@pytest.mark.timeout(1800)
-def test_small_label_efficiency_run(tmp_path: Path) -> None:
+@pytest.mark.timeout(3000)
+def test_small_label_efficiency_run_then_its_ablations(tmp_path: Path) -> None:
     out = tmp_path / "le.json"
     run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--out", str(out)],
                          capture_output=True, text=True, timeout=1800, check=False)
@@ -47,23 +47,22 @@ def test_small_label_efficiency_run(tmp_path: Path) -> None:
     assert result["command"].startswith("python benchmarks/label_efficiency.py --size small")
     assert out.with_suffix(".png").stat().st_size > 10_000
 
-
-@pytest.mark.timeout(1200)
-def test_small_ablations_run_with_their_own_encoders(tmp_path: Path) -> None:
+    # the ablation arms, on the same work folder (its cohorts and cache), each with its own network and encoder
     out = tmp_path / "ablations.json"
     scratch = ["scratch_unconditioned", "scratch_groupnorm", "scratch_stride8", "scratch_segresnet_like"]
     run = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--tasks", "subtypes", "--arms", *scratch,
-                          "pretrained_stride8", "--out", str(out)], capture_output=True, text=True, timeout=1200, check=False)
+                          "pretrained_stride8", "--out", str(out), "--workdir", str(tmp_path / "le_work")],
+                         capture_output=True, text=True, timeout=1200, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["arms"]["subtypes"]) == {*scratch, "pretrained_stride8"}
     assert "pretrained" not in result and set(result["pretraining"]["A"]) == {"pretrained_stride8"}
     networks = {}
     for arm in [*scratch, "pretrained_stride8"]:
-        record = json.loads((tmp_path / "ablations_work" / "runs" / f"A_subtypes_{arm}_1_0.json").read_text())
+        record = json.loads((tmp_path / "le_work" / "runs" / f"A_subtypes_{arm}_1_0.json").read_text())
         assert (record["encoder"] == "None") == (arm in scratch) and 0.0 <= record["dice"] <= 1.0, arm
         networks[arm] = record["network"]
-    exported = json.loads((tmp_path / "ablations_work" / "fold_A" / "encoder_pretrained_stride8" / "encoder.json").read_text())
+    exported = json.loads((tmp_path / "le_work" / "fold_A" / "encoder_pretrained_stride8" / "encoder.json").read_text())
     assert networks["pretrained_stride8"] == networks["scratch_stride8"] and exported["architecture"]["block_channels"] == [16]
     assert networks["scratch_unconditioned"]["conditioned"] is False and networks["scratch_groupnorm"]["norm"] == "group"
     assert networks["scratch_stride8"]["block_channels"] == [16] and networks["scratch_stride8"]["norm"] == "batch"

@@ -201,10 +201,11 @@ def test_the_batch_only_loss_ignores_queued_keys_and_counts_the_other_subjects(e
     method.queues.enqueue(torch.nn.functional.normalize(torch.randn(8, 16), dim=1), [key.landmark] * 8, torch.tensor(others))
     queued = step_metrics()
     assert queued["loss_local"] != pytest.approx(empty["loss_local"])  # the queue changes the training loss ...
-    for name in ("loss_local_batch", "loss_local_batch_chance", "acc_local_batch"):
+    for name in ("loss_local_batch", "loss_local_batch_chance", "acc_local_batch", "acc_local_batch_chance"):
         assert queued[name] == pytest.approx(empty[name], abs=1e-6), name  # ... not the batch-only one
     assert empty["loss_local_batch"] == pytest.approx(empty["loss_local"], abs=1e-6)  # empty queue: the same negatives
     assert empty["loss_local_batch_chance"] == pytest.approx(math.log(len(key.subjects)))
+    assert empty["acc_local_batch_chance"] == pytest.approx(1 / len(key.subjects))
 
 
 def test_the_run_folder_holds_the_queue_plan_and_warns_when_queues_cannot_fill(easy_atlas: Path, easy_cache: Path,

@@ -7,7 +7,7 @@ phenotype file is written in another row order), recovers a target that is a lin
 the embeddings, finds nothing in the same values given to the wrong subjects (no fold leakage),
 and uses the same folds for both embeddings. Whether brief pretraining predicts severity better
 than random init is a measurement, reported in docs/embeddings.md: with the realistic synthetic
-emphysema of docs/data.md it does not at this size. About 2 minutes on 2 cores, most of it
+emphysema of docs/data.md it does not at this size. About 1.5 minutes on 2 cores (14 scans), most of it
 in ``drasclr synth`` and ``drasclr preprocess`` (registration).
 """
 
@@ -25,7 +25,7 @@ from drasclr_monailabel.cli.main import main
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-N_SCANS = 20
+N_SCANS = 14
 LANDMARKS = 128
 # the demo recipe (120 steps) with a narrower encoder: a quarter of the CPU time
 NARROW = ("--set", "model.encoder.stem_channels=4", "--set", "model.encoder.block_channels=[8,16,32]",

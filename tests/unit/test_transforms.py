@@ -11,6 +11,7 @@ import torch
 from monai.transforms import Activationsd, Compose, LoadImage
 
 from drasclr_monailabel.errors import InputError
+from drasclr_monailabel.models.encoder import EncoderArchitecture
 from drasclr_monailabel.segmentation.case import network_input
 from drasclr_monailabel.segmentation.checkpoint import build_model
 from drasclr_monailabel.segmentation.inference import predict_volume
@@ -36,8 +37,10 @@ def test_intensity_window_and_coordinates_make_the_network_input(prepared_phanto
 
 def test_the_app_transforms_give_predict_volumes_labels_and_report(labelled_phantom, prepared_phantom, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model, _ = build_model(["emphysema"])
-    # overlap 0, not predict_volume's default 0.25: the transform must pass its own on (and it runs faster)
+    # a narrow network (the transforms, not the network, are under test) at overlap 0, not
+    # predict_volume's default 0.25: the transform must pass its own on (and both run faster)
+    narrow = EncoderArchitecture(stem_channels=4, block_channels=(8, 8, 16), top_channels=16, embedding_dim=16, num_experts=2)
+    model, _ = build_model(["emphysema"], architecture=narrow)
     data = Compose([LungWindowInferd(model, overlap=0.0), ToInputGridd(), Quantifyd()])(
         {"image": labelled_phantom.volume, "case": prepared_phantom})
     expected = predict_volume(model, labelled_phantom.volume, case=prepared_phantom, overlap=0.0)

@@ -3,25 +3,20 @@ binary labels (no fine-tuning here)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
+from tests.fixtures.benchmark import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("label_efficiency_under_test", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def bench() -> Iterator[ModuleType]:
+    yield from benchmark_module("label_efficiency")
 
 
 def _context(bench, tmp_path: Path, encoder: str, size: str = "small", recipe=None):

@@ -4,24 +4,21 @@ and the loss and top-1 of an encoder that tells only the patients apart."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from drasclr_monailabel.errors import InputError
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "negative_patients.py"
+from tests.fixtures.benchmark import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def negatives():
-    spec = importlib.util.spec_from_file_location("negative_patients_under_test", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def negatives() -> Iterator[ModuleType]:
+    yield from benchmark_module("negative_patients")
 
 
 def test_two_patients_of_two_scans_each_in_one_batch(negatives) -> None:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "pretraining_curve.py"
+from tests.fixtures.benchmark import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def curve():
-    spec = importlib.util.spec_from_file_location("pretraining_curve_under_test", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curve() -> Iterator[ModuleType]:
+    yield from benchmark_module("pretraining_curve")
 
 
 def test_window_means_of_a_logged_run(curve, tmp_path: Path, capsys) -> None:

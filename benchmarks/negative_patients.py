@@ -32,7 +32,10 @@ from drasclr_monailabel.utils.atomic import write_json
 def patients_of(manifest: Path, subject_ids: tuple[str, ...]) -> np.ndarray:
     """str (S,) the ``source`` column of ``manifest`` (the real CT a synthetic scan was made from) per cache scan."""
     with manifest.open(newline="") as handle:
-        sources = {row["id"]: row.get("source") for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        if not {"id", "source"} <= set(reader.fieldnames or ()):
+            raise InputError(manifest, f"needs the columns id and source, has {reader.fieldnames}")
+        sources = {row["id"]: row["source"] for row in reader}
     missing = [s for s in subject_ids if not sources.get(s)]
     if missing:
         raise InputError(manifest, f"has no source for {len(missing)} cache scans (first: {missing[0]})")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = open_cache(args.cache, read_atlas_landmarks(args.atlas or default_atlas_dir()))
         patients = patients_of(args.manifest, index.subject_ids)
-    except (InputError, OSError, KeyError) as exc:
+    except (InputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names, counts = np.unique(patients, return_counts=True)

@@ -48,3 +48,10 @@ def test_a_manifest_without_a_scans_source_is_named(negatives, tmp_path: Path) -
     assert list(negatives.patients_of(manifest, ("s0",))) == ["lung1_image"]
     with pytest.raises(InputError, match="manifest.csv.*s1"):
         negatives.patients_of(manifest, ("s0", "s1"))
+
+
+def test_a_manifest_without_the_source_column_is_named(negatives, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,image\ns0,images/s0.nii.gz\n")
+    with pytest.raises(InputError, match="manifest.csv.*source"):
+        negatives.patients_of(manifest, ("s0",))

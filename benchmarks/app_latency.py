@@ -26,8 +26,18 @@ epistemic scoring run does (each stopped afterwards); the slowdown is busy / idl
 Training steps done by the background round during the timed requests are recorded too (how
 much background work still progressed).
 
+``--real-flow`` measures the annotator's flow as Slicer drives it, with the app's defaults
+(scoring after every round, background work at nice 19): a round is started in the background
+(``POST /train/emphysema``, default recipe); the moment it is done, the app has started its
+epistemic scoring run and ``/infer/emphysema`` on lung2 is timed (the first request after the
+round: it loads the new model), with whether a scoring subprocess was alive when the request
+started and ended, and the peak resident memory of the server process alone and of its whole
+tree (scoring included). ``--repeats`` rounds. The baseline, the MONAI UNet's load to save on
+lung2, is timed in the same run once scoring is over (an idle machine: the UNet's best case).
+
     python benchmarks/app_latency.py --out benchmarks/results/app_latency.json
     python benchmarks/app_latency.py --interference --out benchmarks/results/app_latency_interference.json
+    python benchmarks/app_latency.py --real-flow --out benchmarks/results/app_latency_real_flow.json
 """
 
 from __future__ import annotations
@@ -65,18 +75,19 @@ SAMPLES = ("lung1_image", "lung2_image")
 
 
 class MemorySampler:
-    """Peak resident memory (bytes) of a process and its children, sampled in a thread."""
+    """Peak resident memory (bytes) of a process and its children (or the process alone), sampled in a thread."""
 
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.05, children: bool = True) -> None:
         self.process = psutil.Process(pid)
         self.interval_s = interval_s
+        self.children = children
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def current(self) -> int:
         total = 0
-        for proc in [self.process, *self.process.children(recursive=True)]:
+        for proc in [self.process, *(self.process.children(recursive=True) if self.children else [])]:
             try:
                 total += proc.memory_info().rss
             except psutil.Error:
@@ -173,14 +184,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--encoder", type=Path, help="exported encoder folder (default: random default architecture)")
-    parser.add_argument("--repeats", type=int, default=3, help="warm /infer calls per model")
+    parser.add_argument("--repeats", type=int, default=3, help="warm /infer calls per model (--real-flow: rounds)")
     parser.add_argument("--emphysema-repeats", type=int, default=1, help="warm /infer calls of the fine-tuned model (slow on a CPU)")
     parser.add_argument("--skip-training", action="store_true", help="only time lung and emphysema_laa")
-    parser.add_argument("--interference", action="store_true",
-                        help="measure infer latency during a background training round, at nice 19 and 0 (see above)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--interference", action="store_true",
+                      help="measure infer latency during a background training round, at nice 19 and 0 (see above)")
+    mode.add_argument("--real-flow", action="store_true",
+                      help="time the first /infer/emphysema after each background round, with the app's scoring running (see above)")
     args = parser.parse_args()
     if args.interference:
         measure_interference(args)
+        return
+    if args.real_flow:
+        measure_real_flow(args)
         return
 
     from drasclr_monailabel.tasks.infer import LaaInferTask, LungInferTask, LungMaskCache
@@ -286,6 +303,29 @@ def timed_requests(url: str, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def wait_until_not_running(url: str, kind: str, timeout_s: float = 1800) -> dict:
+    """Poll ``GET /{kind}/`` (train or scoring) until its task is not running; its last record."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = requests.get(f"{url}/{kind}/", timeout=30).json()
+        if task.get("status") != "RUNNING":
+            return task
+        time.sleep(0.5)
+    raise SystemExit(f"{kind} still running after {timeout_s} s")
+
+
+def scoring_subprocess_alive(server_pid: int) -> bool:
+    """Whether the server has a background scoring subprocess (``... app -m scoring``)."""
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if "monailabel.interfaces.utils.app" in command and "scoring" in command:
+            return True
+    return False
+
+
 def wait_for_task_cpu(server_pid: int, method: str, cpu_seconds: float, timeout_s: float = 600) -> None:
     """Wait until the server's background ``method`` subprocess (``... app -m scoring``) has used
     ``cpu_seconds`` of CPU: past its start-up (imports, building the app) and into its work."""
@@ -336,6 +376,60 @@ def interference_at(nice: int, encoder: Path, workdir: Path, repeats: int) -> di
     return {"background_nice": nice, "idle_seconds": idle,
             "during_training": {"seconds": training, "slowdown": slowdown(training), "background_steps": steps_during},
             "during_scoring": {"seconds": scoring, "slowdown": slowdown(scoring), "still_running_at_end": scoring_running}}
+
+
+def real_flow_request(url: str, pid: int) -> dict:
+    """One background round with the app's defaults, then at once the timed first ``/infer/emphysema``
+    on lung2 while the scoring run the round started goes on; then wait for that run to end."""
+    start = time.perf_counter()
+    requests.post(f"{url}/train/emphysema", json={}, timeout=60).raise_for_status()
+    time.sleep(1)
+    round_task = wait_until_not_running(url, "train")
+    if round_task.get("status") != "DONE":
+        raise SystemExit(f"background round ended {round_task.get('status')}: {round_task.get('details', [])[-5:]}")
+    round_seconds = time.perf_counter() - start
+    scoring_at_start = scoring_subprocess_alive(pid)
+    with MemorySampler(pid) as tree, MemorySampler(pid, children=False) as server:
+        seconds, result = timed_infer(url, "emphysema", "lung2")
+    scoring_at_end = scoring_subprocess_alive(pid)
+    scoring = wait_until_not_running(url, "scoring")
+    return {"round_seconds_incl_start": round(round_seconds, 1), "infer_seconds": round(seconds, 2),
+            "server_latencies": result.get("latencies"),
+            "scoring_subprocess_alive": {"request_start": scoring_at_start, "request_end": scoring_at_end},
+            "scoring_status_after": scoring.get("status"),
+            "peak_rss_mb": {"server_process": round(server.peak / 2**20, 1), "process_tree": round(tree.peak / 2**20, 1)}}
+
+
+def measure_real_flow(args: argparse.Namespace) -> None:
+    from drasclr_monailabel.utils.atomic import write_json
+
+    report: dict = {"benchmark": "app_latency_real_flow", "device": "cpu", "cpu_count": os.cpu_count(),
+                    "command": " ".join(["python", "benchmarks/app_latency.py", *sys.argv[1:]]),
+                    "image": {"id": "lung2", "note": "pyradiomics lung2, the held-out contrast chest CT"},
+                    "load_average_before": os.getloadavg(), "rounds": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        studies = copy_studies(tmp_path / "studies")
+        encoder = args.encoder or default_encoder(tmp_path / "encoder")
+        process, url = start_server(studies, {"pretrained": str(encoder), "device": "cpu", "reserve_seconds": "0"},
+                                    tmp_path / "server.log")
+        try:
+            wait_until_not_running(url, "scoring")  # the scoring run the app starts with the server
+            label_lung1_with_laa(url)
+            for _ in range(args.repeats):
+                report["rounds"].append(real_flow_request(url, process.pid))
+                print(json.dumps(report["rounds"][-1]), flush=True)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+        unet = in_fresh_process(measure_monai_unet, str(studies / "lung2.nrrd"), "cpu")
+    seconds = [item["infer_seconds"] for item in report["rounds"]]
+    report["monai_unet_load_to_save_seconds"] = unet["load_to_save"]
+    report["ratio_to_monai_unet"] = {"per_round": [round(s / unet["load_to_save"], 2) for s in seconds],
+                                     "median": round(statistics.median(seconds) / unet["load_to_save"], 2)}
+    report["load_average_after"] = os.getloadavg()
+    write_json(args.out, report)
+    print(json.dumps(report, indent=2))
 
 
 def measure_interference(args: argparse.Namespace) -> None:

@@ -304,12 +304,13 @@ def timed_requests(url: str, repeats: int) -> dict[str, list[float]]:
 
 
 def wait_until_not_running(url: str, kind: str, timeout_s: float = 1800) -> dict:
-    """Poll ``GET /{kind}/`` (train or scoring) until its task is not running; its last record."""
+    """Poll ``GET /{kind}/`` (train or scoring) until no task of that kind is queued or running
+    (after a round the app queues a scoring run per method: epistemic, then embedding); the last task."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        task = requests.get(f"{url}/{kind}/", timeout=30).json()
-        if task.get("status") != "RUNNING":
-            return task
+        tasks = requests.get(f"{url}/{kind}/?all=true", timeout=30).json()
+        if not any(task.get("status") in ("SUBMITTED", "RUNNING") for task in tasks):
+            return tasks[-1] if tasks else {}
         time.sleep(0.5)
     raise SystemExit(f"{kind} still running after {timeout_s} s")
 
@@ -383,7 +384,6 @@ def real_flow_request(url: str, pid: int) -> dict:
     on lung2 while the scoring run the round started goes on; then wait for that run to end."""
     start = time.perf_counter()
     requests.post(f"{url}/train/emphysema", json={}, timeout=60).raise_for_status()
-    time.sleep(1)
     round_task = wait_until_not_running(url, "train")
     if round_task.get("status") != "DONE":
         raise SystemExit(f"background round ended {round_task.get('status')}: {round_task.get('details', [])[-5:]}")
@@ -396,7 +396,7 @@ def real_flow_request(url: str, pid: int) -> dict:
     return {"round_seconds_incl_start": round(round_seconds, 1), "infer_seconds": round(seconds, 2),
             "server_latencies": result.get("latencies"),
             "scoring_subprocess_alive": {"request_start": scoring_at_start, "request_end": scoring_at_end},
-            "scoring_status_after": scoring.get("status"),
+            "last_scoring_status": scoring.get("status"),
             "peak_rss_mb": {"server_process": round(server.peak / 2**20, 1), "process_tree": round(tree.peak / 2**20, 1)}}
 
 

@@ -22,7 +22,7 @@ from monailabel.interfaces.app import MONAILabelApp
 
 import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.tasks.background import is_background_task_process, lower_priority
+from drasclr_monailabel.tasks.background import is_background_task_process, lower_priority, spawn_background_tasks_at
 from drasclr_monailabel.tasks.conf import connect_hint, parse_app_conf, resolve_app_conf
 from drasclr_monailabel.tasks.datastore import EmphysemaDatastore
 from drasclr_monailabel.tasks.dicomweb import dicomweb_datastore
@@ -46,6 +46,8 @@ class EmphysemaApp(MONAILabelApp):
         logger.info(f"emphysema app: {self.resolved.pretrained_reason}; device {self.resolved.device}")
         if is_background_task_process():  # training, scoring or batch infer: annotators' requests come first
             logger.info(f"background task runs at nice {lower_priority(self.resolved.conf.background_nice)}")
+        elif "monailabel.app" in sys.modules:  # the server: its background tasks start at low priority
+            spawn_background_tasks_at(self.resolved.conf.background_nice)
         lung_cache = LungMaskCache()
         self.models = {}
         for name in self.resolved.conf.models:

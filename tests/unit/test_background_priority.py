@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -47,3 +48,23 @@ def test_only_monai_labels_task_runner_counts_as_background(monkeypatch):
     assert is_background_task_process()
     monkeypatch.setattr(sys, "argv", ["/venv/bin/monailabel", "start_server"])
     assert not is_background_task_process()
+
+
+def test_server_forks_task_subprocesses_at_low_priority_from_their_first_instruction():
+    # MONAI Label's executors are module globals: install them in a fresh interpreter.
+    script = textwrap.dedent("""
+        import os, subprocess, sys
+        from monailabel.utils.async_tasks import utils
+        from drasclr_monailabel.tasks.background import spawn_background_tasks_at
+        installed = spawn_background_tasks_at(15)
+        again = spawn_background_tasks_at(3)  # existing executors are kept
+        child = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+        nices = [int(utils.background_executors[m].submit(subprocess.check_output, child).result()) for m in installed]
+        print(",".join(installed), len(again), os.getpriority(os.PRIO_PROCESS, 0), *nices)
+    """)
+    methods, again, server, *children = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                                       check=True).stdout.split()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert methods == "train,scoring,batch_infer" and again == "0"
+    assert int(server) == base  # the thread answering requests keeps its priority
+    assert [int(n) for n in children] == [max(base, 15)] * 3

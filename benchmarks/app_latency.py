@@ -32,7 +32,8 @@ much background work still progressed).
 epistemic scoring run and ``/infer/emphysema`` on lung2 is timed (the first request after the
 round: it loads the new model), with whether a scoring subprocess was alive when the request
 started and ended, and the peak resident memory of the server process alone and of its whole
-tree (scoring included). ``--repeats`` rounds. The baseline, the MONAI UNet's load to save on
+tree (scoring included); then one more round samples the tree's proportional set size too (shared
+pages counted once; its time is not used: see ``real_flow_request``). ``--repeats`` rounds. The baseline, the MONAI UNet's load to save on
 lung2, is timed in the same run once scoring is over (an idle machine: the UNet's best case).
 
     python benchmarks/app_latency.py --out benchmarks/results/app_latency.json
@@ -43,6 +44,7 @@ lung2, is timed in the same run once scoring is over (an idle machine: the UNet'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -75,13 +77,20 @@ SAMPLES = ("lung1_image", "lung2_image")
 
 
 class MemorySampler:
-    """Peak resident memory (bytes) of a process and its children (or the process alone), sampled in a thread."""
+    """Peak resident memory (bytes) of a process and its children (or the process alone), sampled in a thread.
 
-    def __init__(self, pid: int, interval_s: float = 0.05, children: bool = True) -> None:
+    ``proportional``: sum proportional set sizes (PSS: a page shared by k processes counts 1/k in
+    each) instead of resident set sizes, which count the shared libraries that the server and its
+    task subprocess both map once per process. PSS reads /proc/PID/smaps (about 7 ms a process),
+    so sample it less often.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05, children: bool = True, proportional: bool = False) -> None:
         self.process = psutil.Process(pid)
         self.interval_s = interval_s
         self.children = children
-        self.peak = 0
+        self.proportional = proportional
+        self.first = self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -89,7 +98,7 @@ class MemorySampler:
         total = 0
         for proc in [self.process, *(self.process.children(recursive=True) if self.children else [])]:
             try:
-                total += proc.memory_info().rss
+                total += proc.memory_full_info().pss if self.proportional else proc.memory_info().rss
             except psutil.Error:
                 continue
         return total
@@ -100,7 +109,7 @@ class MemorySampler:
             time.sleep(self.interval_s)
 
     def __enter__(self) -> MemorySampler:
-        self.peak = self.current()
+        self.first = self.peak = self.current()
         self._thread.start()
         return self
 
@@ -379,9 +388,14 @@ def interference_at(nice: int, encoder: Path, workdir: Path, repeats: int) -> di
             "during_scoring": {"seconds": scoring, "slowdown": slowdown(scoring), "still_running_at_end": scoring_running}}
 
 
-def real_flow_request(url: str, pid: int) -> dict:
+def real_flow_request(url: str, pid: int, proportional: bool = False) -> dict:
     """One background round with the app's defaults, then at once the timed first ``/infer/emphysema``
-    on lung2 while the scoring run the round started goes on; then wait for that run to end."""
+    on lung2 while the scoring run the round started goes on; then wait for that run to end.
+
+    ``proportional``: sample the process tree's PSS too, 4 times a second: reading a process's
+    smaps takes its memory-map lock, which stalls its allocations, so that request's time is
+    not comparable (the other rounds sample resident sizes only).
+    """
     start = time.perf_counter()
     requests.post(f"{url}/train/emphysema", json={}, timeout=60).raise_for_status()
     round_task = wait_until_not_running(url, "train")
@@ -389,7 +403,9 @@ def real_flow_request(url: str, pid: int) -> dict:
         raise SystemExit(f"background round ended {round_task.get('status')}: {round_task.get('details', [])[-5:]}")
     round_seconds = time.perf_counter() - start
     scoring_at_start = scoring_subprocess_alive(pid)
-    with MemorySampler(pid) as tree, MemorySampler(pid, children=False) as server:
+    with contextlib.ExitStack() as samplers:
+        tree, server = samplers.enter_context(MemorySampler(pid)), samplers.enter_context(MemorySampler(pid, children=False))
+        tree_pss = samplers.enter_context(MemorySampler(pid, interval_s=0.25, proportional=True)) if proportional else None
         seconds, result = timed_infer(url, "emphysema", "lung2")
     scoring_at_end = scoring_subprocess_alive(pid)
     scoring = wait_until_not_running(url, "scoring")
@@ -397,7 +413,9 @@ def real_flow_request(url: str, pid: int) -> dict:
             "server_latencies": result.get("latencies"),
             "scoring_subprocess_alive": {"request_start": scoring_at_start, "request_end": scoring_at_end},
             "last_scoring_status": scoring.get("status"),
-            "peak_rss_mb": {"server_process": round(server.peak / 2**20, 1), "process_tree": round(tree.peak / 2**20, 1)}}
+            "peak_rss_mb": {"server_process": round(server.peak / 2**20, 1), "process_tree": round(tree.peak / 2**20, 1)},
+            **({"pss_mb_process_tree": {"request_start": round(tree_pss.first / 2**20, 1),
+                                        "peak": round(tree_pss.peak / 2**20, 1)}} if tree_pss else {})}
 
 
 def measure_real_flow(args: argparse.Namespace) -> None:
@@ -419,6 +437,7 @@ def measure_real_flow(args: argparse.Namespace) -> None:
             for _ in range(args.repeats):
                 report["rounds"].append(real_flow_request(url, process.pid))
                 print(json.dumps(report["rounds"][-1]), flush=True)
+            report["memory_round"] = real_flow_request(url, process.pid, proportional=True)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)

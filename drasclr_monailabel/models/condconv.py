@@ -21,7 +21,11 @@ That makes the per-sample Python loop of the original implementation unnecessary
   ``gz x gy x gx`` equal blocks and each block uses its own location's kernel. Each block's input
   (with the kernel's halo, so receptive fields cross block borders exactly as in one convolution)
   becomes a sample of a grouped convolution. A window of several 32^3 landmark cells thus routes
-  every cell by its own location, at every depth of the encoder.
+  every cell by its own location, at every depth of the encoder. A layer with one input channel
+  (the stem, on the CT) convolves block by block instead: PyTorch's CPU grouped convolution with
+  one input channel per group took 1.9x (bfloat16) to 2.7x (float32) the time of the
+  block-by-block plain convolutions on two 64^3 windows, while from 8 channels on the grouped
+  convolution is as fast or faster (benchmarks/block_routing.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from itertools import product
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+BLOCK_BY_BLOCK_MAX_IN_CHANNELS = 1
+"""With a grid of locations, layers with at most this many input channels convolve block by block."""
 
 
 class CondConv3d(nn.Module):
@@ -161,16 +169,34 @@ class CondConv3d(nn.Module):
         tile = [size // count for size, count in zip(out_size, blocks)]
         span = [(t - 1) * self.stride + self.kernel_size for t in tile]
         padded = F.pad(x, (self.padding,) * 6)
-        pieces = [padded[:, :, i * tile[0] * self.stride: i * tile[0] * self.stride + span[0],
-                         j * tile[1] * self.stride: j * tile[1] * self.stride + span[1],
-                         k * tile[2] * self.stride: k * tile[2] * self.stride + span[2]]
-                  for i, j, k in product(*(range(count) for count in blocks))]
-        stacked = torch.stack(pieces, dim=1).flatten(0, 1)  # (N * B, in, span...), blocks in C order
-        locations = grid.flatten(2).transpose(1, 2).reshape(-1, self.location_dim)
+        indices = list(product(*(range(count) for count in blocks)))  # blocks in C order
+        inputs = [tuple(slice(i * t * self.stride, i * t * self.stride + s) for i, t, s in zip(index, tile, span)) for index in indices]
+        locations = grid.flatten(2).transpose(1, 2).reshape(-1, self.location_dim)  # (N * B, 3), sample by sample
+        if self.in_channels <= BLOCK_BY_BLOCK_MAX_IN_CHANNELS:
+            outputs = [tuple(slice(i * t, (i + 1) * t) for i, t in zip(index, tile)) for index in indices]
+            return self._blocks_one_by_one(padded, locations, inputs, outputs, out_size)
+        stacked = torch.stack([padded[(slice(None), slice(None), *box)] for box in inputs], dim=1).flatten(0, 1)  # (N * B, in, span...)
         out = self._forward_groups(stacked, locations, padding=0)  # (N * B, out, tile...)
         n, channels = x.shape[0], out.shape[1]
         out = out.view(n, *blocks, channels, *tile).permute(0, 4, 1, 5, 2, 6, 3, 7)
         return out.reshape(n, channels, *out_size)
+
+    def _blocks_one_by_one(self, padded: torch.Tensor, locations: torch.Tensor, inputs: list[tuple[slice, ...]],
+                           outputs: list[tuple[slice, ...]], out_size: list[int]) -> torch.Tensor:
+        """One plain convolution per sample and block, written into its part of the output map.
+
+        ``padded`` (N, in, ...) the zero-padded input, ``locations`` (N * B, 3) sample by sample,
+        ``inputs`` / ``outputs`` the B blocks' spans in ``padded`` and in the output map.
+        """
+        kernels = self.mixed_kernels(locations.to(self.routing.weight.dtype)).to(padded.dtype)
+        bias = _cast(self.bias, padded)
+        out: torch.Tensor | None = None
+        for index, (sample, (source, target)) in enumerate(product(range(padded.shape[0]), zip(inputs, outputs))):
+            part = F.conv3d(padded[(slice(sample, sample + 1), slice(None), *source)], kernels[index], bias, self.stride)
+            if out is None:  # the convolution's dtype: under autocast not the input's
+                out = part.new_empty(padded.shape[0], self.out_channels, *out_size)
+            out[(slice(sample, sample + 1), slice(None), *target)] = part
+        return out
 
     def forward_per_sample(self, x: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
         """The original formulation: a Python loop with one mixed kernel and one conv per sample.

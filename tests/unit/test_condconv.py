@@ -112,10 +112,11 @@ def test_location_shape_that_does_not_divide_the_batch_is_refused(shape: tuple[i
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_block_grid_gives_each_block_the_output_of_its_own_kernel(stride: int) -> None:
+@pytest.mark.parametrize("in_channels", [3, 1])  # grouped convolution; block by block (one input channel)
+def test_block_grid_gives_each_block_the_output_of_its_own_kernel(stride: int, in_channels: int) -> None:
     torch.manual_seed(1)
-    conv = CondConv3d(3, 5, 3, stride=stride, num_experts=4).double()
-    x = torch.randn(2, 3, 8, 8, 12, dtype=torch.float64, requires_grad=True)
+    conv = CondConv3d(in_channels, 5, 3, stride=stride, num_experts=4).double()
+    x = torch.randn(2, in_channels, 8, 8, 12, dtype=torch.float64, requires_grad=True)
     grid = torch.randn(2, 3, 2, 1, 3, dtype=torch.float64)
     out = conv(x, grid)
     tile = [s // stride // c for s, c in zip(x.shape[2:], grid.shape[2:])]

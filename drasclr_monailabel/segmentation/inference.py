@@ -259,12 +259,21 @@ def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume
     resampling it would give (the interpolation weights are the same for every channel and the
     channels sum to one), at 1/C less of the slowest step after the windows. The volume's grid is
     filled ``slab`` slices at a time, so its float32 class maps (0.28 GB for two classes on a
-    512^2 x 133 scan) never exist at once.
+    512^2 x 133 scan) never exist at once. Only the box of the grid where a foreground class has
+    probability above 0 (plus two voxels) is resampled: outside it every interpolation reads
+    zeros, so the labels are the same, from float32 copies of about half the grid (the grid keeps
+    a margin around the lungs, where the probabilities are background).
     """
+    box = _foreground_box(probabilities, margin=2)
+    if box is None:
+        return np.zeros(volume.hu.shape, dtype=np.uint8)
+    corner = grid.TransformIndexToPhysicalPoint(tuple(int(axis.start) for axis in box[::-1]))
     foreground = []
     for index in range(1, len(probabilities)):
-        image = sitk.GetImageFromArray(probabilities[index].astype(np.float32, copy=False))
-        image.CopyInformation(grid)
+        image = sitk.GetImageFromArray(probabilities[index][box].astype(np.float32))
+        image.SetSpacing(grid.GetSpacing())
+        image.SetDirection(grid.GetDirection())
+        image.SetOrigin(corner)
         foreground.append(image)
     nz = volume.hu.shape[0]
     labels = np.empty(volume.hu.shape, dtype=np.uint8)
@@ -281,3 +290,18 @@ def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume
         np.clip(slab_probabilities[0], 0.0, 1.0, out=slab_probabilities[0])  # float rounding of the sum
         labels[start:start + depth] = class_labels(slab_probabilities)
     return labels
+
+
+def _foreground_box(probabilities: np.ndarray, margin: int) -> tuple[slice, slice, slice] | None:
+    """(z, y, x) slices of the smallest box holding every voxel where a foreground class of the
+    (C, Z, Y, X) probabilities is above 0, widened by ``margin`` voxels within the grid; None if none."""
+    support = np.zeros(probabilities.shape[1:], dtype=bool)
+    for channel in probabilities[1:]:
+        support |= channel > 0
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(support.any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(present) == 0:
+            return None
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, support.shape[axis])))
+    return tuple(box)

@@ -269,7 +269,8 @@ def test_emphysema_first_decoding_keeps_a_lesion_whose_subtype_is_uncertain() ->
 
 
 @pytest.mark.parametrize("slab", [1, 4, 16])  # slabs of the scan's 6 slices: single, uneven, all at once
-def test_labels_on_grid_decode_every_resampled_class_map(slab: int) -> None:
+@pytest.mark.parametrize("background_margin", [False, True])  # foreground everywhere; or only in a box, as in a lung grid
+def test_labels_on_grid_decode_every_resampled_class_map(slab: int, background_margin: bool) -> None:
     import SimpleITK as sitk
 
     from drasclr_monailabel.io.volume import CTVolume
@@ -277,6 +278,10 @@ def test_labels_on_grid_decode_every_resampled_class_map(slab: int) -> None:
 
     rng = np.random.default_rng(0)
     probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)) * 3), dim=0).numpy().astype(np.float32)
+    if background_margin:  # background only outside z 4-7, y 3-10, x 5-11: the resampled box is smaller than the grid
+        outside = np.ones((12, 14, 16), dtype=bool)
+        outside[4:8, 3:11, 5:12] = False
+        probabilities[:, outside] = np.array([1.0, 0.0, 0.0], dtype=np.float32)[:, None]
     grid = sitk.Image(16, 14, 12, sitk.sitkFloat32)
     grid.SetSpacing((1.0, 1.0, 1.0))
     grid.SetOrigin((2.0, -1.0, 3.0))

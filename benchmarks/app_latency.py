@@ -324,16 +324,26 @@ def wait_until_not_running(url: str, kind: str, timeout_s: float = 1800) -> dict
     raise SystemExit(f"{kind} still running after {timeout_s} s")
 
 
-def scoring_subprocess_alive(server_pid: int) -> bool:
-    """Whether the server has a background scoring subprocess (``... app -m scoring``)."""
+def task_subprocesses(server_pid: int, method: str) -> list[psutil.Process]:
+    """The server's background ``method`` subprocesses (``python -m monailabel.interfaces.utils.app -m method``)."""
+    found = []
     for child in psutil.Process(server_pid).children(recursive=True):
         try:
             command = child.cmdline()
         except psutil.Error:
             continue
-        if "monailabel.interfaces.utils.app" in command and "scoring" in command:
-            return True
-    return False
+        if "monailabel.interfaces.utils.app" in command and method in command:
+            found.append(child)
+    return found
+
+
+def cpu_seconds_of(process: psutil.Process) -> float:
+    """User + system CPU time of a process; 0 once it has ended."""
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
 
 
 def wait_for_task_cpu(server_pid: int, method: str, cpu_seconds: float, timeout_s: float = 600) -> None:
@@ -341,13 +351,8 @@ def wait_for_task_cpu(server_pid: int, method: str, cpu_seconds: float, timeout_
     ``cpu_seconds`` of CPU: past its start-up (imports, building the app) and into its work."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for child in psutil.Process(server_pid).children(recursive=True):
-            try:
-                command, times = child.cmdline(), child.cpu_times()
-            except psutil.Error:
-                continue
-            if "monailabel.interfaces.utils.app" in command and method in command and times.user + times.system >= cpu_seconds:
-                return
+        if any(cpu_seconds_of(task) >= cpu_seconds for task in task_subprocesses(server_pid, method)):
+            return
         time.sleep(0.5)
     raise SystemExit(f"no busy background {method} subprocess in {timeout_s} s")
 
@@ -402,12 +407,12 @@ def real_flow_request(url: str, pid: int, proportional: bool = False) -> dict:
     if round_task.get("status") != "DONE":
         raise SystemExit(f"background round ended {round_task.get('status')}: {round_task.get('details', [])[-5:]}")
     round_seconds = time.perf_counter() - start
-    scoring_at_start = scoring_subprocess_alive(pid)
+    scoring_at_start = bool(task_subprocesses(pid, "scoring"))
     with contextlib.ExitStack() as samplers:
         tree, server = samplers.enter_context(MemorySampler(pid)), samplers.enter_context(MemorySampler(pid, children=False))
         tree_pss = samplers.enter_context(MemorySampler(pid, interval_s=0.25, proportional=True)) if proportional else None
         seconds, result = timed_infer(url, "emphysema", "lung2")
-    scoring_at_end = scoring_subprocess_alive(pid)
+    scoring_at_end = bool(task_subprocesses(pid, "scoring"))
     scoring = wait_until_not_running(url, "scoring")
     return {"round_seconds_incl_start": round(round_seconds, 1), "infer_seconds": round(seconds, 2),
             "server_latencies": result.get("latencies"),

@@ -38,7 +38,7 @@ import torch
 
 import drasclr_monailabel.models.condconv as condconv
 from drasclr_monailabel.segmentation.checkpoint import build_model
-from drasclr_monailabel.segmentation.inference import WINDOW
+from drasclr_monailabel.segmentation.inference import WINDOW, windows_per_pass
 from drasclr_monailabel.segmentation.precision import network_precision, resolve_precision
 from drasclr_monailabel.utils.atomic import write_json
 
@@ -85,7 +85,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, repeats
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--windows", type=int, default=2, help="64^3 windows per pass (the app's CPU pass: 2)")
+    parser.add_argument("--windows", type=int, default=windows_per_pass(WINDOW), help="64^3 windows per pass (default: the app's)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()

@@ -73,6 +73,7 @@ from drasclr_monailabel.utils.atomic import write_json, write_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drasclr_steps import step_runner  # noqa: E402
+from pretraining_curve import read_scalars  # noqa: E402
 
 run_step = step_runner(__file__)
 
@@ -85,6 +86,7 @@ ARM_SCHEDULES = {
 PRESENCE_FRACTION = 0.05  # a slice "has emphysema" when more than 5 % of its lung is (Fleischner: moderate)
 MIN_LUNG_SECTION = 0.1  # slices with less lung than this share of the scan's largest section are left out
 MEASURES = ("slice_presence_auc", "severity_r2", "retrieval_top1")
+CHECKPOINT_EVERY = 50  # steps; a stopped run (Ctrl-C, SIGTERM) resumes from its last checkpoint when rerun
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     compute = {arm: {"steps": config.train.max_steps, "megapixel_passes_per_step": step_cost(config),
                      "megapixel_passes": round(step_cost(config) * config.train.max_steps, 1)} for arm, config in configs.items()}
     encoders: dict[str, Path] = {}
-    histories: dict[str, list[dict]] = {}
     for arm, config in configs.items():
         clock, cpu = time.perf_counter(), time.process_time()
-        encoders[arm], histories[arm] = pretrain(config, cohorts["pretrain"][0], workdir / arm)
+        encoders[arm] = pretrain(config, cohorts["pretrain"][0], workdir / arm)
         seconds[f"pretrain_{arm}"] = round(time.perf_counter() - clock, 1)
         compute[arm]["cpu_seconds"] = round(time.process_time() - cpu, 1)
     encoders["random"] = export_random_init(encoders["joint" if "joint" in encoders else args.arms[0]], workdir / "random", seed=args.seed)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     result["baselines"] = density_baselines(heldout)
     result["chance"] = {"slice_presence_auc": 0.5, "severity_r2": 0.0, "retrieval_top1": 1 / len(heldout.scans)}
     result["goal"] = goal(result["measures"])
-    result["targets"] = {arm: target_entropy(history, configs[arm]) for arm, history in histories.items()}
+    result["targets"] = {arm: target_entropy(workdir / arm, configs[arm]) for arm in configs}
     result["compute"] = compute
     result["heldout"] = {"scans": len(heldout.scans), "slices": int(len(heldout.presence)),
                          "slices_with_emphysema": float(heldout.presence.mean()),
@@ -197,7 +198,7 @@ def make_cohorts(size: Size, workdir: Path) -> dict[str, list[Path]]:
 def arm_configs(size: Size, workdir: Path, arms: list[str], seed: int) -> dict[str, Joint2d3dConfig]:
     """Each trained arm's recipe; the 2D-only arm gets the steps that equal the joint arm's compute."""
     common = [*size.recipe, f"train.seed={seed}", "train.device=cpu", "train.progress=false", "train.log_every=10",
-              f"train.checkpoint_every={10 * size.joint_steps}", f"data.stack_dir={workdir / 'stacks'}"]
+              f"train.checkpoint_every={CHECKPOINT_EVERY}", f"data.stack_dir={workdir / 'stacks'}"]
     configs = {}
     for arm in arms:
         extra = ["clustering.slice_queue=0", "clustering.volume_queue=0"] if arm == "joint_no_queue" else []
@@ -226,12 +227,16 @@ def step_cost(config: Joint2d3dConfig) -> float:
     return round(pixels / 1e6, 4)
 
 
-def pretrain(config: Joint2d3dConfig, cohort: Path, run: Path) -> tuple[Path, list[dict]]:
-    """Train one arm in this process (resuming a stopped run); returns the run folder (the export) and its log."""
+def pretrain(config: Joint2d3dConfig, cohort: Path, run: Path) -> Path:
+    """Train one arm in this process, resuming a stopped run; returns the run folder (the export).
+    A run stopped by a signal ends the benchmark (rerunning the same command resumes it)."""
     if (run / "encoder.json").is_file():
-        return run, []
+        return run
     result = run_pretraining(config, cohort, run, resume=(run / "checkpoints" / "last.pt").is_file())
-    return run, result.history
+    if not result.completed:
+        raise SystemExit(f"{run}: stopped at step {result.step} of {result.total_steps}; "
+                         "run the same command again to resume from the last checkpoint")
+    return run
 
 
 @dataclass
@@ -377,13 +382,20 @@ def goal(measures: dict[str, dict[str, float]]) -> dict[str, bool | None]:
     return verdict
 
 
-def target_entropy(history: list[dict], config: Joint2d3dConfig) -> dict[str, float | None]:
-    """Mean SwAV target entropy (nats) over the last fifth of the logged steps, beside log K (uniform)."""
-    tail = history[len(history) - max(1, len(history) // 5):] if history else []
+def target_entropy(run: Path, config: Joint2d3dConfig) -> dict[str, float | None]:
+    """Mean SwAV target entropy (nats) over the last fifth of the run's steps, beside log K (uniform).
+    Read from the run's TensorBoard events, which hold every logged step also when the run was
+    stopped and resumed, or trained by an earlier invocation."""
+    names = ("target_entropy_intra", "target_entropy_inter")
+    events = run / "tensorboard"
+    scalars = read_scalars(events, tuple(f"train/{name}" for name in names)) if events.is_dir() else {}
 
     def mean(name: str) -> float | None:
-        values = [record[name] for record in tail if name in record]
-        return round(float(np.mean(values)), 3) if values else None
+        series = scalars.get(f"train/{name}")
+        if series is None or not len(series):
+            return None
+        tail = series[series[:, 0] >= 0.8 * series[:, 0].max(), 1]
+        return round(float(np.mean(tail)), 3)
 
     c = config.clustering
     return {"intra": mean("target_entropy_intra"), "intra_uniform": round(float(np.log(c.slice_prototypes)), 3),

@@ -28,13 +28,13 @@ TAGS = ("train/loss_local", "train/loss_local_chance", "train/acc_local", "train
 """Scalars summarised (those a run does not log, e.g. the neighbour loss at weight 0, are left out)."""
 
 
-def read_scalars(tensorboard: Path) -> dict[str, np.ndarray]:
-    """Every scalar of ``TAGS`` the event files hold: tag -> float (n, 2) of (step, value)."""
+def read_scalars(tensorboard: Path, tags: tuple[str, ...] = TAGS) -> dict[str, np.ndarray]:
+    """Every scalar of ``tags`` the event files hold: tag -> float (n, 2) of (step, value)."""
     events = EventAccumulator(str(tensorboard), size_guidance={"scalars": 0})
     events.Reload()
     logged = set(events.Tags()["scalars"])
     return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag)], dtype=np.float64)
-            for tag in TAGS if tag in logged}
+            for tag in tags if tag in logged}
 
 
 def window_means(scalars: dict[str, np.ndarray], window: int) -> list[dict[str, float]]:

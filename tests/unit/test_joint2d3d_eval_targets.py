@@ -1,0 +1,41 @@
+"""benchmarks/joint2d3d_eval.py reads the SwAV target entropies from the run's TensorBoard events,
+so an arm that was stopped and resumed (two event files) or trained by an earlier invocation still
+reports them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from tests.fixtures.benchmark import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def evaluation() -> Iterator[ModuleType]:
+    yield from benchmark_module("joint2d3d_eval")
+
+
+def test_target_entropy_covers_a_resumed_run_and_ignores_early_steps(evaluation, tmp_path: Path) -> None:
+    run = tmp_path / "joint"
+    with SummaryWriter(str(run / "tensorboard")) as writer:  # first invocation, stopped at step 50
+        for step in range(10, 60, 10):
+            writer.add_scalar("train/target_entropy_inter", 2.5, step)
+            writer.add_scalar("train/target_entropy_intra", 4.0, step)
+    with SummaryWriter(str(run / "tensorboard"), purge_step=50) as writer:  # resumed to step 100
+        for step in range(60, 110, 10):
+            writer.add_scalar("train/target_entropy_inter", 1.0 if step >= 80 else 2.0, step)
+            writer.add_scalar("train/target_entropy_intra", 3.0, step)
+    config = evaluation.load_recipe(evaluation.RECIPE, list(evaluation.EVAL_RECIPE))
+    targets = evaluation.target_entropy(run, config)
+    assert targets["inter"] == 1.0 and targets["intra"] == 3.0  # steps 80-100: the last fifth of 100
+    assert targets["inter_uniform"] == round(float(np.log(16)), 3)
+
+
+def test_target_entropy_of_a_run_that_logged_none_is_none(evaluation, tmp_path: Path) -> None:
+    config = evaluation.load_recipe(evaluation.RECIPE, list(evaluation.EVAL_RECIPE))
+    assert evaluation.target_entropy(tmp_path / "missing", config)["inter"] is None

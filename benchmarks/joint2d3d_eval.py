@@ -139,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     configs = arm_configs(size, workdir, args.arms, args.seed)
     compute = {arm: {"steps": config.train.max_steps, "megapixel_passes_per_step": step_cost(config),
                      "megapixel_passes": round(step_cost(config) * config.train.max_steps, 1)} for arm, config in configs.items()}
+    runs = {arm: workdir / f"{arm}_seed{args.seed}" for arm in [*configs, "random"]}  # a seed never reuses another's
     encoders: dict[str, Path] = {}
     for arm, config in configs.items():
         clock, cpu = time.perf_counter(), time.process_time()
-        encoders[arm] = pretrain(config, cohorts["pretrain"][0], workdir / arm)
+        encoders[arm] = pretrain(config, cohorts["pretrain"][0], runs[arm])
         seconds[f"pretrain_{arm}"] = round(time.perf_counter() - clock, 1)
         compute[arm]["cpu_seconds"] = round(time.process_time() - cpu, 1)
-    encoders["random"] = export_random_init(encoders["joint" if "joint" in encoders else args.arms[0]], workdir / "random", seed=args.seed)
+    encoders["random"] = export_random_init(encoders["joint" if "joint" in encoders else args.arms[0]], runs["random"], seed=args.seed)
 
     clock = time.perf_counter()
     heldout = prepare_heldout(cohorts["heldout"], stack_settings(next(iter(configs.values()))), seed=args.seed)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     result["baselines"] = density_baselines(heldout)
     result["chance"] = {"slice_presence_auc": 0.5, "severity_r2": 0.0, "retrieval_top1": 1 / len(heldout.scans)}
     result["goal"] = goal(result["measures"])
-    result["targets"] = {arm: target_entropy(workdir / arm, configs[arm]) for arm in configs}
+    result["targets"] = {arm: target_entropy(runs[arm], configs[arm]) for arm in configs}
     result["compute"] = compute
     result["heldout"] = {"scans": len(heldout.scans), "slices": int(len(heldout.presence)),
                          "slices_with_emphysema": float(heldout.presence.mean()),

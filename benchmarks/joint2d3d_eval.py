@@ -34,7 +34,9 @@ Measures, on the held-out scans (the exported encoder, prepared as ``embed_volum
 ``alternates`` repeats the probes on the ResNet's multi-scale pools (before the token projection,
 which L_intra alone never trains) and on the mean slice token (no transformer), so a result can be
 traced to the trunk or to the transformer. ``baselines`` are lung density features on the same
-folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread).
+folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread). ``diagnostics`` holds the mean
+cosine between the volume embeddings of different held-out scans (near 1: the embeddings collapse
+and cannot tell scans apart).
 
 Usage:
   OMP_NUM_THREADS=1 python benchmarks/joint2d3d_eval.py --out benchmarks/results/joint2d3d_eval.json
@@ -152,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     heldout = prepare_heldout(cohorts["heldout"], stack_settings(next(iter(configs.values()))), seed=args.seed)
     seconds["prepare_heldout"] = round(time.perf_counter() - clock, 1)
     result: dict = {"measures": {name: {} for name in (*MEASURES, "severity_pearson", "retrieval_mrr")},
-                    "alternates": {"slice_presence_auc_trunk": {}, "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}}}
+                    "alternates": {"slice_presence_auc_trunk": {}, "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}},
+                    "diagnostics": {"volume_cosine": {}}}
     for arm, folder in encoders.items():
         scores = evaluate(folder, heldout)
         for name, value in scores.items():
-            (result["measures"] if name in result["measures"] else result["alternates"])[name][arm] = value
+            group = next(key for key in ("measures", "alternates", "diagnostics") if name in result[key])
+            result[group][name][arm] = value
         print(f"{arm:>15}: " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()), flush=True)
     result["baselines"] = density_baselines(heldout)
     result["chance"] = {"slice_presence_auc": 0.5, "severity_r2": 0.0, "retrieval_top1": 1 / len(heldout.scans)}
@@ -333,6 +337,7 @@ def evaluate(folder: Path, heldout: Heldout) -> dict[str, float]:
         "slice_presence_auc_trunk": fold_auc(np.concatenate(trunk), heldout, slice_splits),
         "severity_r2_mean_token": ridge_probe(np.stack(mean_tokens), heldout.severity, scan_splits).pooled["r2"],
         "retrieval_top1_mean_token": retrieval(np.stack([q[0].mean(axis=0) for q in queries]), np.stack(mean_tokens))[0],
+        "volume_cosine": mean_cosine(np.stack(volumes)),
     }
 
 
@@ -369,9 +374,18 @@ def retrieval(queries: np.ndarray, gallery: np.ndarray) -> tuple[float, float]:
     return float((ranks == 1).mean()), float((1.0 / ranks).mean())
 
 
+def mean_cosine(embeddings: np.ndarray) -> float:
+    """Mean cosine between the rows (n, d) of different scans (the diagonal left out)."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    similarity = unit @ unit.T
+    n = len(unit)
+    return float((similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+
+
 def density_baselines(heldout: Heldout) -> dict[str, float]:
+    severity = ridge_probe(heldout.scan_density, heldout.severity, heldout.folds).pooled
     return {"slice_presence_auc": fold_auc(heldout.slice_density, heldout, slice_folds(heldout)),
-            "severity_r2": ridge_probe(heldout.scan_density, heldout.severity, heldout.folds).pooled["r2"]}
+            "severity_r2": severity["r2"], "severity_pearson": severity["pearson_r"]}
 
 
 def goal(measures: dict[str, dict[str, float]]) -> dict[str, bool | None]:

@@ -1,6 +1,6 @@
-"""benchmarks/joint2d3d_eval.py reads the SwAV target entropies from the run's TensorBoard events,
+"""benchmarks/joint2d3d_eval.py: the SwAV target entropies come from the run's TensorBoard events,
 so an arm that was stopped and resumed (two event files) or trained by an earlier invocation still
-reports them."""
+reports them; the collapse diagnostic (mean cosine between different scans' embeddings)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,8 @@ def test_target_entropy_covers_a_resumed_run_and_ignores_early_steps(evaluation,
 def test_target_entropy_of_a_run_that_logged_none_is_none(evaluation, tmp_path: Path) -> None:
     config = evaluation.load_recipe(evaluation.RECIPE, list(evaluation.EVAL_RECIPE))
     assert evaluation.target_entropy(tmp_path / "missing", config)["inter"] is None
+
+
+def test_mean_cosine_leaves_out_each_scan_with_itself(evaluation) -> None:
+    assert evaluation.mean_cosine(np.array([[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]])) == -1 / 3  # pairs 0, 0, -1 (twice each)
+    assert evaluation.mean_cosine(np.array([[1.0, 1.0], [2.0, 2.0]])) == pytest.approx(1.0)

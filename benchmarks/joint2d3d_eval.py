@@ -35,7 +35,8 @@ Measures, on the held-out scans (the exported encoder, prepared as ``embed_volum
 
 ``alternates`` repeats the probes on the ResNet's multi-scale pools (before the token projection,
 which L_intra alone never trains) and on the mean slice token (no transformer), so a result can be
-traced to the trunk or to the transformer. ``baselines`` are lung density features on the same
+traced to the trunk or to the transformer, and gives the slice probe's AUC within each scan (its
+slices ranked against one another, no shift between scans counted). ``baselines`` are lung density features on the same
 folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread). ``diagnostics`` holds the mean
 cosine between the volume embeddings of different held-out scans (near 1: the embeddings collapse
 and cannot tell scans apart).
@@ -61,6 +62,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from drasclr_monailabel.data.deform import random_deformation
 from drasclr_monailabel.data.sample_data import fetch_sample_data
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = prepare_heldout(cohorts["heldout"], stack_settings(next(iter(configs.values()))), seed=args.seed)
     seconds["prepare_heldout"] = round(time.perf_counter() - clock, 1)
     result: dict = {"measures": {name: {} for name in (*MEASURES, "severity_pearson", "retrieval_mrr")},
-                    "alternates": {"slice_presence_auc_trunk": {}, "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}},
+                    "alternates": {"slice_presence_auc_within_scan": {}, "slice_presence_auc_trunk": {}, "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}},
                     "diagnostics": {"volume_cosine": {}}}
     for arm, folder in encoders.items():
         scores = evaluate(folder, heldout)
@@ -339,10 +341,12 @@ def evaluate(folder: Path, heldout: Heldout) -> dict[str, float]:
     scan_splits = heldout.folds
     severity = ridge_probe(np.stack(volumes), heldout.severity, scan_splits).pooled
     top1, mrr = retrieval(np.stack([q[1] for q in queries]), np.stack(volumes))
+    token_auc, token_auc_within = presence_aucs(np.concatenate(tokens), heldout, slice_splits)
     return {
-        "slice_presence_auc": fold_auc(np.concatenate(tokens), heldout, slice_splits),
+        "slice_presence_auc": token_auc,
+        "slice_presence_auc_within_scan": token_auc_within,
         "severity_r2": severity["r2"], "severity_pearson": severity["pearson_r"], "retrieval_top1": top1, "retrieval_mrr": mrr,
-        "slice_presence_auc_trunk": fold_auc(np.concatenate(trunk), heldout, slice_splits),
+        "slice_presence_auc_trunk": presence_aucs(np.concatenate(trunk), heldout, slice_splits)[0],
         "severity_r2_mean_token": ridge_probe(np.stack(mean_tokens), heldout.severity, scan_splits).pooled["r2"],
         "retrieval_top1_mean_token": retrieval(np.stack([q[0].mean(axis=0) for q in queries]), np.stack(mean_tokens))[0],
         "volume_cosine": mean_cosine(np.stack(volumes)),
@@ -366,10 +370,17 @@ def slice_folds(heldout: Heldout) -> list[tuple[np.ndarray, np.ndarray]]:
             for train, test in heldout.folds]
 
 
-def fold_auc(features: np.ndarray, heldout: Heldout, splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Mean over folds of the slice presence probe's ROC AUC (inner folds of whole scans)."""
-    values = [v for v in logistic_probe(features, heldout.presence, splits, groups=heldout.slice_scan).folds["auc"] if np.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
+def presence_aucs(features: np.ndarray, heldout: Heldout, splits: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """The slice presence probe (inner folds of whole scans): mean over folds of its ROC AUC, and
+    the mean over scans that hold both kinds of slice of the AUC among that scan's slices. A test
+    fold holds three scans, so its AUC mixes telling scans apart (a shift shared by all slices of
+    a scan) with telling a scan's slices apart; the second number is the latter alone."""
+    probe = logistic_probe(features, heldout.presence, splits, groups=heldout.slice_scan)
+    folds = [v for v in probe.folds["auc"] if np.isfinite(v)]
+    within = [roc_auc_score(heldout.presence[rows], probe.predictions[rows])
+              for rows in (np.flatnonzero(heldout.slice_scan == scan) for scan in np.unique(heldout.slice_scan))
+              if len(np.unique(heldout.presence[rows])) == 2]
+    return (float(np.mean(folds)) if folds else float("nan")), (float(np.mean(within)) if within else float("nan"))
 
 
 def retrieval(queries: np.ndarray, gallery: np.ndarray) -> tuple[float, float]:
@@ -392,7 +403,8 @@ def mean_cosine(embeddings: np.ndarray) -> float:
 
 def density_baselines(heldout: Heldout) -> dict[str, float]:
     severity = ridge_probe(heldout.scan_density, heldout.severity, heldout.folds).pooled
-    return {"slice_presence_auc": fold_auc(heldout.slice_density, heldout, slice_folds(heldout)),
+    auc, within = presence_aucs(heldout.slice_density, heldout, slice_folds(heldout))
+    return {"slice_presence_auc": auc, "slice_presence_auc_within_scan": within,
             "severity_r2": severity["r2"], "severity_pearson": severity["pearson_r"]}
 
 

@@ -44,3 +44,25 @@ def test_target_entropy_of_a_run_that_logged_none_is_none(evaluation, tmp_path: 
 def test_mean_cosine_leaves_out_each_scan_with_itself(evaluation) -> None:
     assert evaluation.mean_cosine(np.array([[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]])) == -1 / 3  # pairs 0, 0, -1 (twice each)
     assert evaluation.mean_cosine(np.array([[1.0, 1.0], [2.0, 2.0]])) == pytest.approx(1.0)
+
+
+def _presence_aucs(evaluation, features: np.ndarray) -> tuple[float, float]:
+    """Six scans of four slices, three folds of two scans; scans 0, 2, 4 hold emphysema in their
+    last two slices, scans 1, 3, 5 none."""
+    presence = np.array([0, 0, 1, 1, 0, 0, 0, 0] * 3)
+    scans = np.repeat(np.arange(6), 4)
+    heldout = evaluation.Heldout(scans=[], deformed=[], severity=np.zeros(6), folds=[], slice_index=[], presence=presence,
+                                 slice_scan=scans, slice_density=features, scan_density=np.zeros((6, 4)))
+    splits = [(np.flatnonzero(~np.isin(scans, test)), np.flatnonzero(np.isin(scans, test))) for test in ([0, 1], [2, 3], [4, 5])]
+    return evaluation.presence_aucs(features, heldout, splits)
+
+
+def test_within_scan_auc_separates_ranking_slices_from_telling_scans_apart(evaluation) -> None:
+    within_signal = np.array([0.0, 0.1, 0.2, 0.3] * 6)
+    scan_shift = np.repeat(np.random.default_rng(0).normal(size=6) * 3, 4)  # differs between scans, says nothing
+    folds, within = _presence_aucs(evaluation, np.stack([within_signal, scan_shift], axis=1))
+    assert within == 1.0 and folds < 0.7  # the shift between scans costs the fold AUC, not the ranking within a scan
+    # Only a shift (the scans without emphysema lie higher): the probe tells scans apart and, doing
+    # so, ranks every scan's own slices backwards; the fold AUC does not show it.
+    folds, within = _presence_aucs(evaluation, (within_signal + 5.0 * (np.repeat(np.arange(6), 4) % 2))[:, None])
+    assert within == 0.0 and folds > 0.6

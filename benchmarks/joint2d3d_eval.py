@@ -42,16 +42,22 @@ cosine between the volume embeddings of different held-out scans (near 1: the em
 and cannot tell scans apart).
 
 Usage:
-  OMP_NUM_THREADS=1 python benchmarks/joint2d3d_eval.py --out benchmarks/results/joint2d3d_eval.json
+  python benchmarks/joint2d3d_eval.py --out benchmarks/results/joint2d3d_eval.json
+  python benchmarks/joint2d3d_eval.py --seed 1 --out benchmarks/results/joint2d3d_eval_seed1.json
+  python benchmarks/joint2d3d_eval.py --pool benchmarks/results/joint2d3d_eval.json \
+      benchmarks/results/joint2d3d_eval_seed1.json --out benchmarks/results/joint2d3d_eval_seeds.json
   python benchmarks/joint2d3d_eval.py --size small --out /tmp/joint_eval.json     # CI-sized, phantoms
 
-Writes the JSON and a PNG beside it (same name, ``.png``).
+Writes the JSON and a PNG beside it (same name, ``.png``). ``--pool`` trains nothing: it reads
+results of several seeds and writes each value's mean, standard deviation and per-seed values, and
+the goal judged on the means (the plot shows the means as bars and the seeds as dots).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import sys
 import time
@@ -133,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARM_SCHEDULES), default=["joint", "intra_only"],
                         help="trained arms (default joint intra_only; random always comes along)")
     parser.add_argument("--seed", type=int, default=0, help="pretraining seed of every arm")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="pool these results of different seeds into --out instead of running")
     args = parser.parse_args(argv)
+    if args.pool:
+        write_pooled(args.pool, args.out, " ".join(["python", "benchmarks/joint2d3d_eval.py", *(argv if argv is not None else sys.argv[1:])]))
+        return 0
     size = SIZES[args.size]
     if args.steps is not None:
         if args.steps < 1:
@@ -438,8 +449,31 @@ def target_entropy(run: Path, config: Joint2d3dConfig) -> dict[str, float | None
             "slice_queue": c.slice_queue, "volume_queue": c.volume_queue}
 
 
+def write_pooled(paths: list[Path], out: Path, command: str) -> None:
+    """Mean, standard deviation and per-seed values of every measure, alternate and diagnostic of
+    the runs ``paths`` (one per seed), for the arms every run has; the goal on the means."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    seeds = [run["settings"]["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--pool: the results repeat a seed ({seeds}); pool runs of different seeds")
+    pooled: dict = {"seeds": seeds, "sources": [str(path) for path in paths], "command": command}
+    for group in ("measures", "alternates", "diagnostics"):
+        pooled[group], pooled[f"{group}_per_seed"] = {}, {}
+        for name in runs[0].get(group, {}):
+            arms = [arm for arm in runs[0][group][name] if all(arm in run.get(group, {}).get(name, {}) for run in runs)]
+            values = {arm: [run[group][name][arm] for run in runs] for arm in arms}
+            pooled[group][name] = {arm: float(np.mean(v)) for arm, v in values.items()}
+            pooled[f"{group}_per_seed"][name] = {arm: {"values": v, "std": float(np.std(v))} for arm, v in values.items()}
+    pooled["baselines"], pooled["chance"] = runs[0]["baselines"], runs[0]["chance"]  # the held-out data do not depend on the seed
+    pooled["goal"] = goal(pooled["measures"])
+    write_json(out, pooled)
+    plot(pooled, out.with_suffix(".png"))
+    print(f"goal joint > 2D-only > random on the means of seeds {seeds}: {pooled['goal']}; wrote {out}")
+
+
 def plot(result: dict, path: Path) -> None:
-    """One bar chart per measure: the arms, chance (dashed) and the density baseline (dotted)."""
+    """One bar chart per measure: the arms, chance (dashed) and the density baseline (dotted); the
+    seeds as dots when the result pools several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -452,6 +486,9 @@ def plot(result: dict, path: Path) -> None:
         arms = list(result["measures"][name])
         axis.bar(arms, [result["measures"][name][a] for a in arms], color=["tab:blue" if a.startswith("joint") else "tab:orange"
                                                                           if a == "intra_only" else "tab:grey" for a in arms])
+        for position, arm in enumerate(arms):
+            seeds = result.get("measures_per_seed", {}).get(name, {}).get(arm, {}).get("values", [])
+            axis.plot([position] * len(seeds), seeds, "k.", markersize=6)
         axis.axhline(result["chance"][name], color="black", linestyle="--", linewidth=1, label="chance")
         if name in result["baselines"]:
             axis.axhline(result["baselines"][name], color="tab:green", linestyle=":", label="lung density features")

@@ -1,9 +1,11 @@
-"""benchmarks/joint2d3d_eval.py: the SwAV target entropies come from the run's TensorBoard events,
-so an arm that was stopped and resumed (two event files) or trained by an earlier invocation still
-reports them; the collapse diagnostic (mean cosine between different scans' embeddings)."""
+"""benchmarks/joint2d3d_eval.py, its parts that need no training: the SwAV target entropies come
+from the run's TensorBoard events (so an arm that was stopped and resumed, or trained by an earlier
+invocation, still reports them); the collapse diagnostic; the slice probe's AUC within a scan;
+pooling the results of several seeds."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -66,3 +68,33 @@ def test_within_scan_auc_separates_ranking_slices_from_telling_scans_apart(evalu
     # so, ranks every scan's own slices backwards; the fold AUC does not show it.
     folds, within = _presence_aucs(evaluation, (within_signal + 5.0 * (np.repeat(np.arange(6), 4) % 2))[:, None])
     assert within == 0.0 and folds > 0.6
+
+
+def _seed_result(seed: int, joint: float, extra_arm: bool) -> dict:
+    arms = {"joint": joint, "intra_only": 0.5, "random": 0.4, **({"joint_no_inter": 0.9} if extra_arm else {})}
+    return {"settings": {"seed": seed}, "measures": {name: dict(arms) for name in ("slice_presence_auc", "severity_r2", "retrieval_top1")},
+            "alternates": {"slice_presence_auc_within_scan": dict(arms)}, "diagnostics": {"volume_cosine": dict(arms)},
+            "baselines": {"slice_presence_auc": 0.57}, "chance": {"slice_presence_auc": 0.5, "severity_r2": 0.0, "retrieval_top1": 0.1}}
+
+
+def test_pooling_seeds_gives_means_spreads_and_the_goal_on_the_means(evaluation, tmp_path: Path) -> None:
+    paths = []
+    for seed, joint, extra in ((0, 0.3, True), (1, 0.9, False)):
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps(_seed_result(seed, joint, extra)))
+    out = tmp_path / "pooled.json"
+    assert evaluation.main(["--pool", *map(str, paths), "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())
+    assert pooled["seeds"] == [0, 1]
+    assert pooled["measures"]["retrieval_top1"] == {"joint": pytest.approx(0.6), "intra_only": 0.5, "random": 0.4}  # arms of every seed only
+    assert pooled["measures_per_seed"]["retrieval_top1"]["joint"] == {"values": [0.3, 0.9], "std": pytest.approx(0.3)}
+    assert pooled["goal"] == {"slice_presence_auc": True, "severity_r2": True, "retrieval_top1": True}  # 0.6 > 0.5 > 0.4
+    assert pooled["diagnostics"]["volume_cosine"]["joint"] == pytest.approx(0.6)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_pooling_the_same_seed_twice_is_refused(evaluation, tmp_path: Path) -> None:
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps(_seed_result(0, 0.3, False)))
+    with pytest.raises(SystemExit, match="repeat a seed"):
+        evaluation.main(["--pool", str(path), str(path), "--out", str(tmp_path / "pooled.json")])

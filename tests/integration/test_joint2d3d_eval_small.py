@@ -27,8 +27,7 @@ def test_small_joint2d3d_evaluation_run(tmp_path: Path) -> None:
     for name in ("slice_presence_auc", "retrieval_top1", "retrieval_mrr"):
         assert all(0.0 <= v <= 1.0 for v in result["measures"][name].values()), name
     assert set(result["goal"]) == {"slice_presence_auc", "severity_r2", "retrieval_top1"}
-    assert all(-1.0 <= v <= 1.0 for v in result["diagnostics"]["volume_cosine"].values())
-    assert set(result["diagnostics"]["volume_cosine"]) == arms
+    assert set(result["diagnostics"]["volume_spread"]) == arms and all(v > 0 for v in result["diagnostics"]["volume_spread"].values())
     compute = result["compute"]
     assert compute["intra_only"]["steps"] > compute["joint"]["steps"]  # a 2D-only step is cheaper: it gets more of them
     assert abs(compute["intra_only"]["megapixel_passes"] / compute["joint"]["megapixel_passes"] - 1) < 0.1

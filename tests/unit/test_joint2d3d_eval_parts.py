@@ -1,6 +1,6 @@
 """benchmarks/joint2d3d_eval.py, its parts that need no training: the SwAV target entropies come
 from the run's TensorBoard events (so an arm that was stopped and resumed, or trained by an earlier
-invocation, still reports them); the collapse diagnostic; the slice probe's AUC within a scan;
+invocation, still reports them); the spread of the volume embeddings; the slice probe's AUC within a scan;
 pooling the results of several seeds."""
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def test_target_entropy_of_a_run_that_logged_none_is_none(evaluation, tmp_path: 
     assert evaluation.target_entropy(tmp_path / "missing", config)["inter"] is None
 
 
-def test_mean_cosine_leaves_out_each_scan_with_itself(evaluation) -> None:
-    assert evaluation.mean_cosine(np.array([[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]])) == -1 / 3  # pairs 0, 0, -1 (twice each)
-    assert evaluation.mean_cosine(np.array([[1.0, 1.0], [2.0, 2.0]])) == pytest.approx(1.0)
+def test_relative_spread_is_the_rms_distance_from_the_mean_over_its_length(evaluation) -> None:
+    assert evaluation.relative_spread(np.array([[1.0, 0.5], [1.0, -0.5]])) == 0.5
+    assert evaluation.relative_spread(np.array([[3.0, 4.0], [3.0, 4.0]])) == 0.0  # collapsed: one vector for every scan
 
 
 def _presence_aucs(evaluation, features: np.ndarray) -> tuple[float, float]:
@@ -73,7 +73,7 @@ def test_within_scan_auc_separates_ranking_slices_from_telling_scans_apart(evalu
 def _seed_result(seed: int, joint: float, extra_arm: bool) -> dict:
     arms = {"joint": joint, "intra_only": 0.5, "random": 0.4, **({"joint_no_inter": 0.9} if extra_arm else {})}
     return {"settings": {"seed": seed}, "measures": {name: dict(arms) for name in ("slice_presence_auc", "severity_r2", "retrieval_top1")},
-            "alternates": {"slice_presence_auc_within_scan": dict(arms)}, "diagnostics": {"volume_cosine": dict(arms)},
+            "alternates": {"slice_presence_auc_within_scan": dict(arms)}, "diagnostics": {"volume_spread": dict(arms)},
             "baselines": {"slice_presence_auc": 0.57}, "chance": {"slice_presence_auc": 0.5, "severity_r2": 0.0, "retrieval_top1": 0.1}}
 
 
@@ -89,7 +89,7 @@ def test_pooling_seeds_gives_means_spreads_and_the_goal_on_the_means(evaluation,
     assert pooled["measures"]["retrieval_top1"] == {"joint": pytest.approx(0.6), "intra_only": 0.5, "random": 0.4}  # arms of every seed only
     assert pooled["measures_per_seed"]["retrieval_top1"]["joint"] == {"values": [0.3, 0.9], "std": pytest.approx(0.3)}
     assert pooled["goal"] == {"slice_presence_auc": True, "severity_r2": True, "retrieval_top1": True}  # 0.6 > 0.5 > 0.4
-    assert pooled["diagnostics"]["volume_cosine"]["joint"] == pytest.approx(0.6)
+    assert pooled["diagnostics"]["volume_spread"]["joint"] == pytest.approx(0.6)
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 

@@ -36,8 +36,9 @@ Measures, on the held-out scans (the exported encoder, prepared as ``embed_volum
 ``alternates`` repeats the probes on the ResNet's multi-scale pools (before the token projection,
 which L_intra alone never trains) and on the mean slice token (no transformer), so a result can be
 traced to the trunk or to the transformer, and gives the slice probe's AUC within each scan (its
-slices ranked against one another, no shift between scans counted). ``baselines`` are lung density features on the same
-folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread). ``diagnostics`` holds the spread of
+slices ranked against one another, no shift between scans counted). ``baselines`` are lung
+density features on the same folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread).
+``diagnostics`` holds the spread of
 the held-out scans' volume embeddings: their RMS distance from the mean embedding over the mean
 embedding's length (near 0: every scan gets nearly the same vector, and cosine retrieval is decided
 by what is left).
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     heldout = prepare_heldout(cohorts["heldout"], stack_settings(next(iter(configs.values()))), seed=args.seed)
     seconds["prepare_heldout"] = round(time.perf_counter() - clock, 1)
     result: dict = {"measures": {name: {} for name in (*MEASURES, "severity_pearson", "retrieval_mrr")},
-                    "alternates": {"slice_presence_auc_within_scan": {}, "slice_presence_auc_trunk": {}, "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}},
+                    "alternates": {"slice_presence_auc_within_scan": {}, "slice_presence_auc_trunk": {},
+                                   "severity_r2_mean_token": {}, "retrieval_top1_mean_token": {}},
                     "diagnostics": {"volume_spread": {}}}
     for arm, folder in encoders.items():
         scores = evaluate(folder, heldout)

@@ -47,6 +47,9 @@ runs are kept in ``<workdir>/runs`` and reused by a rerun with the same settings
 Usage:
   python benchmarks/annotation_loop.py --size small --out /tmp/loop.json --plots /tmp/loop_plots
   python benchmarks/annotation_loop.py --size full --out benchmarks/results/annotation_loop.json --plots docs/images
+  # part of the full grid (finished runs are reused, so the grid can be gathered over several invocations):
+  python benchmarks/annotation_loop.py --size full --strategies random hybrid --encoders pretrained --seeds 0 \
+      --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full --out /tmp/loop_part.json
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="folder for cohorts, encoder and runs (default: beside --out)")
     parser.add_argument("--encoder", type=Path, help="exported encoder for the pretrained runs instead of pretraining one "
                                                      "(its pretraining data must not include the test patient)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="run only these strategies of the size's grid")
+    parser.add_argument("--encoders", nargs="+", choices=ENCODERS, help="run only these encoder arms of the size's grid")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run these seeds instead of the size's")
     args = parser.parse_args(argv)
     if args.encoder is not None and not (args.encoder / "encoder.json").is_file():
         parser.error(f"--encoder {args.encoder}: no encoder.json there (give a folder made by 'drasclr export')")
@@ -142,7 +148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
-    size = SIZES[args.size]
+    size = replace(SIZES[args.size], strategies=tuple(args.strategies or SIZES[args.size].strategies),
+                   encoders=tuple(args.encoders or SIZES[args.size].encoders),
+                   seeds=tuple(args.seeds if args.seeds is not None else SIZES[args.size].seeds))
     workdir = args.workdir or args.out.with_name(args.out.stem + "_work")
     started = time.perf_counter()
     cohorts = make_data(args.size, workdir)
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = {"skipped": f"the app offers '{strategy}' only with a pretrained encoder"}
                 print(f"{name}: skipped ({runs[name]['skipped']})", flush=True)
                 continue
-            runs[name] = {str(seed): run(args.size, strategy, arm, seed, encoder if arm == "pretrained" else None, pool,
+            runs[name] = {str(seed): run(size, args.size, strategy, arm, seed, encoder if arm == "pretrained" else None, pool,
                                          tests, workdir) for seed in size.seeds}
     result = summarise(runs, baseline)
     result["command"] = " ".join(["python", "benchmarks/annotation_loop.py", *(argv if argv is not None else sys.argv[1:])])
@@ -283,13 +291,14 @@ def laa_baseline(pool: dict[str, SourceCase], tests: list[SourceCase], folder: P
         return {"per_scan": per_scan, "test_dice": held_out_dice(client, "emphysema_laa", tests)}
 
 
-def run(size_name: str, strategy: str, arm: str, seed: int, encoder: Path | None, pool: dict[str, SourceCase],
-        tests: list[SourceCase], workdir: Path) -> dict[str, Any]:
+def run(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, encoder: Path | None,
+        pool: dict[str, SourceCase], tests: list[SourceCase], workdir: Path) -> dict[str, Any]:
     """One session (strategy, encoder arm, seed) on a fresh studies folder; a finished one with the same
-    settings is read back from ``<workdir>/runs`` instead."""
-    size = SIZES[size_name]
+    settings is read back from ``<workdir>/runs`` instead, whichever part of the grid the invocation
+    that made it ran (the grid is not part of a run's settings)."""
     folder = workdir / "runs" / f"{strategy}_{arm}_{seed}"
-    settings = json.loads(json.dumps({"size": size_name, **asdict(size), "strategy": strategy, "arm": arm, "seed": seed,
+    session = {key: value for key, value in asdict(size).items() if key not in ("strategies", "encoders", "seeds")}
+    settings = json.loads(json.dumps({"size": size_name, **session, "strategy": strategy, "arm": arm, "seed": seed,
                                       "encoder": str(encoder), "pool": sorted(pool)}))
     done = folder.with_suffix(".json")
     if done.is_file():

@@ -50,6 +50,9 @@ Usage:
   # part of the full grid (finished runs are reused, so the grid can be gathered over several invocations):
   python benchmarks/annotation_loop.py --size full --strategies random hybrid --encoders pretrained --seeds 0 \
       --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full --out /tmp/loop_part.json
+  # another training round budget (the app's --conf), in runs of its own:
+  python benchmarks/annotation_loop.py --size full --strategies random --encoders pretrained --seeds 0 \
+      --app-conf max_epochs=16 --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full --out /tmp/loop_16.json
 """
 
 from __future__ import annotations
@@ -137,7 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="run only these strategies of the size's grid")
     parser.add_argument("--encoders", nargs="+", choices=ENCODERS, help="run only these encoder arms of the size's grid")
     parser.add_argument("--seeds", nargs="+", type=int, help="run these seeds instead of the size's")
+    parser.add_argument("--app-conf", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="app --conf options over the size's (e.g. max_epochs=16); their runs are kept apart")
     args = parser.parse_args(argv)
+    if any("=" not in option for option in args.app_conf):
+        parser.error(f"--app-conf {' '.join(args.app_conf)}: give each option as KEY=VALUE")
+    args.app_conf = dict(option.split("=", 1) for option in args.app_conf)
     if args.encoder is not None and not (args.encoder / "encoder.json").is_file():
         parser.error(f"--encoder {args.encoder}: no encoder.json there (give a folder made by 'drasclr export')")
     if args.out.is_dir():
@@ -150,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
     size = replace(SIZES[args.size], strategies=tuple(args.strategies or SIZES[args.size].strategies),
                    encoders=tuple(args.encoders or SIZES[args.size].encoders),
-                   seeds=tuple(args.seeds if args.seeds is not None else SIZES[args.size].seeds))
+                   seeds=tuple(args.seeds if args.seeds is not None else SIZES[args.size].seeds),
+                   app_conf={**SIZES[args.size].app_conf, **args.app_conf})
     workdir = args.workdir or args.out.with_name(args.out.stem + "_work")
     started = time.perf_counter()
     cohorts = make_data(args.size, workdir)
@@ -295,8 +304,8 @@ def run(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, enco
         pool: dict[str, SourceCase], tests: list[SourceCase], workdir: Path) -> dict[str, Any]:
     """One session (strategy, encoder arm, seed) on a fresh studies folder; a finished one with the same
     settings is read back from ``<workdir>/runs`` instead, whichever part of the grid the invocation
-    that made it ran (the grid is not part of a run's settings)."""
-    folder = workdir / "runs" / f"{strategy}_{arm}_{seed}"
+    that made it ran (the grid is not part of a run's settings; the folder: :func:`run_folder`)."""
+    folder = run_folder(size, size_name, strategy, arm, seed, workdir)
     session = {key: value for key, value in asdict(size).items() if key not in ("strategies", "encoders", "seeds")}
     settings = json.loads(json.dumps({"size": size_name, **session, "strategy": strategy, "arm": arm, "seed": seed,
                                       "encoder": str(encoder), "pool": sorted(pool)}))
@@ -312,6 +321,13 @@ def run(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, enco
         record = run_session(client, strategy, pool, tests, size.rounds)
     write_json(done, {"settings": settings, "record": record})
     return record
+
+
+def run_folder(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, workdir: Path) -> Path:
+    """``<workdir>/runs/<strategy>_<arm>_<seed>``, followed by ``_<key>-<value>`` for each app option
+    that differs from the size's, so runs under other options never overwrite the size's own."""
+    changed = sorted((key, value) for key, value in size.app_conf.items() if SIZES[size_name].app_conf.get(key) != value)
+    return workdir / "runs" / "_".join([strategy, arm, str(seed), *(f"{key}-{value}" for key, value in changed)])
 
 
 def summarise(runs: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:

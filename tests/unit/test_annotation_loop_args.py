@@ -1,0 +1,46 @@
+"""benchmarks/annotation_loop.py's command line: part of the grid and other app options run in folders of
+their own, so a partial invocation reuses the full grid's runs and another round budget never
+overwrites them; a malformed app option is one line and exit status 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.fixtures.benchmark import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[ModuleType]:
+    yield from benchmark_module("annotation_loop")
+
+
+def test_part_of_the_grid_runs_in_the_full_grids_folders(loop, tmp_path: Path) -> None:
+    full = loop.SIZES["full"]
+    part = replace(full, strategies=("random",), encoders=("pretrained",), seeds=(0,))
+    assert loop.run_folder(part, "full", "random", "pretrained", 0, tmp_path) == \
+        loop.run_folder(full, "full", "random", "pretrained", 0, tmp_path) == tmp_path / "runs" / "random_pretrained_0"
+
+
+def test_other_app_options_name_their_own_folder(loop, tmp_path: Path) -> None:
+    small = loop.SIZES["small"]
+    longer = replace(small, app_conf={**small.app_conf, "max_epochs": "16", "lr": "0.001"})
+    assert loop.run_folder(longer, "small", "hybrid", "scratch", 2, tmp_path).name == "hybrid_scratch_2_lr-0.001_max_epochs-16"
+    same = replace(small, app_conf=dict(small.app_conf))  # the size's own value given again changes nothing
+    assert loop.run_folder(same, "small", "hybrid", "scratch", 2, tmp_path).name == "hybrid_scratch_2"
+
+
+def test_app_options_are_parsed_and_a_malformed_one_is_refused(loop, capsys) -> None:
+    args = loop.parse_args(["--out", "x.json", "--app-conf", "max_epochs=16", "lr=1e-3", "--strategies", "random",
+                            "--seeds", "1", "2"])
+    assert args.app_conf == {"max_epochs": "16", "lr": "1e-3"}
+    assert (args.strategies, args.seeds) == (["random"], [1, 2])
+    with pytest.raises(SystemExit) as stopped:
+        loop.parse_args(["--out", "x.json", "--app-conf", "max_epochs"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["annotation_loop.py: error: --app-conf max_epochs: give each option as KEY=VALUE"]

@@ -25,11 +25,10 @@ Sizes:
     checks the mechanics; it measures nothing about strategies.
   * ``full``: 16 pool scans, 3 test scans, the five strategies x {pretrained, scratch} x 3 seeds x
     8 rounds, the app's default training round (4 epochs x 25 steps of 4 patches), a 4,000-step
-    pretraining. Not run yet. Estimated on this project's 2-core CPU from measured step costs
-    (docs/benchmarks.md: a default round about 10-14 min, whole-CT inference 25-50 s per scan):
-    about 2 h per run of 8 rounds (training ~95 min, test inference ~20 min, pre-segmentation
-    ~3 min), about 2.7 h when the strategy needs epistemic scoring of the pool every round; 24
-    runs (diversity and hybrid need the encoder) and the pretraining make about 55 hours of that CPU.
+    pretraining. Measured on this project's 2-core CPU (seed 0, docs/benchmarks.md): a round takes
+    80-107 s with ``random`` and 112-138 s with ``hybrid`` (its scoring of the pool), a run of 8
+    rounds 12-18 minutes, the pretraining 27 minutes: the whole grid (24 runs; diversity and
+    hybrid need the encoder) is about 6 hours of that CPU.
 
 Strategies diversity and hybrid exist in the app only with a pretrained encoder: without one they
 are recorded as skipped. The seed is the app's ``--conf seed``: it seeds training and the random

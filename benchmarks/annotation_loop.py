@@ -145,6 +145,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any("=" not in option for option in args.app_conf):
         parser.error(f"--app-conf {' '.join(args.app_conf)}: give each option as KEY=VALUE")
     args.app_conf = dict(option.split("=", 1) for option in args.app_conf)
+    fixed = sorted(set(args.app_conf) & set(BENCHMARK_CONF))
+    if fixed:
+        parser.error(f"--app-conf {', '.join(fixed)}: set by the benchmark itself (the encoder: --encoder; seeds: --seeds)")
     if args.encoder is not None and not (args.encoder / "encoder.json").is_file():
         parser.error(f"--encoder {args.encoder}: no encoder.json there (give a folder made by 'drasclr export')")
     if args.out.is_dir():
@@ -283,6 +286,10 @@ def studies_folder(pool: dict[str, SourceCase], folder: Path) -> Path:
     return folder
 
 
+BENCHMARK_CONF = ("pretrained", "seed", "auto_update_scoring", "cache_dir")
+"""App options that :func:`app_conf` sets for every run (``--app-conf`` refuses them)."""
+
+
 def app_conf(size: LoopSize, encoder: Path | None, seed: int, workdir: Path) -> dict[str, str]:
     """The app's ``--conf``: the size's options, the encoder (or none), the training seed, a shared
     embedding cache, and no background scoring (the session runs the scoring a strategy needs)."""
@@ -326,7 +333,8 @@ def run_folder(size: LoopSize, size_name: str, strategy: str, arm: str, seed: in
     """``<workdir>/runs/<strategy>_<arm>_<seed>``, followed by ``_<key>-<value>`` for each app option
     that differs from the size's, so runs under other options never overwrite the size's own."""
     changed = sorted((key, value) for key, value in size.app_conf.items() if SIZES[size_name].app_conf.get(key) != value)
-    return workdir / "runs" / "_".join([strategy, arm, str(seed), *(f"{key}-{value}" for key, value in changed)])
+    return workdir / "runs" / "_".join([strategy, arm, str(seed),
+                                        *(f"{key}-{value}".replace(os.sep, "-") for key, value in changed)])
 
 
 def summarise(runs: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:

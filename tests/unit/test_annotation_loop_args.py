@@ -30,6 +30,8 @@ def test_other_app_options_name_their_own_folder(loop, tmp_path: Path) -> None:
     small = loop.SIZES["small"]
     longer = replace(small, app_conf={**small.app_conf, "max_epochs": "16", "lr": "0.001"})
     assert loop.run_folder(longer, "small", "hybrid", "scratch", 2, tmp_path).name == "hybrid_scratch_2_lr-0.001_max_epochs-16"
+    path_valued = replace(small, app_conf={**small.app_conf, "model_dir": "/data/models"})
+    assert loop.run_folder(path_valued, "small", "first", "scratch", 0, tmp_path).parent == tmp_path / "runs"
     same = replace(small, app_conf=dict(small.app_conf))  # the size's own value given again changes nothing
     assert loop.run_folder(same, "small", "hybrid", "scratch", 2, tmp_path).name == "hybrid_scratch_2"
 
@@ -44,3 +46,12 @@ def test_app_options_are_parsed_and_a_malformed_one_is_refused(loop, capsys) -> 
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error == ["annotation_loop.py: error: --app-conf max_epochs: give each option as KEY=VALUE"]
+
+
+def test_options_the_benchmark_sets_itself_are_refused(loop, capsys) -> None:
+    """``app_conf`` would silently override them: the run would not be what its folder says."""
+    with pytest.raises(SystemExit) as stopped:
+        loop.parse_args(["--out", "x.json", "--app-conf", "seed=3", "max_epochs=8", "pretrained=/some/encoder"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == ("annotation_loop.py: error: --app-conf pretrained, seed: set by the "
+                                               "benchmark itself (the encoder: --encoder; seeds: --seeds)")

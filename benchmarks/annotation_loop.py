@@ -221,7 +221,8 @@ def default_encoder(name: str, unlabelled: Path, workdir: Path) -> Path:
                                    note="random weights: the annotation loop's CI size does not pretrain")
     from label_efficiency import pretrain
 
-    print("pretraining the encoder on the fold's unlabelled cohort", flush=True)
+    print("encoder: DrasCLR on the fold's unlabelled cohort (pretrained now unless already exported in the work folder)",
+          flush=True)
     return pretrain(cohort_size(name), unlabelled, workdir / "pretrain_pretrained")
 
 

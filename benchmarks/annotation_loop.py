@@ -158,10 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
-    size = replace(SIZES[args.size], strategies=tuple(args.strategies or SIZES[args.size].strategies),
-                   encoders=tuple(args.encoders or SIZES[args.size].encoders),
-                   seeds=tuple(args.seeds if args.seeds is not None else SIZES[args.size].seeds),
-                   app_conf={**SIZES[args.size].app_conf, **args.app_conf})
+    base = SIZES[args.size]
+    size = replace(base, strategies=tuple(args.strategies or base.strategies), encoders=tuple(args.encoders or base.encoders),
+                   seeds=tuple(base.seeds if args.seeds is None else args.seeds), app_conf={**base.app_conf, **args.app_conf})
     workdir = args.workdir or args.out.with_name(args.out.stem + "_work")
     started = time.perf_counter()
     cohorts = make_data(args.size, workdir)

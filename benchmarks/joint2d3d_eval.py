@@ -38,10 +38,9 @@ which L_intra alone never trains) and on the mean slice token (no transformer), 
 traced to the trunk or to the transformer, and gives the slice probe's AUC within each scan (its
 slices ranked against one another, no shift between scans counted). ``baselines`` are lung
 density features on the same folds (slice and scan mean HU, %LAA-950, %LAA-910, HU spread).
-``diagnostics`` holds the spread of
-the held-out scans' volume embeddings: their RMS distance from the mean embedding over the mean
-embedding's length (near 0: every scan gets nearly the same vector, and cosine retrieval is decided
-by what is left).
+``diagnostics`` holds the spread of the held-out scans' volume embeddings: their RMS distance from
+the mean embedding over the mean embedding's length (near 0: every scan gets nearly the same
+vector, and cosine retrieval is decided by what is left).
 
 Usage:
   python benchmarks/joint2d3d_eval.py --out benchmarks/results/joint2d3d_eval.json

@@ -8,9 +8,18 @@ false positives outside them, and false negatives; with predicted and true emphy
 ``emphysema_laa`` and still cost more correcting: Dice rewards the true positives that a larger
 prediction gains, the annotator pays for every false positive.
 
+``--thresholds``: the lever this suggests, measured before it is built into the app. The run's last
+model predicts each scan once (as the app's ``emphysema`` infers: its window overlap and number
+format) and the emphysema probability is cut at each threshold (the app cuts at 0.5); the changed
+voxels are counted on the scans the run labelled and on the held-out pool scans, and the threshold
+with the fewest changed voxels on the labelled scans (what the app could choose after a training
+round, knowing only those) is scored on the held-out ones.
+
 Usage:
   python benchmarks/annotation_effort_breakdown.py --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full \\
       --runs random_pretrained_0 random_scratch_0 --scans 4 --out benchmarks/results/annotation_effort_breakdown.json
+  python benchmarks/annotation_effort_breakdown.py --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full \\
+      --runs random_pretrained_1 --thresholds 0.5 0.6 0.7 0.8 0.9 --out benchmarks/results/annotation_threshold_sweep.json
 """
 
 from __future__ import annotations
@@ -32,9 +41,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from annotation_loop import FOLD, SIZES, Parser, app_conf  # noqa: E402
 from annotation_session import true_emphysema  # noqa: E402
 
+from drasclr_monailabel.io.readers import read_ct  # noqa: E402
 from drasclr_monailabel.metrics import dice  # noqa: E402
 from drasclr_monailabel.nnunet.sources import cases_from_manifest  # noqa: E402
+from drasclr_monailabel.packaged import APP_DIR  # noqa: E402
+from drasclr_monailabel.segmentation.case import prepare_case  # noqa: E402
+from drasclr_monailabel.segmentation.checkpoint import load_checkpoint  # noqa: E402
+from drasclr_monailabel.segmentation.inference import WINDOW, native_labels, window_probabilities  # noqa: E402
+from drasclr_monailabel.segmentation.precision import DTYPES  # noqa: E402
+from drasclr_monailabel.tasks.conf import ResolvedConf, parse_app_conf, resolve_app_conf  # noqa: E402
 from drasclr_monailabel.tasks.in_process import in_process_app, infer_all  # noqa: E402
+from drasclr_monailabel.tasks.model_store import ModelStore  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json  # noqa: E402
 
 
@@ -44,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True, help="annotation_loop.py's work folder")
     parser.add_argument("--runs", nargs="+", required=True, help="finished runs, by folder name (e.g. random_pretrained_0)")
     parser.add_argument("--scans", type=int, default=4, help="unlabelled pool scans per run, in id order (default 4)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[],
+                        help="also sweep the emphysema probability threshold over these values (0 to 1, exclusive)")
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     args = parser.parse_args(argv)
+    if any(not 0.0 < t < 1.0 for t in args.thresholds):
+        parser.error(f"--thresholds must lie between 0 and 1 (exclusive), got {args.thresholds}")
     for name in args.runs:
         if not (args.workdir / "runs" / f"{name}.json").is_file():
             parser.error(f"--runs {name}: {args.workdir / 'runs' / (name + '.json')} does not exist (not a finished run)")
@@ -55,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     with manifest.open(newline="") as handle:
         lungs = {row["id"]: manifest.parent / row["lungs"] for row in csv.DictReader(handle)}
     started = time.perf_counter()
-    result: dict[str, Any] = {"runs": {name: breakdown_run(args.workdir, name, pool, lungs, args.scans) for name in args.runs}}
+    result: dict[str, Any] = {"runs": {name: breakdown_run(args.workdir, name, pool, lungs, args.scans, sorted(args.thresholds))
+                                       for name in args.runs}}
     result["command"] = " ".join(["python", "benchmarks/annotation_effort_breakdown.py",
                                   *(argv if argv is not None else sys.argv[1:])])
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -64,16 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def breakdown_run(workdir: Path, name: str, pool: dict[str, Any], lungs: dict[str, Path], scans: int) -> dict[str, Any]:
+def breakdown_run(workdir: Path, name: str, pool: dict[str, Any], lungs: dict[str, Path], scans: int,
+                  thresholds: list[float]) -> dict[str, Any]:
     """Per scan and mean over scans: :func:`correction_parts` of the run's last model and of
-    ``emphysema_laa`` on the first ``scans`` pool scans the run did not label."""
+    ``emphysema_laa`` on the first ``scans`` pool scans the run did not label; with ``thresholds``,
+    ``threshold_sweep`` (:func:`threshold_sweep`)."""
     kept = json.loads((workdir / "runs" / f"{name}.json").read_text())
     settings, picks = kept["settings"], kept["record"]["picks"]
     size = replace(SIZES[settings["size"]], app_conf=settings["app_conf"])
     encoder = Path(settings["encoder"]) if settings["arm"] == "pretrained" else None
     chosen = [image for image in sorted(pool) if image not in picks][:scans]
     per_scan: dict[str, Any] = {}
-    with in_process_app(workdir / "runs" / name / "studies", app_conf(size, encoder, settings["seed"], workdir)) as client:
+    conf = app_conf(size, encoder, settings["seed"], workdir)
+    with in_process_app(workdir / "runs" / name / "studies", conf) as client:
         for image in chosen:
             truth = true_emphysema(pool[image])[0]
             lung = sitk.GetArrayFromImage(sitk.ReadImage(str(lungs[image]))) > 0
@@ -82,7 +107,47 @@ def breakdown_run(workdir: Path, name: str, pool: dict[str, Any], lungs: dict[st
             print(f"{name} {image}: " + "; ".join(f"{model} {parts}" for model, parts in per_scan[image].items()), flush=True)
     mean = {model: {key: round(float(np.mean([scan[model][key] for scan in per_scan.values()])), 4)
                     for key in per_scan[chosen[0]][model]} for model in ("emphysema", "emphysema_laa")}
-    return {"labelled": picks, "scans": chosen, "per_scan": per_scan, "mean": mean}
+    result = {"labelled": picks, "scans": chosen, "per_scan": per_scan, "mean": mean}
+    if thresholds:
+        resolved = resolve_app_conf(parse_app_conf(conf), APP_DIR, str(workdir / "runs" / name / "studies"))
+        result["threshold_sweep"] = threshold_sweep(resolved, {image: pool[image] for image in picks},
+                                                    {image: pool[image] for image in chosen}, thresholds)
+        print(f"{name} threshold sweep: {result['threshold_sweep']}", flush=True)
+    return result
+
+
+def threshold_sweep(resolved: ResolvedConf, labelled: dict[str, Any], held_out: dict[str, Any],
+                    thresholds: list[float]) -> dict[str, Any]:
+    """Changed voxels (mean per scan) of the app's published ``emphysema`` model with its emphysema
+    probability cut at each threshold, on the ``labelled`` and the ``held_out`` scans, the held-out
+    Dice, and the threshold that the labelled scans choose (fewest changed voxels) with its held-out
+    effort."""
+    model, _ = load_checkpoint(ModelStore(resolved.model_dir).checkpoint, resolved.device)
+    precision = DTYPES[resolved.infer_precision]
+
+    def sweep(scans: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        effort, dices = np.zeros((len(scans), len(thresholds))), np.zeros((len(scans), len(thresholds)))
+        for row, scan in enumerate(scans.values()):
+            volume = read_ct(scan.image)
+            case = prepare_case(volume)
+            probabilities = window_probabilities(model, case, resolved.device, mc_dropout=False, window=WINDOW,
+                                                 overlap=resolved.infer_overlap, batch_size=None, precision=precision)
+            truth = true_emphysema(scan)[0] > 0
+            for column, threshold in enumerate(thresholds):
+                prediction = native_labels(probabilities, case, volume, threshold) > 0
+                effort[row, column] = np.count_nonzero(prediction != truth)
+                dices[row, column] = dice(prediction, truth)
+        return effort.mean(axis=0), dices.mean(axis=0)
+
+    labelled_effort, _ = sweep(labelled)
+    held_out_effort, held_out_dice = sweep(held_out)
+    chosen = int(np.argmin(labelled_effort))
+    return {"thresholds": thresholds, "overlap": resolved.infer_overlap, "precision": resolved.infer_precision,
+            "labelled_effort_voxels": [round(float(v)) for v in labelled_effort],
+            "held_out_effort_voxels": [round(float(v)) for v in held_out_effort],
+            "held_out_dice": [round(float(v), 4) for v in held_out_dice],
+            "chosen_on_labelled": thresholds[chosen],
+            "held_out_effort_at_chosen": round(float(held_out_effort[chosen]))}
 
 
 def correction_parts(prediction: np.ndarray, truth: np.ndarray, lungs: np.ndarray) -> dict[str, float]:

@@ -42,6 +42,10 @@ window's context scored 0.042 (scratch) and 0.019 (pretrained) Dice above 32^3 w
 take half the time; per-block routing scored the same as one location per 64^3 window (within
 0.001) at 1.1x its time."""
 
+EMPHYSEMA_THRESHOLD = 0.5
+"""Emphysema probability above which a voxel is labelled emphysema: the arg-max with one
+foreground class."""
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -95,10 +99,12 @@ def predict_volume(
     return Prediction(labels=labels, lungs=case.lungs_native, report=report)
 
 
-def native_labels(probabilities: np.ndarray, case: PreparedCase, volume: CTVolume) -> np.ndarray:
+def native_labels(probabilities: np.ndarray, case: PreparedCase, volume: CTVolume,
+                  threshold: float = EMPHYSEMA_THRESHOLD) -> np.ndarray:
     """uint8 (Z, Y, X) class labels on ``volume``'s own grid from (C, z, y, x) probabilities on the
-    case's 1 mm grid (:func:`labels_on_grid`), background outside the case's lung mask on that grid."""
-    labels = labels_on_grid(probabilities, case.grid, volume)
+    case's 1 mm grid (:func:`labels_on_grid` at ``threshold``), background outside the case's lung
+    mask on that grid."""
+    labels = labels_on_grid(probabilities, case.grid, volume, threshold=threshold)
     labels[case.lungs_native == 0] = 0
     return labels
 
@@ -163,10 +169,10 @@ def _softmax_in_place(logits: torch.Tensor, slab: int = 16) -> torch.Tensor:
     return logits
 
 
-def class_labels(probabilities: np.ndarray) -> np.ndarray:
+def class_labels(probabilities: np.ndarray, threshold: float = EMPHYSEMA_THRESHOLD) -> np.ndarray:
     """uint8 (Z, Y, X) labels from (C, Z, Y, X) class probabilities (class 0 background), emphysema
-    first: a voxel is emphysema where the background probability is below 0.5, and then gets its
-    most probable foreground class (the first on ties).
+    first: a voxel is emphysema where its emphysema probability (one minus the background's) is
+    above ``threshold``, and then gets its most probable foreground class (the first on ties).
 
     Why not the arg-max over all classes: a model that finds a lesion but is unsure of its subtype
     splits the lesion's probability between subtypes, and background then wins the arg-max (a
@@ -180,7 +186,7 @@ def class_labels(probabilities: np.ndarray) -> np.ndarray:
         higher = probabilities[index] > best
         labels[higher] = index
         np.copyto(best, probabilities[index], where=higher)
-    labels[probabilities[0] >= 0.5] = 0
+    labels[probabilities[0] >= 1.0 - threshold] = 0
     return labels
 
 
@@ -251,9 +257,10 @@ class LungWindowPredictor:
         return [np.arange(s.start, s.stop) - pad for s, pad in zip(spatial, self.pad_before)]
 
 
-def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume, slab: int = 16) -> np.ndarray:
-    """uint8 (Z, Y, X) class labels on the volume's own grid: the arg-max of the class maps
-    (C, z, y, x) on ``grid`` resampled linearly; outside ``grid`` background.
+def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume, slab: int = 16,
+                   threshold: float = EMPHYSEMA_THRESHOLD) -> np.ndarray:
+    """uint8 (Z, Y, X) class labels on the volume's own grid: :func:`class_labels` (at ``threshold``)
+    of the class maps (C, z, y, x) on ``grid`` resampled linearly; outside ``grid`` background.
 
     Only the foreground classes are resampled; background is one minus their sum, exactly what
     resampling it would give (the interpolation weights are the same for every channel and the
@@ -288,7 +295,7 @@ def labels_on_grid(probabilities: np.ndarray, grid: sitk.Image, volume: CTVolume
             slab_probabilities[index] = sitk.GetArrayViewFromImage(channel)
         np.subtract(1.0, slab_probabilities[1:].sum(axis=0), out=slab_probabilities[0])
         np.clip(slab_probabilities[0], 0.0, 1.0, out=slab_probabilities[0])  # float rounding of the sum
-        labels[start:start + depth] = class_labels(slab_probabilities)
+        labels[start:start + depth] = class_labels(slab_probabilities, threshold)
     return labels
 
 

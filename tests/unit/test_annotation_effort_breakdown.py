@@ -47,3 +47,14 @@ def test_a_larger_prediction_can_raise_dice_and_the_effort_together(breakdown) -
     assert large_parts["dice"] > small_parts["dice"]
     effort = {name: p["false_positive_in_lungs"] + p["false_negative"] for name, p in (("small", small_parts), ("large", large_parts))}
     assert effort["large"] > 2 * effort["small"]
+
+
+@pytest.mark.parametrize("thresholds", [["0"], ["0.5", "1.0"], ["-0.2"]])
+def test_a_threshold_outside_zero_to_one_is_refused_before_any_work(breakdown, tmp_path, capsys, thresholds) -> None:
+    out = tmp_path / "out.json"
+    with pytest.raises(SystemExit) as exit_info:
+        breakdown.main(["--workdir", str(tmp_path), "--runs", "random_pretrained_0", "--thresholds", *thresholds,
+                        "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--thresholds must lie between 0 and 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -268,6 +268,18 @@ def test_emphysema_first_decoding_keeps_a_lesion_whose_subtype_is_uncertain() ->
     np.testing.assert_array_equal(class_labels(binary), np.argmax(binary, axis=0))  # one foreground class: the arg-max
 
 
+def test_a_higher_emphysema_threshold_labels_only_the_more_certain_voxels() -> None:
+    from drasclr_monailabel.segmentation.inference import class_labels
+
+    # emphysema probabilities 0.55, 0.65, 0.75, 0.85 split between two subtypes (subtype 2 the likelier)
+    emphysema = np.array([0.55, 0.65, 0.75, 0.85], dtype=np.float32)
+    probabilities = np.stack([1 - emphysema, 0.4 * emphysema, 0.6 * emphysema]).reshape(3, 1, 1, 4)
+    assert class_labels(probabilities, threshold=0.5).ravel().tolist() == [2, 2, 2, 2]
+    assert class_labels(probabilities, threshold=0.7).ravel().tolist() == [0, 0, 2, 2]
+    assert class_labels(probabilities, threshold=0.9).ravel().tolist() == [0, 0, 0, 0]
+    assert class_labels(probabilities, threshold=0.3).ravel().tolist() == [2, 2, 2, 2]
+
+
 @pytest.mark.parametrize("slab", [1, 4, 16])  # slabs of the scan's 6 slices: single, uneven, all at once
 @pytest.mark.parametrize("background_margin", [False, True])  # foreground everywhere; or only in a box, as in a lung grid
 def test_labels_on_grid_decode_every_resampled_class_map(slab: int, background_margin: bool) -> None:

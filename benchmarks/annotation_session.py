@@ -75,11 +75,11 @@ def run_session(client: Any, strategy: str, pool: dict[str, SourceCase], tests: 
 
     Returns per-round lists: ``dice`` (test Dice after the round's training), ``effort_voxels``,
     ``effort_slices``, ``picks`` (scan ids), ``presegmented_by`` (model), ``labelled`` (final labels
-    in the datastore after the save), ``selection`` (the strategy's answer: fallbacks, scores) and
-    ``seconds`` ({"select", "presegment", "train", "score"}: lists of wall seconds).
+    in the datastore after the save), ``selection`` (the strategy's answer: fallbacks, scores),
+    ``threshold`` (the emphysema threshold the round's model is cut at) and ``seconds`` ({"select", "presegment", "train", "score"}: lists of wall seconds).
     """
     record: dict[str, Any] = {"dice": [], "effort_voxels": [], "effort_slices": [], "picks": [], "presegmented_by": [],
-                              "labelled": [], "selection": [], "train_steps": [],
+                              "labelled": [], "selection": [], "train_steps": [], "threshold": [],
                               "seconds": {"select": [], "presegment": [], "train": [], "score": []}}
     for round_index in range(rounds):
         start = time.perf_counter()
@@ -102,7 +102,8 @@ def run_session(client: Any, strategy: str, pool: dict[str, SourceCase], tests: 
         scored = time.perf_counter()
         for key, value in (("dice", score), ("effort_voxels", effort.voxels), ("effort_slices", effort.slices),
                            ("picks", image), ("presegmented_by", model), ("labelled", labelled),
-                           ("selection", answer.get("selection", {})), ("train_steps", stats.get("steps"))):
+                           ("selection", answer.get("selection", {})), ("train_steps", stats.get("steps")),
+                           ("threshold", stats["threshold"]["threshold"])):
             record[key].append(value)
         for key, seconds in (("select", selected - start), ("presegment", presegmented - selected),
                              ("train", trained - trained_from), ("score", scored - trained)):

@@ -30,7 +30,7 @@ import torch
 import drasclr_monailabel
 from drasclr_monailabel.errors import ConfigError
 from drasclr_monailabel.segmentation.checkpoint import load_checkpoint, network_name
-from drasclr_monailabel.segmentation.inference import WINDOW, windows_per_pass
+from drasclr_monailabel.segmentation.inference import EMPHYSEMA_THRESHOLD, WINDOW, windows_per_pass
 from drasclr_monailabel.segmentation.labels import LabelSet
 from drasclr_monailabel.segmentation.segresnet import DIVISOR as SEGRESNET_DIVISOR
 from drasclr_monailabel.utils.atomic import write_json
@@ -123,7 +123,8 @@ def inference_config(meta: dict[str, Any]) -> dict[str, Any]:
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
             {"_target_": f"{transforms}.LungBackgroundd"},
-            {"_target_": f"{transforms}.ToInputGridd", "image_key": "ct"},
+            {"_target_": f"{transforms}.ToInputGridd", "image_key": "ct",
+             "threshold": float(meta.get("emphysema_threshold", EMPHYSEMA_THRESHOLD))},
             {"_target_": f"{transforms}.Quantifyd", "image_key": "ct"},
             {"_target_": f"{transforms}.ToMonaiLayoutd", "image_key": "ct"},
         ]},

@@ -44,7 +44,8 @@ from drasclr_monailabel.io.readers import read_ct
 from drasclr_monailabel.io.volume import CTVolume
 from drasclr_monailabel.models.intensity import LUNG_WINDOW
 from drasclr_monailabel.segmentation.case import PreparedCase, prepare_case
-from drasclr_monailabel.segmentation.inference import WINDOW, background_outside_lungs, native_labels, window_probabilities
+from drasclr_monailabel.segmentation.inference import (EMPHYSEMA_THRESHOLD, WINDOW, background_outside_lungs, native_labels,
+                                                       window_probabilities)
 from drasclr_monailabel.utils.atomic import write_with
 
 
@@ -164,16 +165,17 @@ class LungBackgroundd(MapTransform):
 
 class ToInputGridd(MapTransform):
     """``pred`` probabilities (C, Z, Y, X) on the 1 mm grid -> uint8 class labels (Z, Y, X) on the
-    scan's own grid (linear resampling of the probabilities, then arg-max; background outside the
-    lung mask), what 3D Slicer overlays on the scan."""
+    scan's own grid (linear resampling of the probabilities, then emphysema where its probability
+    is above ``threshold``; background outside the lung mask), what 3D Slicer overlays on the scan."""
 
-    def __init__(self, pred_key: str = "pred", case_key: str = "case", image_key: str = "image") -> None:
+    def __init__(self, pred_key: str = "pred", case_key: str = "case", image_key: str = "image",
+                 threshold: float = EMPHYSEMA_THRESHOLD) -> None:
         super().__init__(pred_key)
-        self.pred_key, self.case_key, self.image_key = pred_key, case_key, image_key
+        self.pred_key, self.case_key, self.image_key, self.threshold = pred_key, case_key, image_key, threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        d[self.pred_key] = native_labels(np.asarray(d[self.pred_key]), d[self.case_key], d[self.image_key])
+        d[self.pred_key] = native_labels(np.asarray(d[self.pred_key]), d[self.case_key], d[self.image_key], self.threshold)
         return d
 
 

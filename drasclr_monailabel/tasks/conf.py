@@ -34,6 +34,9 @@ relative to the folder the server is started from. ``DRASCLR_PRETRAINED`` overri
 STATE_DIR = ".drasclr"
 """Folder inside a local studies folder that holds the app's state (model, caches, label history)."""
 
+LABELLED_THRESHOLD = "labelled"
+"""``emphysema_threshold`` value: chosen on the labelled scans after each training round."""
+
 BACKENDS = ("native", "nnunet")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _NO_ENCODER = ("none", "scratch", "")
@@ -62,6 +65,11 @@ class AppConf:
         max_epochs, steps_per_epoch, batch_size, patch_size, lr, freeze_encoder_epochs,
             encoder_batchnorm: one fine-tuning round (see :class:`~drasclr_monailabel.segmentation.training.FinetuneConfig`,
             whose defaults apply when unset).
+        emphysema_threshold: emphysema probability above which the ``emphysema`` model labels a voxel:
+            ``labelled`` (default) chooses it after each training round as the threshold that changes
+            the fewest voxels of the labelled scans' own labels (:mod:`~drasclr_monailabel.segmentation.threshold`;
+            the fine-tuned model over-segments at 0.5, which costs the annotator corrections:
+            docs/benchmarks.md), or a number between 0 and 1 (0.5 is the arg-max).
         infer_overlap: overlap of neighbouring 64^3 windows in whole-scan inference (0 to 0.5);
             unset: 0 on a CPU (about 2.5 times fewer windows: a chest CT in under 30 s on two
             cores, docs/benchmarks.md), 0.25 on a GPU (blends window seams away).
@@ -112,6 +120,7 @@ class AppConf:
     lr: float | None = None
     freeze_encoder_epochs: int | None = None
     encoder_batchnorm: str | None = None
+    emphysema_threshold: str = LABELLED_THRESHOLD
     infer_overlap: float | None = None
     amp: str = "auto"
     infer_precision: str = "auto"
@@ -269,6 +278,7 @@ def _check_ranges(conf: AppConf) -> None:
         raise ConfigError(SOURCE, f"'amp' must be auto, true or false, got {conf.amp!r}")
     if conf.infer_precision not in PRECISIONS:
         raise ConfigError(SOURCE, f"'infer_precision' must be one of {', '.join(PRECISIONS)}, got {conf.infer_precision!r}")
+    fixed_threshold(conf)
     if conf.infer_overlap is not None and not 0.0 <= conf.infer_overlap <= 0.5:
         raise ConfigError(SOURCE, f"'infer_overlap' must be between 0 and 0.5, got {conf.infer_overlap}")
     if conf.scan_cache_gb < 0:
@@ -280,6 +290,24 @@ def _check_ranges(conf: AppConf) -> None:
         if getattr(conf, key) < low:
             raise ConfigError(SOURCE, f"'{key}' must be at least {low}, got {getattr(conf, key)}")
     check_training_options(training_overrides(conf))
+
+
+def fixed_threshold(conf: AppConf) -> float | None:
+    """The ``emphysema_threshold`` as a number, None when it is chosen on the labelled scans.
+
+    Raises:
+        ConfigError: neither ``labelled`` nor a number strictly between 0 and 1.
+    """
+    if conf.emphysema_threshold == LABELLED_THRESHOLD:
+        return None
+    try:
+        value = float(conf.emphysema_threshold)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:  # also refuses nan
+        raise ConfigError(SOURCE, f"'emphysema_threshold' must be {LABELLED_THRESHOLD} or a number between 0 and 1, "
+                                  f"got {conf.emphysema_threshold!r}")
+    return value
 
 
 def _check_backend(conf: AppConf) -> None:

@@ -15,7 +15,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from drasclr_monailabel.errors import ConfigError
-from drasclr_monailabel.tasks.conf import SOURCE, ResolvedConf
+from drasclr_monailabel.tasks.conf import SOURCE, ResolvedConf, fixed_threshold
 from drasclr_monailabel.tasks.embedders import JOINT_METHOD, encoder_method, patient_embedder
 from drasclr_monailabel.tasks.embedding_cache import EmbeddingCache
 from drasclr_monailabel.tasks.infer import EmphysemaInferTask, LaaInferTask, LungInferTask, LungMaskCache
@@ -59,7 +59,8 @@ def emphysema_tasks(resolved: ResolvedConf, lung_cache: LungMaskCache) -> ModelT
         return nnunet_emphysema_tasks(resolved, lung_cache)
     store = ModelStore(resolved.model_dir)
     infer = EmphysemaInferTask(conf.labels, store, resolved.device, lung_cache, resolved.scan_store(),
-                               conf.epistemic_windows, resolved.infer_overlap, resolved.infer_precision)
+                               conf.epistemic_windows, resolved.infer_overlap, resolved.infer_precision,
+                               fixed_threshold(conf))
     trainer = None if conf.skip_training else EmphysemaTrainTask(_backbone_conf(resolved), store)
     tasks = ModelTasks(infer=infer, trainer=trainer)
     if conf.skip_scoring:

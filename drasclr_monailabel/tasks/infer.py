@@ -9,7 +9,6 @@ Perc15, volumes per lung and zone) in the JSON result next to ``label_names``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -35,7 +34,6 @@ from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
 
 if TYPE_CHECKING:
     from drasclr_monailabel.anatomy.scan_store import ScanStore
-    from drasclr_monailabel.segmentation.case import PreparedCase
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +166,14 @@ class EmphysemaInferTask(VolumeInferTask):
     """The fine-tuned emphysema model; offered once a first training round has published it.
 
     The network is loaded once per published version: when training publishes a new checkpoint
-    (atomic rename), the next request loads it.
+    (atomic rename), the next request loads it. ``threshold``: the emphysema probability cut-off,
+    None for the one the checkpoint's training round chose on the labelled scans (0.5 for a
+    checkpoint without one).
     """
 
     def __init__(self, label_names: list[str], store: ModelStore, device: str, lung_cache: LungMaskCache,
                  scans: ScanStore | None = None, epistemic_windows: int = 8, overlap: float = 0.25,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", threshold: float | None = None) -> None:
         labels = {name: value for value, name in enumerate(label_names, start=1)}
         super().__init__(labels, "Emphysema segmentation on the DrasCLR encoder, fine-tuned on your labels", lung_cache)
         self.store = store
@@ -182,6 +182,7 @@ class EmphysemaInferTask(VolumeInferTask):
         self.windows = epistemic_windows
         self.overlap = overlap
         self.precision = precision
+        self.threshold = threshold
         self._model: Any = None
         self._meta: dict[str, Any] = {}
         self._version: str | None = None
@@ -219,17 +220,19 @@ class EmphysemaInferTask(VolumeInferTask):
         from monai.transforms import Compose
 
         from drasclr_monailabel.segmentation.checkpoint import network_name
+        from drasclr_monailabel.segmentation.inference import EMPHYSEMA_THRESHOLD
         from drasclr_monailabel.segmentation.precision import DTYPES
         from drasclr_monailabel.segmentation.transforms import LungAtlasd, LungWindowInferd, Quantifyd, ToInputGridd
 
         model, meta, version = self.model()
+        threshold = self.threshold if self.threshold is not None else float(meta.get("emphysema_threshold", EMPHYSEMA_THRESHOLD))
         pipeline = Compose([LungAtlasd(scans=self.scans),
                             LungWindowInferd(model, self.device, overlap=self.overlap, precision=DTYPES[self.precision]),
-                            ToInputGridd(), Quantifyd()])
+                            ToInputGridd(threshold=threshold), Quantifyd()])
         result = pipeline({"image": volume})
         details = {"model": {"version": version, "round": meta.get("round"), "trained_on": meta.get("trained_on"),
                              "network": network_name(meta), "pretrained": meta.get("pretrained"),
-                             "precision": self.precision}}
+                             "precision": self.precision, "threshold": threshold}}
         return Segmentation(result["pred"], result["quantification"], details)
 
     def epistemic_score(self, volume: CTVolume, passes: int) -> float:
@@ -248,53 +251,19 @@ class EmphysemaInferTask(VolumeInferTask):
 
         from drasclr_monailabel.segmentation.case import prepare_case
         from drasclr_monailabel.segmentation.inference import WINDOW
+        from drasclr_monailabel.segmentation.lung_windows import lung_windows, stable_seed
         from drasclr_monailabel.segmentation.precision import DTYPES, network_precision
 
         model, _, _ = self.model()
         case = prepare_case(volume, scans=self.scans)
-        inputs, lung = lung_windows(case, self.windows, model.divisor,
-                                    seed=_stable_seed(volume.source), edge=WINDOW)
-        batch = torch.from_numpy(inputs).to(self.device)
+        windows = lung_windows(case, self.windows, model.divisor, seed=stable_seed(volume.source), edge=WINDOW)
+        batch = torch.from_numpy(windows.inputs).to(self.device)
 
         def sample() -> np.ndarray:
             with torch.no_grad(), mc_dropout(model), network_precision(DTYPES[self.precision], self.device):
                 return torch.softmax(model(batch).float(), dim=1).cpu().numpy().swapaxes(0, 1)
 
-        return mc_dropout_score(sample, passes, lung)
-
-
-def lung_windows(case: PreparedCase, count: int, divisor: int, seed: int,
-                 edge: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` windows of the network input centred on random lung voxels, and their lung masks.
-
-    Args:
-        case: the prepared scan (network input and lung labels on its 1 mm grid).
-        divisor: window edges are multiples of this (the model's routing block); a grid axis shorter
-            than ``edge`` gets the largest multiple that fits (at least ``divisor``, padded).
-        seed: seeds the choice of centres.
-        edge: cubic window edge (the inference window).
-
-    Returns:
-        ``(windows (N, C, d, h, w), lung (N, d, h, w) bool)``.
-    """
-    from drasclr_monailabel.segmentation.case import network_window
-
-    lungs = case.lungs
-    shape = np.asarray(lungs.shape)
-    size = np.maximum(divisor, np.minimum(edge, (shape // divisor) * divisor))
-    pad = np.maximum(size - shape, 0)
-    if pad.any():  # the input's edge is replicated (network_window clips indices); no lung is added
-        lungs = np.pad(lungs, [(0, int(p)) for p in pad])
-        shape = np.asarray(lungs.shape)
-    points = np.argwhere(lungs > 0)
-    if len(points) == 0:
-        points = np.argwhere(np.ones_like(lungs, dtype=bool))
-    rng = np.random.default_rng(seed)
-    centres = points[rng.choice(len(points), size=min(count, len(points)), replace=False)]
-    starts = np.clip(centres - size // 2, 0, shape - size)
-    windows = np.stack([network_window(case, *(np.arange(a, a + n) for a, n in zip(start, size))) for start in starts])
-    lung = np.stack([lungs[z : z + size[0], y : y + size[1], x : x + size[2]] > 0 for z, y, x in starts])
-    return windows, lung
+        return mc_dropout_score(sample, passes, windows.lung)
 
 
 @contextlib.contextmanager
@@ -311,10 +280,6 @@ def mc_dropout(model: Any) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-def _stable_seed(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 RESULT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")

@@ -4,8 +4,10 @@ One round: check the request's options, collect every scan with a ``final`` labe
 checked against its scan again: files can be dropped into ``labels/final`` by hand), prepare the
 scans (lung mask, registration, 1 mm lung grid), start from the published model when it has the
 same labels (otherwise a fresh model on the pretrained encoder, or from scratch without one),
-fine-tune with the CPU-feasible recipe of :mod:`drasclr_monailabel.segmentation.training`, then
-publish the checkpoint by an atomic rename and write the round's statistics.
+fine-tune with the CPU-feasible recipe of :mod:`drasclr_monailabel.segmentation.training`, choose
+the emphysema threshold on the labelled scans (``--conf emphysema_threshold labelled``, the
+default; :mod:`drasclr_monailabel.segmentation.threshold`), then publish the checkpoint by an
+atomic rename and write the round's statistics.
 
 A round that crashes or is killed (3D Slicer's "auto-update model" stops a running round before
 starting the next) leaves the previously published model in place; a lock file keeps two rounds
@@ -26,7 +28,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from drasclr_monailabel.config import from_mapping
 from drasclr_monailabel.errors import DrasclrError
-from drasclr_monailabel.tasks.conf import TRAINING_KEYS, ResolvedConf, check_training_options, training_overrides
+from drasclr_monailabel.tasks.conf import TRAINING_KEYS, ResolvedConf, check_training_options, fixed_threshold, training_overrides
 from drasclr_monailabel.tasks.http import BAD_REQUEST, CONFLICT, as_http_errors, refuse
 from drasclr_monailabel.tasks.model_store import ModelStore
 from drasclr_monailabel.utils.torch_thread import run_on_torch_thread
@@ -126,6 +128,8 @@ class EmphysemaTrainTask(TrainTask):
         result = finetune(model, cases, config, pretrained=pretrained, progress=_log_progress)
         if result["steps"] == 0:
             raise refuse(CONFLICT, "training stopped before its first step; the published model is unchanged")
+        threshold = self._threshold(model, cases)
+        meta["emphysema_threshold"] = threshold["threshold"]
         meta.update(trained_on=sorted(case.case_id for case in cases), published=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     train={"epochs": result["epochs"], "steps": result["steps"], "loss": result["loss"][-1:],
                            "patch_size": config.patch_size})
@@ -135,10 +139,28 @@ class EmphysemaTrainTask(TrainTask):
                  "stopped_early": result["stopped_early"], "pretrained": pretrained,
                  "prepare_seconds": round(prepare_s, 2), "train_seconds": result.get("seconds"),
                  "total_seconds": round(time.perf_counter() - start, 2), "config": dataclasses.asdict(config),
-                 "published": meta["published"]}
+                 "threshold": threshold, "published": meta["published"]}
         self.store.write_stats(stats)
         logger.info("train: published round %d (%s) in %.1f s", stats["round"], stats["version"], stats["total_seconds"])
         return stats
+
+    def _threshold(self, model: Any, cases: list[Any]) -> dict[str, Any]:
+        """The emphysema threshold the published model is to be cut at (kept in its checkpoint, so an
+        exported bundle cuts there too): the app's fixed one, or the one chosen on the round's
+        labelled cases (:func:`~drasclr_monailabel.segmentation.threshold.choose_threshold`, with
+        the seconds it took)."""
+        from drasclr_monailabel.segmentation.precision import DTYPES
+        from drasclr_monailabel.segmentation.threshold import choose_threshold
+
+        fixed = fixed_threshold(self.resolved.conf)
+        if fixed is not None:
+            return {"threshold": fixed, "chosen_on_labelled": False}
+        start = time.perf_counter()
+        choice = choose_threshold(model, cases, self.resolved.device, DTYPES[self.resolved.infer_precision])
+        choice.update(chosen_on_labelled=True, seconds=round(time.perf_counter() - start, 2))
+        logger.info("train: emphysema threshold %.2f (fewest changed voxels in %d windows of the labelled scans, %.1f s)",
+                    choice["threshold"], choice["windows"], choice["seconds"])
+        return choice
 
     def _starting_model(self) -> tuple[Any, dict[str, Any], bool]:
         """Continue from the published model if it has the same labels and network, else a new one."""

@@ -64,12 +64,16 @@ def test_full_annotation_round_as_slicer_does_it(client, phantom_studies):
 
     stats = client.post("/train/emphysema?run_sync=true", json={}).json()
     assert stats["round"] == 1 and stats["cases"] == 1 and stats["pretrained"] is True
+    chosen = stats["threshold"]  # the default: chosen on the labelled scan's windows
+    assert chosen["chosen_on_labelled"] is True and chosen["windows"] >= 1
+    assert min(chosen["changed_voxels"].values()) == chosen["changed_voxels"][f"{chosen['threshold']:.2f}"]
     info = client.get("/info/").json()
     assert "emphysema" in info["models"] and info["train_stats"]["emphysema"]["round"] == 1
 
     params, predicted = infer_all(client, "emphysema", image_id)
     assert predicted.shape == corrected.shape
     assert params["model"]["round"] == 1 and "quantification" in params
+    assert params["model"]["threshold"] == chosen["threshold"]  # infer cuts where training chose
 
     scores = client.post("/scoring/epistemic?run_sync=true").json()
     assert scores["scored"] == 2 and scores["failed"] == 0

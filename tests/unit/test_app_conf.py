@@ -49,6 +49,10 @@ def test_defaults_serve_every_model():
     ({"amp": "sometimes"}, "amp"),
     ({"backend": "monai"}, "backend"),
     ({"infer_overlap": "0.9"}, "infer_overlap"),
+    ({"emphysema_threshold": "1.2"}, "emphysema_threshold"),
+    ({"emphysema_threshold": "0"}, "emphysema_threshold"),
+    ({"emphysema_threshold": "nan"}, "emphysema_threshold"),
+    ({"emphysema_threshold": "labeled"}, "emphysema_threshold"),
     ({"infer_precision": "half"}, "infer_precision"),
     ({"backend": "nnunet"}, "nnunet_model"),
     ({"nnunet_model": "/tmp"}, "nnunet_model"),
@@ -130,6 +134,14 @@ def test_inference_overlap_defaults_to_the_cpu_speed_option_and_can_be_set(tmp_p
     assert resolve_app_conf(parse_app_conf({"device": "cpu"}), tmp_path, str(tmp_path)).infer_overlap == 0.0
     chosen = resolve_app_conf(parse_app_conf({"device": "cpu", "infer_overlap": "0.25"}), tmp_path, str(tmp_path))
     assert chosen.infer_overlap == 0.25
+
+
+def test_the_emphysema_threshold_is_chosen_on_labelled_scans_unless_a_number_is_given() -> None:
+    from drasclr_monailabel.tasks.conf import fixed_threshold
+
+    assert fixed_threshold(parse_app_conf({})) is None
+    assert fixed_threshold(parse_app_conf({"emphysema_threshold": "labelled"})) is None
+    assert fixed_threshold(parse_app_conf({"emphysema_threshold": "0.7"})) == 0.7
 
 
 def test_inference_precision_auto_follows_the_hardware_and_can_be_forced(tmp_path: Path) -> None:

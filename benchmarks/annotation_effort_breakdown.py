@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from annotation_loop import FOLD, SIZES, Parser, app_conf  # noqa: E402
+from annotation_loop import FOLD, SIZES, Parser, app_conf, finished_run_file  # noqa: E402
 from annotation_session import true_emphysema  # noqa: E402
 
 from drasclr_monailabel.io.readers import read_ct  # noqa: E402
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 < t < 1.0 for t in args.thresholds):
         parser.error(f"--thresholds must lie between 0 and 1 (exclusive), got {args.thresholds}")
     for name in args.runs:
-        if not (args.workdir / "runs" / f"{name}.json").is_file():
-            parser.error(f"--runs {name}: {args.workdir / 'runs' / (name + '.json')} does not exist (not a finished run)")
+        if not finished_run_file(args.workdir / "runs" / name).is_file():
+            parser.error(f"--runs {name}: {finished_run_file(args.workdir / 'runs' / name)} does not exist (not a finished run)")
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
     manifest = args.workdir / f"fold_{FOLD}" / "train" / "manifest.csv"
     pool = {case.image_id: case for case in cases_from_manifest(manifest)}
@@ -91,7 +91,7 @@ def breakdown_run(workdir: Path, name: str, pool: dict[str, Any], lungs: dict[st
     """Per scan and mean over scans: :func:`correction_parts` of the run's last model and of
     ``emphysema_laa`` on the first ``scans`` pool scans the run did not label; with ``thresholds``,
     ``threshold_sweep`` (:func:`threshold_sweep`)."""
-    kept = json.loads((workdir / "runs" / f"{name}.json").read_text())
+    kept = json.loads(finished_run_file(workdir / "runs" / name).read_text())
     settings, picks = kept["settings"], kept["record"]["picks"]
     size = replace(SIZES[settings["size"]], app_conf=settings["app_conf"])
     encoder = Path(settings["encoder"]) if settings["arm"] == "pretrained" else None

@@ -315,7 +315,7 @@ def run(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, enco
     session = {key: value for key, value in asdict(size).items() if key not in ("strategies", "encoders", "seeds")}
     settings = json.loads(json.dumps({"size": size_name, **session, "strategy": strategy, "arm": arm, "seed": seed,
                                       "encoder": str(encoder), "pool": sorted(pool)}))
-    done = folder.with_suffix(".json")
+    done = finished_run_file(folder)
     if done.is_file():
         kept = json.loads(done.read_text())
         if kept.get("settings") == settings:
@@ -335,6 +335,12 @@ def run_folder(size: LoopSize, size_name: str, strategy: str, arm: str, seed: in
     changed = sorted((key, value) for key, value in size.app_conf.items() if SIZES[size_name].app_conf.get(key) != value)
     return workdir / "runs" / "_".join([strategy, arm, str(seed),
                                         *(f"{key}-{value}".replace(os.sep, "-") for key, value in changed)])
+
+
+def finished_run_file(folder: Path) -> Path:
+    """``<folder>.json``, a finished run's settings and record (not ``with_suffix``: a folder named
+    after an option's value, such as ``emphysema_threshold-0.5``, has a dot in its name)."""
+    return folder.parent / f"{folder.name}.json"
 
 
 def summarise(runs: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:

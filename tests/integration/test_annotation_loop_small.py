@@ -17,6 +17,7 @@ from drasclr_monailabel.anatomy.lung_mask import segment_lungs
 from drasclr_monailabel.emphysema import PseudoLabelOptions, laa_pseudo_labels
 from drasclr_monailabel.io import read_ct
 from drasclr_monailabel.nnunet.sources import cases_from_datastore, cases_from_manifest
+from drasclr_monailabel.segmentation.threshold import CANDIDATES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +58,7 @@ def test_small_annotation_loop(tmp_path: Path) -> None:
         record = entry["seeds"]["0"]
         assert record["presegmented_by"] == ["emphysema_laa", "emphysema"]
         assert record["labelled"] == [1, 2] and len(set(record["picks"])) == 2
+        assert len(record["threshold"]) == 2 and set(record["threshold"]) <= set(CANDIDATES)  # chosen each round
         first = pool[record["picks"][0]]
         assert (record["effort_voxels"][0], record["effort_slices"][0]) == laa_disagreement(first.image, first.label)
         assert laa["strategies"][name]["effort_voxels"] == [laa["per_scan"][i]["voxels"] for i in record["picks"]]

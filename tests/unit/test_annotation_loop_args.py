@@ -36,6 +36,16 @@ def test_other_app_options_name_their_own_folder(loop, tmp_path: Path) -> None:
     assert loop.run_folder(same, "small", "hybrid", "scratch", 2, tmp_path).name == "hybrid_scratch_2"
 
 
+def test_a_finished_run_keeps_the_whole_folder_name_even_with_a_dot_in_a_value(loop, tmp_path: Path) -> None:
+    small = loop.SIZES["small"]
+    fixed = replace(small, app_conf={**small.app_conf, "emphysema_threshold": "0.5"})
+    folder = loop.run_folder(fixed, "small", "random", "pretrained", 0, tmp_path)
+    assert loop.finished_run_file(folder) == tmp_path / "runs" / "random_pretrained_0_emphysema_threshold-0.5.json"
+    other = replace(small, app_conf={**small.app_conf, "emphysema_threshold": "0.7"})
+    assert loop.finished_run_file(loop.run_folder(other, "small", "random", "pretrained", 0, tmp_path)) != \
+        loop.finished_run_file(folder)
+
+
 def test_app_options_are_parsed_and_a_malformed_one_is_refused(loop, capsys) -> None:
     args = loop.parse_args(["--out", "x.json", "--app-conf", "max_epochs=16", "lr=1e-3", "--strategies", "random",
                             "--seeds", "1", "2"])

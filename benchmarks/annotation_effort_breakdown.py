@@ -8,18 +8,20 @@ false positives outside them, and false negatives; with predicted and true emphy
 ``emphysema_laa`` and still cost more correcting: Dice rewards the true positives that a larger
 prediction gains, the annotator pays for every false positive.
 
-``--thresholds``: the lever this suggests, measured before it is built into the app. The run's last
-model predicts each scan once (as the app's ``emphysema`` infers: its window overlap and number
-format) and the emphysema probability is cut at each threshold (the app cuts at 0.5); the changed
+``--thresholds``: the lever this suggests (the app's ``--conf emphysema_threshold``), on whole
+scans. The run's last model predicts each scan once (as the app's ``emphysema`` infers: its window
+overlap and number format) and the emphysema probability is cut at each threshold; the changed
 voxels are counted on the scans the run labelled and on the held-out pool scans, and the threshold
-with the fewest changed voxels on the labelled scans (what the app could choose after a training
-round, knowing only those) is scored on the held-out ones.
+with the fewest changed voxels on the labelled scans (what the app chooses after a training round,
+there from lung windows) is scored on the held-out ones. Meant for a run made with
+``--app-conf emphysema_threshold=0.5``, whose model is the same as the default run's of its seed.
 
 Usage:
   python benchmarks/annotation_effort_breakdown.py --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full \\
       --runs random_pretrained_0 random_scratch_0 --scans 4 --out benchmarks/results/annotation_effort_breakdown.json
   python benchmarks/annotation_effort_breakdown.py --workdir ~/.cache/drasclr-benchmarks/annotation_loop_full \\
-      --runs random_pretrained_1 --thresholds 0.5 0.6 0.7 0.8 0.9 --out benchmarks/results/annotation_threshold_sweep.json
+      --runs random_pretrained_1_emphysema_threshold-0.5 --thresholds 0.5 0.6 0.7 0.8 0.9 --scans 4 \\
+      --out benchmarks/results/annotation_threshold_sweep.json
 """
 
 from __future__ import annotations

@@ -43,10 +43,13 @@ def lung_windows(case: PreparedCase, count: int, divisor: int, seed: int, edge: 
     """
     shape = np.asarray(case.lungs.shape)
     size = np.maximum(divisor, np.minimum(edge, (shape // divisor) * divisor))
-    pad = [(0, int(p)) for p in np.maximum(size - shape, 0)]
-    lungs = np.pad(case.lungs, pad)
-    labels = None if case.labels is None else np.pad(case.labels, pad)
-    shape = np.asarray(lungs.shape)
+    short = np.maximum(size - shape, 0)
+    lungs, labels = case.lungs, case.labels
+    if short.any():  # np.pad copies even with nothing to add: a whole-grid copy per scored scan
+        pad = [(0, int(p)) for p in short]
+        lungs = np.pad(lungs, pad)
+        labels = None if labels is None else np.pad(labels, pad)
+        shape = np.asarray(lungs.shape)
     points = np.argwhere(lungs > 0)
     if len(points) == 0:
         points = np.argwhere(np.ones_like(lungs, dtype=bool))

@@ -40,7 +40,8 @@ lists (index r = after r + 1 labelled scans) averaged over seeds: ``dice`` (mean
 "train", "score"}: wall seconds per round), and ``seeds`` -> each seed's full record (picks,
 pre-segmenting model, labelled count, the strategy's answers); or ``{"skipped": reason}``.
 ``baseline_laa_only``: the effort of correcting ``emphysema_laa``'s pre-segmentation of the same
-scans (``strategies`` as above, ``per_scan`` for every pool scan) and its test Dice. Finished
+scans (``strategies`` as above, ``per_scan`` for every pool scan) and its test Dice. ``goals``:
+issue 16's two goals read off the runs (benchmarks/annotation_goals.py). Finished
 runs are kept in ``<workdir>/runs`` and reused by a rerun with the same settings.
 
 Usage:
@@ -71,6 +72,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from annotation_goals import goals  # noqa: E402
 from annotation_session import NEED_ENCODER, laa_effort, held_out_dice, run_session  # noqa: E402
 
 from drasclr_monailabel.nnunet.sources import SourceCase, cases_from_manifest  # noqa: E402
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             runs[name] = {str(seed): run(size, args.size, strategy, arm, seed, encoder if arm == "pretrained" else None, pool,
                                          tests, workdir) for seed in size.seeds}
     result = summarise(runs, baseline)
+    result["goals"] = goals(result)
+    print_goals(result["goals"])
     result["command"] = " ".join(["python", "benchmarks/annotation_loop.py", *(argv if argv is not None else sys.argv[1:])])
     result["settings"] = {"size": args.size, **asdict(size), "fold": FOLD, "encoder": str(encoder) if encoder else None,
                           "pool": sorted(pool), "test": [case.image_id for case in tests]}
@@ -198,6 +202,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}", flush=True)
     print(f"wrote {args.out} ({result['seconds']:.0f} s)", flush=True)
     return 0
+
+
+def print_goals(reading: dict[str, Any]) -> None:
+    """One line per run (effort ratio against ``emphysema_laa``, scans to random's last Dice), then the goals."""
+    for name, ratio in reading["effort_ratio"].items():
+        scans = reading["scans_to_random_last_dice"][name]
+        print(f"{name}: corrected voxels {ratio['mean']:.2f}x emphysema_laa's on the same scans; random's last Dice "
+              f"{'never reached' if scans is None else f'reached after {scans} scans'}", flush=True)
+    if reading["best_pretrained"] is not None:
+        print(f"best pretrained run {reading['best_pretrained']}: goal 1 (<= 0.5x) "
+              f"{'met' if reading['goal1_met'] else 'missed'}, goal 2 (random's last Dice with <= 5 scans) "
+              f"{'met' if reading['goal2_met'] else 'missed'}", flush=True)
 
 
 def cohort_size(name: str) -> Any:

@@ -62,6 +62,8 @@ def test_small_annotation_loop(tmp_path: Path) -> None:
         first = pool[record["picks"][0]]
         assert (record["effort_voxels"][0], record["effort_slices"][0]) == laa_disagreement(first.image, first.label)
         assert laa["strategies"][name]["effort_voxels"] == [laa["per_scan"][i]["voxels"] for i in record["picks"]]
+        assert result["goals"]["effort_ratio"][name]["seeds"]["0"] == pytest.approx(
+            sum(record["effort_voxels"]) / sum(laa["strategies"][name]["effort_voxels"]), abs=1e-4)
 
         studies = tmp_path / "loop_work" / "runs" / f"{name.replace('/', '_')}_0" / "studies"
         final = {case.image_id: case.label for case in cases_from_datastore(studies) if case.label is not None}

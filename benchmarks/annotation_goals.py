@@ -43,7 +43,8 @@ def mean_dice(seeds: dict[str, Any], chosen: list[str]) -> list[float]:
 def goals(result: dict[str, Any]) -> dict[str, Any]:
     """``{"effort_ratio": {run: {"seeds": {seed: r}, "mean": r}}, "scans_to_random_last_dice": {run: k},
     "best_pretrained": run, "goal1_met": bool, "goal2_met": bool}`` for the result's non-skipped runs;
-    runs without a ``random`` run of their arm get None for goal 2."""
+    a run that never reaches random's last Dice misses goal 2 (False); None only where nothing compares
+    (no ``random`` run of its arm, or no pretrained run)."""
     per_scan = result["baseline_laa_only"]["per_scan"]
     runs = {name: entry["seeds"] for name, entry in result["strategies"].items() if "skipped" not in entry}
     ratios = {}
@@ -51,15 +52,15 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
         per_seed = {seed: round(effort_ratio(record, per_scan), 4) for seed, record in seeds.items()}
         ratios[name] = {"seeds": per_seed, "mean": round(float(np.mean(list(per_seed.values()))), 4)}
     reach: dict[str, int | None] = {}
+    compared: set[str] = set()
     for name, seeds in runs.items():
         reference = runs.get(f"random/{name.split('/')[1]}")
         common = sorted(set(seeds) & set(reference or {}))
+        if common:
+            compared.add(name)
         reach[name] = scans_to_reach(mean_dice(seeds, common), mean_dice(reference, common)[-1]) if common else None
     pretrained = [name for name in runs if name.endswith("/pretrained")]
-    if not pretrained:
-        return {"effort_ratio": ratios, "scans_to_random_last_dice": reach, "best_pretrained": None,
-                "goal1_met": None, "goal2_met": None}
-    best = min(pretrained, key=lambda name: ratios[name]["mean"])
+    best = min(pretrained, key=lambda name: ratios[name]["mean"]) if pretrained else None
     return {"effort_ratio": ratios, "scans_to_random_last_dice": reach, "best_pretrained": best,
-            "goal1_met": ratios[best]["mean"] <= GOAL_RATIO,
-            "goal2_met": None if reach[best] is None else reach[best] <= GOAL_SCANS}
+            "goal1_met": None if best is None else ratios[best]["mean"] <= GOAL_RATIO,
+            "goal2_met": None if best not in compared else reach[best] is not None and reach[best] <= GOAL_SCANS}

@@ -69,3 +69,11 @@ def test_a_run_that_costs_more_and_never_catches_up_misses_both(reading) -> None
 def test_without_a_pretrained_run_no_goal_is_judged(reading) -> None:
     goals = reading.goals(result({"random/scratch": {"seeds": {"0": record(["a"], [50.0], [0.3])}}}))
     assert (goals["best_pretrained"], goals["goal1_met"], goals["goal2_met"]) == (None, None, None)
+
+
+def test_a_cheapest_run_that_never_reaches_randoms_dice_misses_goal_2(reading) -> None:
+    runs = {"random/pretrained": {"seeds": {"0": record(["a", "b"], [100.0, 300.0], [0.3, 0.5])}},
+            "diversity/pretrained": {"seeds": {"0": record(["a", "c"], [40.0, 80.0], [0.2, 0.4])}}}
+    goals = reading.goals(result(runs))
+    assert goals["best_pretrained"] == "diversity/pretrained" and goals["scans_to_random_last_dice"]["diversity/pretrained"] is None
+    assert goals["goal1_met"] is True and goals["goal2_met"] is False

@@ -42,7 +42,8 @@ pre-segmenting model, labelled count, the strategy's answers); or ``{"skipped": 
 ``baseline_laa_only``: the effort of correcting ``emphysema_laa``'s pre-segmentation of the same
 scans (``strategies`` as above, ``per_scan`` for every pool scan) and its test Dice. ``goals``:
 issue 16's two goals read off the runs (benchmarks/annotation_goals.py). Finished
-runs are kept in ``<workdir>/runs`` and reused by a rerun with the same settings.
+runs are kept in ``<workdir>/runs`` and reused by a rerun with the same settings (these hold every app
+and training option with its default filled in, so a changed default makes old runs stale).
 
 Usage:
   python benchmarks/annotation_loop.py --size small --out /tmp/loop.json --plots /tmp/loop_plots
@@ -313,6 +314,21 @@ def app_conf(size: LoopSize, encoder: Path | None, seed: int, workdir: Path) -> 
             "auto_update_scoring": "false", "cache_dir": str(workdir / "embedding_cache")}
 
 
+def app_options(conf: dict[str, str]) -> dict[str, Any]:
+    """Every option the app runs with under ``conf``, its defaults filled in: ``app`` (:class:`AppConf`
+    less the training options) and ``training`` (the round's :class:`FinetuneConfig`, less device and
+    mixed precision: the app's own ``device`` and ``amp`` set those). Part of a run's settings, so a changed app or trainer default makes
+    old runs stale instead of reading them back as runs under the new default."""
+    from drasclr_monailabel.segmentation.training import FinetuneConfig
+    from drasclr_monailabel.tasks.conf import TRAINING_KEYS, parse_app_conf, training_overrides
+
+    parsed = parse_app_conf(conf)
+    app = {key: value for key, value in asdict(parsed).items() if key not in TRAINING_KEYS}
+    training = {key: value for key, value in asdict(FinetuneConfig(**training_overrides(parsed))).items()
+                if key not in ("device", "amp")}
+    return json.loads(json.dumps({"app": app, "training": training}, default=str))
+
+
 def laa_baseline(pool: dict[str, SourceCase], tests: list[SourceCase], folder: Path, conf: dict[str, str]) -> dict[str, Any]:
     """``per_scan``: effort of correcting the app's ``emphysema_laa`` output of every pool scan;
     ``test_dice``: its Dice on the test scans (the round-zero model's)."""
@@ -325,24 +341,45 @@ def laa_baseline(pool: dict[str, SourceCase], tests: list[SourceCase], folder: P
 def run(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, encoder: Path | None,
         pool: dict[str, SourceCase], tests: list[SourceCase], workdir: Path) -> dict[str, Any]:
     """One session (strategy, encoder arm, seed) on a fresh studies folder; a finished one with the same
-    settings is read back from ``<workdir>/runs`` instead, whichever part of the grid the invocation
-    that made it ran (the grid is not part of a run's settings; the folder: :func:`run_folder`)."""
+    settings (the size's, the run's, and every app option with its default: :func:`app_options`) is
+    read back from ``<workdir>/runs`` instead, whichever part of the grid the invocation that made it
+    ran (the grid is not part of a run's settings; the folder: :func:`run_folder`)."""
     folder = run_folder(size, size_name, strategy, arm, seed, workdir)
+    conf = app_conf(size, encoder, seed, workdir)
     session = {key: value for key, value in asdict(size).items() if key not in ("strategies", "encoders", "seeds")}
     settings = json.loads(json.dumps({"size": size_name, **session, "strategy": strategy, "arm": arm, "seed": seed,
-                                      "encoder": str(encoder), "pool": sorted(pool)}))
+                                      "encoder": str(encoder), "pool": sorted(pool), "app_options": app_options(conf)}))
     done = finished_run_file(folder)
-    if done.is_file():
-        kept = json.loads(done.read_text())
-        if kept.get("settings") == settings:
-            print(f"{strategy}/{arm} seed {seed}: already done", flush=True)
-            return kept["record"]
+    kept = finished_record(done, settings, f"{strategy}/{arm} seed {seed}")
+    if kept is not None:
+        return kept
     print(f"{strategy}/{arm} seed {seed}: {size.rounds} rounds", flush=True)
     studies = studies_folder(pool, folder / "studies")
-    with in_process_app(studies, app_conf(size, encoder, seed, workdir)) as client:
+    with in_process_app(studies, conf) as client:
         record = run_session(client, strategy, pool, tests, size.rounds)
     write_json(done, {"settings": settings, "record": record})
     return record
+
+
+def finished_record(done: Path, settings: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The record of the finished run in ``done`` when it was made with ``settings``, else None (after
+    one line naming the settings that changed, when there is a finished run)."""
+    if not done.is_file():
+        return None
+    kept = json.loads(done.read_text())
+    old = kept.get("settings", {})
+    if old == settings:
+        print(f"{name}: already done", flush=True)
+        return kept["record"]
+    changed = sorted(key for key in {*old, *settings} - {"app_options"} if old.get(key) != settings.get(key))
+    if "app_options" not in old:
+        changed.append("app_options (not recorded)")
+    else:
+        changed += sorted(f"{part}.{key}" for part, options in settings["app_options"].items() for key, value in options.items()
+                          if old["app_options"].get(part, {}).get(key) != value)
+    print(f"{name}: the finished run in {done} was made with other settings ({', '.join(changed)}); running it again",
+          flush=True)
+    return None
 
 
 def run_folder(size: LoopSize, size_name: str, strategy: str, arm: str, seed: int, workdir: Path) -> Path:

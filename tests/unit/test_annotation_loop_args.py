@@ -4,6 +4,7 @@ overwrites them; a malformed app option is one line and exit status 2."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -65,3 +66,44 @@ def test_options_the_benchmark_sets_itself_are_refused(loop, capsys) -> None:
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == ("annotation_loop.py: error: --app-conf pretrained, seed: set by the "
                                                "benchmark itself (the encoder: --encoder; seeds: --seeds)")
+
+
+def test_a_runs_settings_hold_every_app_default(loop, tmp_path: Path) -> None:
+    """An option left at its default and the same value given explicitly are one setting; another value is another."""
+    from drasclr_monailabel.segmentation.training import FinetuneConfig
+
+    full = loop.SIZES["full"]
+    options = loop.app_options(loop.app_conf(full, None, 1, tmp_path))
+    assert options["training"]["max_epochs"] == FinetuneConfig().max_epochs
+    assert options["app"]["emphysema_threshold"] == "labelled" and options["training"]["seed"] == 1
+    explicit = replace(full, app_conf={**full.app_conf, "max_epochs": str(FinetuneConfig().max_epochs)})
+    assert loop.app_options(loop.app_conf(explicit, None, 1, tmp_path)) == options
+    longer = replace(full, app_conf={**full.app_conf, "max_epochs": "16"})
+    assert loop.app_options(loop.app_conf(longer, None, 1, tmp_path))["training"]["max_epochs"] == 16
+
+
+def test_a_changed_trainer_default_makes_a_finished_run_stale(loop, tmp_path: Path, monkeypatch, capsys) -> None:
+    from dataclasses import dataclass
+
+    from drasclr_monailabel.segmentation import training
+
+    conf = loop.app_conf(loop.SIZES["full"], None, 0, tmp_path)
+    settings = {"strategy": "random", "app_options": loop.app_options(conf)}
+    done = tmp_path / "random_scratch_0.json"
+    done.write_text(json.dumps({"settings": settings, "record": {"dice": [0.3]}}))
+    assert loop.finished_record(done, settings, "random/scratch seed 0") == {"dice": [0.3]}
+    assert capsys.readouterr().out == "random/scratch seed 0: already done\n"
+
+    @dataclass(frozen=True)
+    class LongerRounds(training.FinetuneConfig):
+        max_epochs: int = 8
+
+    monkeypatch.setattr(training, "FinetuneConfig", LongerRounds)
+    now = {"strategy": "random", "app_options": loop.app_options(conf)}
+    assert loop.finished_record(done, now, "random/scratch seed 0") is None
+    assert "other settings (training.max_epochs); running it again" in capsys.readouterr().out
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"settings": {"strategy": "first"}, "record": {}}))
+    assert loop.finished_record(legacy, now, "random/scratch seed 0") is None
+    assert "(strategy, app_options (not recorded))" in capsys.readouterr().out
+    assert loop.finished_record(tmp_path / "absent.json", now, "random/scratch seed 0") is None

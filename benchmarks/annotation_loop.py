@@ -317,8 +317,9 @@ def app_conf(size: LoopSize, encoder: Path | None, seed: int, workdir: Path) -> 
 def app_options(conf: dict[str, str]) -> dict[str, Any]:
     """Every option the app runs with under ``conf``, its defaults filled in: ``app`` (:class:`AppConf`
     less the training options) and ``training`` (the round's :class:`FinetuneConfig`, less device and
-    mixed precision: the app's own ``device`` and ``amp`` set those). Part of a run's settings, so a changed app or trainer default makes
-    old runs stale instead of reading them back as runs under the new default."""
+    mixed precision: the app's own ``device`` and ``amp`` set those). Part of a run's settings, so a
+    changed app or trainer default makes old runs stale instead of reading them back as runs under
+    the new default. Machine-dependent values (``device auto``, the overlap it implies) stay unresolved."""
     from drasclr_monailabel.segmentation.training import FinetuneConfig
     from drasclr_monailabel.tasks.conf import TRAINING_KEYS, parse_app_conf, training_overrides
 

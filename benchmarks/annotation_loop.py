@@ -25,10 +25,11 @@ Sizes:
     checks the mechanics; it measures nothing about strategies.
   * ``full``: 16 pool scans, 3 test scans, the five strategies x {pretrained, scratch} x 3 seeds x
     8 rounds, the app's default training round (4 epochs x 25 steps of 4 patches), a 4,000-step
-    pretraining. Measured on this project's 2-core CPU (seed 0, docs/benchmarks.md): a round takes
-    80-107 s with ``random`` and 112-138 s with ``hybrid`` (its scoring of the pool), a run of 8
-    rounds 12-18 minutes, the pretraining 27 minutes: the whole grid (24 runs; diversity and
-    hybrid need the encoder) is about 6 hours of that CPU.
+    pretraining. Measured on this project's 2-core CPU (docs/benchmarks.md, the whole grid): a run
+    of 8 rounds takes 9-11 minutes with ``random``, ``first`` and ``diversity`` and 14-16 minutes
+    with ``epistemic`` and ``hybrid`` (their scoring of the pool, about 40 s a round), the
+    pretraining 27 minutes: the whole grid (24 runs; diversity and hybrid need the encoder) took
+    4.7 hours of that CPU.
 
 Strategies diversity and hybrid exist in the app only with a pretrained encoder: without one they
 are recorded as skipped. The seed is the app's ``--conf seed``: it seeds training and the random

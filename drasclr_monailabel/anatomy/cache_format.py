@@ -1,4 +1,8 @@
-"""Version of the preprocessing cache's layout, recorded in every ``<id>_qa.json``: a cache
-written under another version is redone by ``drasclr preprocess`` and refused by pretraining."""
+"""Version of the preprocessing cache, recorded in every ``<id>_qa.json``: a cache written under
+another version is redone by ``drasclr preprocess`` and refused by pretraining.
 
-CACHE_FORMAT = "drasclr-cache/1"
+Raised when the layout changes or where landmarks are placed: 2 is the in-plane refinement of
+partial scans' registration (``anatomy.registration``), which moves their landmarks by a few mm.
+"""
+
+CACHE_FORMAT = "drasclr-cache/2"

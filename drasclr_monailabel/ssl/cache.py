@@ -149,7 +149,7 @@ def read_cache_scan(qa_path: str | Path, atlas: AtlasLandmarks) -> CacheScan:
     scan_id, folder = qa_path.parent.name, qa_path.parent
     qa = _read_json(qa_path)
     if qa.get("format") != CACHE_FORMAT:
-        raise InputError(qa_path, f"format is {qa.get('format')!r}, expected {CACHE_FORMAT!r}")
+        raise InputError(qa_path, f"format is {qa.get('format')!r}, expected {CACHE_FORMAT!r}: run drasclr preprocess on its scans again")
     scan_atlas = qa_atlas_id(qa)
     if scan_atlas != atlas.atlas_id:
         raise InputError(qa_path, f"scan was registered to atlas {scan_atlas!r}, but atlas {atlas.atlas_id!r} ({atlas.source}) is in use")

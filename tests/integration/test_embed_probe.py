@@ -43,10 +43,16 @@ def load_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
 
 def planted_phenotypes(ids: list[str], embeddings: np.ndarray, path: Path) -> None:
     """``planted``: a seeded linear function of the standardised embeddings plus 10 % noise;
-    ``planted_wrong_subject``: the same values moved to other subjects. Rows in reverse order."""
+    ``planted_wrong_subject``: the same values moved to other subjects. Rows in reverse order.
+
+    The function reads the embeddings' two principal directions: 14 subjects' embeddings vary
+    mostly along one or two (97 % of the variance along the first, measured), and a seeded random
+    direction of all 128 can fall where they barely vary, which no probe of 11 subjects recovers
+    (pearson r 0.77 for one seed, 0.98-1.00 for others)."""
     rng = np.random.default_rng(7)
     scaled = (embeddings - embeddings.mean(0)) / (embeddings.std(0) + 1e-8)
-    signal = scaled @ rng.normal(size=scaled.shape[1])
+    directions = np.linalg.svd(scaled, full_matrices=False)[2][:2]
+    signal = scaled @ (directions.T @ rng.normal(size=2))
     planted = signal + 0.1 * signal.std() * rng.normal(size=len(ids))
     wrong = np.roll(planted, len(ids) // 2)
     with path.open("w", newline="") as handle:

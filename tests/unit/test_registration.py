@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from drasclr_monailabel.anatomy.lung_mask import lung_labels_working_grid
 from drasclr_monailabel.anatomy.pipeline import preprocess_volume
-from drasclr_monailabel.anatomy.registration import register_to_atlas
+from drasclr_monailabel.anatomy.registration import RegistrationSettings, register_to_atlas
 from drasclr_monailabel.data.phantom import make_thorax_phantom
 from drasclr_monailabel.io import CTVolume, read_ct
 
@@ -37,6 +37,33 @@ def test_recovers_a_known_affine():
     errors = [np.linalg.norm(np.subtract(found.TransformPoint(p), known.TransformPoint(p))) for p in points]
     assert np.mean(errors) < 1.5  # mm, on a 3 mm grid
     assert result.dice > 0.95
+
+
+def test_partial_scan_gets_its_in_plane_scales_and_keeps_the_similarity_in_z():
+    """A slab of the upper lungs whose x and y are scaled differently (known): the similarity has
+    one scale, the in-plane refinement recovers the two in-plane scales and the shear, and leaves
+    every entry that involves z as the similarity set it."""
+    atlas = labels_image(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=3, noise_hu=0.0))
+    known = sitk.AffineTransform(3)  # subject point -> atlas point, in-plane only
+    known.SetCenter((0.0, 0.0, 20.0))
+    known.SetMatrix((1.12, 0.03, 0.0, 0.0, 0.92, 0.0, 0.0, 0.0, 1.0))
+    known.SetTranslation((6.0, -8.0, 0.0))
+    subject = sitk.Resample(atlas, atlas, known, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    slices = np.flatnonzero(sitk.GetArrayViewFromImage(subject).any(axis=(1, 2)))
+    slab = subject[:, :, int(slices[0] + 0.55 * (slices[-1] - slices[0])):]  # apex and the upper lungs, cut below
+
+    def fit(partial_transform: str) -> tuple[np.ndarray, float]:
+        result = register_to_atlas(slab, atlas, RegistrationSettings(partial_transform=partial_transform))
+        return np.array(sitk.AffineTransform(result.transform.GetInverse()).GetMatrix()).reshape(3, 3), result.dice
+
+    similarity, similarity_dice = fit("similarity")
+    in_plane, in_plane_dice = fit("similarity_in_plane")
+    assert np.ptp(np.linalg.svd(similarity, compute_uv=False)) < 1e-6  # a rotation times one scale
+    assert in_plane[0, 0] / in_plane[1, 1] == pytest.approx(1.12 / 0.92, abs=0.04)
+    assert in_plane[0, 1] == pytest.approx(0.03, abs=0.02)
+    np.testing.assert_allclose(in_plane[:, 2], similarity[:, 2], atol=1e-9)
+    np.testing.assert_allclose(in_plane[2, :], similarity[2, :], atol=1e-9)
+    assert in_plane_dice > similarity_dice + 0.03
 
 
 def depth_mm(mask: np.ndarray, centre: np.ndarray, reach: int = 12) -> float:
@@ -142,9 +169,10 @@ def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, defa
     """Apex-only and base-only slabs cut from LIDC-IDRI-0001: only landmarks whose patch was scanned are
     valid, and they lie near where the whole scan puts them.
 
-    Issue 15's line is 10 mm: measured 84 % (apex, 100 mm) to 100 % of the landmarks within it, all
-    within 13.3 mm (benchmarks/results/partial_slabs.json, docs/anatomy.md), so this guards the
-    measured quality: 90 % within 12 mm."""
+    Issue 15's line is 10 mm. With these slab limits (from the reference lobes; the benchmark's come
+    from the pipeline's lungs, docs/anatomy.md) 93 % (apex, 100 mm) to 100 % of the landmarks were
+    within it, all within 13.6 mm, medians 3.2-7.5 mm; the similarity at rotation weight 0.3, the
+    earlier default, put 84 % of the 100 mm apex slab's within 10 mm, which fails here."""
     from drasclr_monailabel.data.sections import cut_slab
 
     base, apex = lidc_case.lung_z_range()
@@ -159,7 +187,8 @@ def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, defa
     assert both.sum() >= 0.9 * slab.valid.sum() >= 10
     distance = np.linalg.norm(landmark_world(slab)[both] - landmark_world(lidc_full)[both], axis=1)
     assert np.median(distance) <= 8.0
-    assert np.mean(distance <= 12.0) >= 0.9
+    assert np.mean(distance <= 10.0) >= 0.9
+    assert distance.max() <= 14.5
 
 
 def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
@@ -174,7 +203,7 @@ def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
 
 def test_slab_of_the_middle_of_the_lungs_is_flagged_or_refused(lidc_case, default_atlas):
     """Cut at both ends, a slab shows neither apex nor base: its height in the atlas is a guess
-    (measured up to 21 mm off, docs/anatomy.md), so it is kept with a warning that says so, or
+    (measured up to 20 mm off, docs/anatomy.md), so it is kept with a warning that says so, or
     refused when the user asks for scans with a lung end."""
     from drasclr_monailabel.anatomy.pipeline import PipelineSettings
     from drasclr_monailabel.data.sections import cut_slab

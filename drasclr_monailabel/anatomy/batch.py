@@ -25,7 +25,8 @@ from typing import Any, Iterator, Sequence
 from tqdm import tqdm
 
 from drasclr_monailabel.anatomy.atlas import Atlas, load_atlas
-from drasclr_monailabel.anatomy.cache import clear_scan, is_complete, recorded_atlas, write_scan
+from drasclr_monailabel.anatomy.cache import clear_scan, is_complete, recorded_atlas, recorded_format, write_scan
+from drasclr_monailabel.anatomy.cache_format import CACHE_FORMAT
 from drasclr_monailabel.anatomy.inputs import ScanEntry
 from drasclr_monailabel.anatomy.pipeline import PipelineSettings, preprocess_volume
 from drasclr_monailabel.errors import DrasclrError
@@ -83,6 +84,9 @@ def run_preprocess(entries: Sequence[ScanEntry], out: str | Path, atlas_dir: str
         previous = recorded_atlas(out, entry.scan_id)
         if previous is not None and previous != atlas.atlas_id:
             logger.warning("%s was registered to atlas %s; redoing it with atlas %s", entry.scan_id, previous, atlas.atlas_id)
+        written_as = recorded_format(out, entry.scan_id)
+        if written_as is not None and written_as != CACHE_FORMAT:
+            logger.warning("%s was written in cache format %s; redoing it in %s (docs/formats.md)", entry.scan_id, written_as, CACHE_FORMAT)
         todo.append(entry)
     bar = tqdm(total=len(chosen), initial=len(results), unit="scan", desc="preprocess", disable=not progress)
     try:

@@ -55,12 +55,23 @@ def is_complete(cache: str | Path, scan_id: str, source: str | Path, atlas_id: s
 
 def recorded_atlas(cache: str | Path, scan_id: str) -> str | None:
     """The atlas id a scan's ``_qa.json`` names, or None when there is none (or it cannot be read)."""
+    atlas = _recorded(cache, scan_id).get("atlas")
+    return atlas.get("id") if isinstance(atlas, dict) else None
+
+
+def recorded_format(cache: str | Path, scan_id: str) -> str | None:
+    """The cache format a scan's ``_qa.json`` names, or None when there is none (or it cannot be read)."""
+    found = _recorded(cache, scan_id).get("format")
+    return found if isinstance(found, str) else None
+
+
+def _recorded(cache: str | Path, scan_id: str) -> dict[str, Any]:
+    """A scan's ``_qa.json`` as a dict ({} when missing, unreadable or not an object)."""
     try:
         qa = json.loads(qa_path(cache, scan_id).read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-    atlas = qa.get("atlas") if isinstance(qa, dict) else None
-    return atlas.get("id") if isinstance(atlas, dict) else None
+        return {}
+    return qa if isinstance(qa, dict) else {}
 
 
 def clear_scan(cache: str | Path, scan_id: str) -> None:

@@ -216,6 +216,23 @@ def test_a_scan_registered_to_another_atlas_is_redone_with_a_warning(cache, phan
     assert {json.loads((out / s / f"{s}_qa.json").read_text())["atlas"]["id"] for s in ("full", "upper")} == {summary["atlas"]}
 
 
+def test_a_scan_written_in_an_older_cache_format_is_redone_with_a_warning(cache, phantom_scans, phantom_atlas_dir, tmp_path, caplog):
+    """Format 1 placed partial scans' landmarks with the similarity alone: such a scan is redone, the
+    others kept."""
+    import shutil
+
+    out = tmp_path / "cache"
+    shutil.copytree(cache, out)
+    qa_file = out / "upper" / "upper_qa.json"
+    qa_file.write_text(json.dumps({**json.loads(qa_file.read_text()), "format": "drasclr-cache/1"}))
+    with caplog.at_level("WARNING"):
+        summary = run_preprocess(list_scans(phantom_scans), out, atlas_dir=phantom_atlas_dir, workers=1, progress=False)
+    assert (summary["done"], summary["skipped"]) == (1, 1)
+    assert f"upper was written in cache format drasclr-cache/1; redoing it in {CACHE_FORMAT}" in caplog.text
+    assert "full was written" not in caplog.text
+    assert json.loads(qa_file.read_text())["format"] == CACHE_FORMAT
+
+
 def test_a_replaced_source_is_redone_and_an_unchanged_one_skipped(cache, phantom_scans, phantom_atlas_dir, tmp_path):
     import shutil
 

@@ -11,6 +11,9 @@ Per (atlas, scan): lung Dice of the warped atlas and the scan's lungs (right, le
 valid, and the share of valid landmarks whose 32^3 patch holds more than 10 % lung.
 
     python benchmarks/atlas_choice.py --out benchmarks/results/atlas_choice.json
+
+``--subject-registration preprocess`` builds the candidates with partial subjects registered as
+``drasclr preprocess`` registers a scan, instead of as the shipped atlas was built.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ def candidates(held_out: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def build(scans: tuple[str, ...], folder: Path) -> Any:
-    """An atlas from the named sample scans (LIDC with its lobes), as ``drasclr build-atlas`` builds it."""
+def build(scans: tuple[str, ...], folder: Path, registration: Any) -> Any:
+    """An atlas from the named sample scans (LIDC with its lobes), as ``drasclr build-atlas`` builds it
+    but for how subjects are registered to the template (``registration``)."""
     from drasclr_monailabel.anatomy.build_atlas import build_atlas, cohort_subjects, sample_entries
 
     entries = [e for e in sample_entries() if e.scan_id in scans]
-    return build_atlas(list(cohort_subjects(entries)), folder, "-".join(scans), progress=False)
+    return build_atlas(list(cohort_subjects(entries)), folder, "-".join(scans), progress=False, registration=registration)
 
 
 def measure(atlas: Any, scan: str) -> dict[str, Any]:
@@ -63,27 +67,35 @@ def measure(atlas: Any, scan: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--subject-registration", choices=["atlas", "preprocess"], default="atlas",
+                        help="how the candidate atlases register their subjects: as drasclr build-atlas does (atlas, "
+                             "build_atlas.SUBJECT_REGISTRATION) or as drasclr preprocess registers a scan (preprocess)")
     args = parser.parse_args()
 
     from drasclr_monailabel.anatomy.atlas import load_default_atlas
-    from drasclr_monailabel.anatomy.build_atlas import build_atlas, phantom_subjects
+    from drasclr_monailabel.anatomy.build_atlas import SUBJECT_REGISTRATION, build_atlas, phantom_subjects
+    from drasclr_monailabel.anatomy.registration import RegistrationSettings
     from drasclr_monailabel.utils.atomic import write_json
+
+    registration = SUBJECT_REGISTRATION if args.subject_registration == "atlas" else RegistrationSettings()
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        phantom = build_atlas(list(phantom_subjects(8)), Path(tmp) / "phantom8", "phantom8", progress=False)
+        phantom = build_atlas(list(phantom_subjects(8)), Path(tmp) / "phantom8", "phantom8", progress=False,
+                              registration=registration)
         shipped = load_default_atlas()
         for scan in SCANS:
             for label, atlas in (("phantom8", phantom), ("shipped (all three)", shipped)):
                 rows.append({"candidate": label, "held_out": label == "phantom8", **measure(atlas, scan)})
             for label, scans in candidates(scan).items():
-                atlas = build(scans, Path(tmp) / f"{scan}-{label.replace(' ', '_')}")
+                atlas = build(scans, Path(tmp) / f"{scan}-{label.replace(' ', '_')}", registration)
                 rows.append({"candidate": label, "held_out": True, **measure(atlas, scan)})
             for row in rows[-4:]:
                 print(f"{row['scan']:9s} {row['candidate']:22s} Dice {row['dice']:.3f} (R {row['dice_right']:.3f}, L {row['dice_left']:.3f}) "
                       f"valid {row['valid']}/{row['landmarks']}, >10% lung {row['valid_over_10_percent_lung']:.3f}", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"benchmark": "atlas_choice", "command": "python benchmarks/atlas_choice.py --out " + args.out, "rows": rows})
+    write_json(args.out, {"benchmark": "atlas_choice", "command": " ".join(["python", "benchmarks/atlas_choice.py", *sys.argv[1:]]),
+                          "subject_registration": args.subject_registration, "rows": rows})
     return 0
 
 

@@ -73,8 +73,11 @@ class Subject:
 
 
 def build_atlas(subjects: Sequence[Subject], out: str | Path, name: str, provenance: dict[str, Any] | None = None,
-                progress: bool = True) -> Atlas:
+                progress: bool = True, registration: RegistrationSettings = SUBJECT_REGISTRATION) -> Atlas:
     """Average the subjects' lungs into an atlas folder ``out`` (see the module docstring).
+
+    ``registration``: how subjects are registered to the template (default
+    :data:`SUBJECT_REGISTRATION`, as the shipped atlas was built).
 
     Raises:
         InputError: no subject, or no subject whose scan covers the whole lungs.
@@ -92,7 +95,7 @@ def build_atlas(subjects: Sequence[Subject], out: str | Path, name: str, provena
     lobes = None
     for round_index in range(ROUNDS):
         steps = tqdm(subjects, desc=f"atlas round {round_index + 1}/{ROUNDS}", unit="subject", disable=not progress)
-        registrations = [register_to_atlas(s.labels, template, SUBJECT_REGISTRATION) for s in steps]
+        registrations = [register_to_atlas(s.labels, template, registration) for s in steps]
         template, lobes = _unbiased_average(subjects, registrations, template, with_lobes=round_index == ROUNDS - 1)
         dice = [r.dice for r in registrations]
         logger.info("atlas round %d: Dice to template min %.3f, median %.3f", round_index + 1, min(dice), float(np.median(dice)))

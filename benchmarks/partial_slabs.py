@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--qa-dir", type=Path, help="also write the QA pictures of LIDC-IDRI-0001 and its 100 mm base slab here")
     parser.add_argument("--partial-rotation-weight", type=float,
                         help="optimiser weight of the slabs' rotation steps (default: the pipeline's, RegistrationSettings)")
-    parser.add_argument("--partial-transform", choices=["affine", "similarity", "similarity_in_plane"],
+    parser.add_argument("--partial-transform", choices=["affine", "similarity", "similarity_in_plane", "similarity_in_plane_tilt"],
                         help="transform fitted to the slabs (default: the pipeline's, RegistrationSettings)")
     args = parser.parse_args()
 

@@ -54,7 +54,7 @@ class PipelineSettings:
             (default all of it: a patch padded with -1024 HU beyond the scan is not a sample).
         require_lung_end: refuse a scan whose lungs run through both its first and last slice
             (neither apex nor base scanned) instead of keeping it with a warning: nothing fixes its
-            height in the atlas, and slabs of the middle of the lungs put landmarks up to 20 mm from
+            height in the atlas, and slabs of the middle of the lungs put landmarks up to 12 mm from
             the whole scan's (docs/anatomy.md). Off by default: cohorts cropped at random (``drasclr
             synth``) and mid-chest scans would otherwise lose whole scans.
         lung_model: optional TorchScript lung model used instead of the classical lung mask.
@@ -146,7 +146,7 @@ def preprocess_volume(volume: CTVolume, atlas: Atlas, settings: PipelineSettings
                                  f"slice); at least {MIN_PARTIAL_LUNG_EXTENT_MM:.0f} mm are needed to place landmarks in a partial scan")
     if settings.require_lung_end and all(cut):
         raise InputError(source, "the lungs run through both the first and the last slice, so neither apex nor base was scanned "
-                                 "and the scan's height in the lungs cannot be found (landmarks up to 20 mm off were measured); "
+                                 "and the scan's height in the lungs cannot be found (landmarks up to 12 mm off were measured); "
                                  "a scan must hold the lung apex or the lung bases")
 
     clock = time.perf_counter()
@@ -268,7 +268,7 @@ def _warnings(registration: Registration, valid: np.ndarray, cut: tuple[bool, bo
     ends = [name for name, reached in zip(("first", "last"), cut) if reached]
     if len(ends) == 2:
         warnings.append("the lungs reach the first and last slice: partial lung coverage with neither apex nor base, "
-                        "so landmark heights are uncertain (up to 20 mm off measured; --require-lung-end refuses such scans)")
+                        "so landmark heights are uncertain (up to 12 mm off measured; --require-lung-end refuses such scans)")
     elif ends:
         warnings.append(f"the lungs reach the {ends[0]} slice: partial lung coverage")
     if valid.mean() < 0.5:

@@ -66,6 +66,33 @@ def test_partial_scan_gets_its_in_plane_scales_and_keeps_the_similarity_in_z():
     assert in_plane_dice > similarity_dice + 0.03
 
 
+def test_partial_scan_gets_its_sagittal_tilt():
+    """A base slab of a subject whose cranio-caudal axis tilts with depth (atlas z = z + 0.12 y,
+    known): the similarity can only rotate, the in-plane stage keeps its z row, and the tilt stage
+    recovers the slope and puts the lungs where the known transform does."""
+    atlas = labels_image(make_thorax_phantom(spacing=(3.0, 3.0, 3.0), seed=3, noise_hu=0.0))
+    known = sitk.AffineTransform(3)  # subject point -> atlas point
+    known.SetCenter((0.0, 0.0, 20.0))
+    known.SetMatrix((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.12, 1.0))
+    subject = sitk.Resample(atlas, atlas, known, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    slices = np.flatnonzero(sitk.GetArrayViewFromImage(subject).any(axis=(1, 2)))
+    slab = subject[:, :, :int(slices[0] + 0.55 * (slices[-1] - slices[0]))]  # bases and the lower lungs, cut above
+    lung = np.argwhere(sitk.GetArrayFromImage(slab) > 0)[::40]
+    points = [slab.TransformIndexToPhysicalPoint([int(v) for v in index[::-1]]) for index in lung]
+
+    def fit(partial_transform: str) -> tuple[np.ndarray, float]:
+        found = register_to_atlas(slab, atlas, RegistrationSettings(partial_transform=partial_transform)).transform.GetInverse()
+        errors = [np.linalg.norm(np.subtract(found.TransformPoint(p), known.TransformPoint(p))) for p in points]
+        return np.array(sitk.AffineTransform(found).GetMatrix()).reshape(3, 3), float(np.mean(errors))
+
+    in_plane, in_plane_error = fit("similarity_in_plane")
+    tilt, tilt_error = fit("similarity_in_plane_tilt")
+    assert abs(in_plane[2, 1] - 0.12) > 0.05  # the similarity's rotation does not reach it
+    assert tilt[2, 1] == pytest.approx(0.12, abs=0.02)
+    np.testing.assert_allclose(tilt[2, [0, 2]], in_plane[2, [0, 2]], atol=1e-9)  # z versus x and the z scale stay
+    assert tilt_error < 1.5 < in_plane_error  # mm
+
+
 def depth_mm(mask: np.ndarray, centre: np.ndarray, reach: int = 12) -> float:
     """Distance (mm, 1 mm grid) from ``centre`` to the nearest voxel outside ``mask`` (capped at ``reach``)."""
     low = np.maximum(centre - reach, 0)
@@ -170,9 +197,9 @@ def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, defa
     valid, and they lie near where the whole scan puts them.
 
     Issue 15's line is 10 mm. With these slab limits (from the reference lobes; the benchmark's come
-    from the pipeline's lungs, docs/anatomy.md) 93 % (apex, 100 mm) to 100 % of the landmarks were
-    within it, all within 13.6 mm, medians 3.2-7.5 mm; the similarity at rotation weight 0.3, the
-    earlier default, put 84 % of the 100 mm apex slab's within 10 mm, which fails here."""
+    from the pipeline's lungs, docs/anatomy.md) every landmark was within it, the largest 9.7 mm
+    (base, 60 mm), medians 1.6-7.5 mm; without the tilt stage (``similarity_in_plane``) 93 % of the
+    100 mm apex slab's were (largest 13.6 mm), which fails here."""
     from drasclr_monailabel.data.sections import cut_slab
 
     base, apex = lidc_case.lung_z_range()
@@ -187,8 +214,7 @@ def test_slabs_put_landmarks_where_the_full_scan_does(lidc_case, lidc_full, defa
     assert both.sum() >= 0.9 * slab.valid.sum() >= 10
     distance = np.linalg.norm(landmark_world(slab)[both] - landmark_world(lidc_full)[both], axis=1)
     assert np.median(distance) <= 8.0
-    assert np.mean(distance <= 10.0) >= 0.9
-    assert distance.max() <= 14.5
+    assert distance.max() <= 10.0
 
 
 def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
@@ -203,7 +229,7 @@ def test_slab_with_too_little_lung_is_refused(lidc_case, default_atlas):
 
 def test_slab_of_the_middle_of_the_lungs_is_flagged_or_refused(lidc_case, default_atlas):
     """Cut at both ends, a slab shows neither apex nor base: its height in the atlas is a guess
-    (measured up to 20 mm off, docs/anatomy.md), so it is kept with a warning that says so, or
+    (measured up to 12 mm off, docs/anatomy.md), so it is kept with a warning that says so, or
     refused when the user asks for scans with a lung end."""
     from drasclr_monailabel.anatomy.pipeline import PipelineSettings
     from drasclr_monailabel.data.sections import cut_slab

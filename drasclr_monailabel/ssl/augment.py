@@ -10,7 +10,9 @@ translations of up to 12 voxels sample real image, not padding; what still falls
 takes the nearest border value (``padding_mode="border"``, as in the reference).
 
 Every random number is drawn from the ``generator`` passed in, in a fixed order and amount
-whatever the probabilities, so a run restored with the generator's state repeats exactly.
+whatever the probabilities (the HU offset, off in the reference recipe, is drawn only when its
+probability is above 0, so runs without it repeat those made before it existed), so a run
+restored with the generator's state repeats exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class AugmentConfig:
         noise_std_hu: its standard deviation (HU).
         contrast_p: probability of the gamma (contrast) change.
         gamma_range: gamma drawn uniformly in this range; applied to the sample's min-max range.
+        offset_p: probability of a HU offset added to the whole sample (not in the reference: lung
+            density differs between scans by inspiration level and calibration, a cue that tells
+            scans apart without looking at structure; an offset drawn per view removes it).
+        offset_hu: the offset is drawn uniformly in +-this (HU).
     """
 
     affine_p: float = 1.0
@@ -47,22 +53,25 @@ class AugmentConfig:
     noise_std_hu: float = 50.0
     contrast_p: float = 0.25
     gamma_range: tuple[float, float] = (0.5, 4.5)
+    offset_p: float = 0.0
+    offset_hu: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("affine_p", "noise_p", "contrast_p"):
+        for name in ("affine_p", "noise_p", "contrast_p", "offset_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.gamma_range) != 2 or not 0 < self.gamma_range[0] <= self.gamma_range[1]:
             raise ValueError(f"gamma_range must be two positive numbers, low <= high, got {self.gamma_range}")
-        if not 0 <= self.scale < 1 or self.translate_voxels < 0 or self.rotate_degrees < 0 or self.noise_std_hu < 0:
-            raise ValueError("scale must be in [0, 1); translate_voxels, rotate_degrees and noise_std_hu must not be negative")
+        if (not 0 <= self.scale < 1 or self.translate_voxels < 0 or self.rotate_degrees < 0 or self.noise_std_hu < 0
+                or self.offset_hu < 0):
+            raise ValueError("scale must be in [0, 1); translate_voxels, rotate_degrees, noise_std_hu and offset_hu must not be negative")
 
 
 class PatchAugmenter:
     """Crops (N, 1, S, S, S) in HU -> augmented patches (N, 1, P, P, P) in network units.
 
     Order: clip HU to the window, random affine (resampling the centre P^3 of the crop), Gaussian
-    noise, gamma, then scale to network units (no second clip, as in the reference).
+    noise, HU offset, gamma, then scale to network units (no second clip, as in the reference).
     """
 
     def __init__(self, config: AugmentConfig, patch_size: int, window: IntensityWindow) -> None:
@@ -84,6 +93,9 @@ class PatchAugmenter:
         x = resample_centre(x, theta, self.patch_size)
         noise = torch.randn(x.shape, generator=generator, device=x.device) * cfg.noise_std_hu
         x = x + noise * _coin(n, cfg.noise_p, generator, x.device).view(n, 1, 1, 1, 1)
+        if cfg.offset_p > 0:
+            offset = (2 * torch.rand(n, generator=generator, device=x.device) - 1) * cfg.offset_hu
+            x = x + (offset * _coin(n, cfg.offset_p, generator, x.device)).view(n, 1, 1, 1, 1)
         low, high = cfg.gamma_range
         gamma = low + (high - low) * torch.rand(n, generator=generator, device=x.device)
         gamma = torch.where(_coin(n, cfg.contrast_p, generator, x.device), gamma, torch.ones_like(gamma))

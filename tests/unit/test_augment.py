@@ -61,3 +61,29 @@ def test_gamma_one_is_identity_and_gamma_keeps_the_range() -> None:
     y = adjust_gamma(x, torch.tensor([0.5, 3.0]))
     torch.testing.assert_close(y.flatten(1).min(1).values, x.flatten(1).min(1).values, atol=1e-3, rtol=0)
     torch.testing.assert_close(y.flatten(1).max(1).values, x.flatten(1).max(1).values, atol=1e-2, rtol=0)
+
+
+def test_hu_offset_moves_every_voxel_of_a_view_by_one_amount_within_its_range() -> None:
+    c = crops(n=64)
+    plain = PatchAugmenter(OFF, patch_size=32, window=WINDOW)(c, torch.Generator().manual_seed(0))
+    shifted = PatchAugmenter(AugmentConfig(affine_p=0.0, noise_p=0.0, contrast_p=0.0, offset_p=1.0, offset_hu=40.0),
+                             patch_size=32, window=WINDOW)(c, torch.Generator().manual_seed(0))
+    hu_per_unit = WINDOW.divisor
+    offset = (shifted - plain).flatten(1) * hu_per_unit  # HU, per view
+    torch.testing.assert_close(offset.min(1).values, offset.max(1).values, atol=1e-2, rtol=0)  # one amount per view
+    assert offset.abs().max() <= 40.0 + 1e-2 and offset[:, 0].std() > 15.0  # spread over +-40 HU
+
+
+def test_hu_offset_off_draws_only_what_the_reference_recipe_draws() -> None:
+    """Runs without the offset (the reference recipe) consume the random stream exactly as before
+    the offset existed: affine angles, scales, shifts and coin, noise and its coin, gamma and its coin."""
+    n, c = 3, crops()
+    generator = torch.Generator().manual_seed(4)
+    PatchAugmenter(AugmentConfig(noise_p=0.5, contrast_p=0.5, offset_hu=40.0), patch_size=32, window=WINDOW)(c, generator)
+    reference = torch.Generator().manual_seed(4)
+    for shape in [(n, 3), (n, 3), (n, 3), (n,)]:
+        torch.rand(*shape, generator=reference)
+    torch.randn((n, 1, 32, 32, 32), generator=reference)
+    for _ in range(3):
+        torch.rand(n, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())

@@ -13,7 +13,6 @@ and writes ``{"window", "run", "tags", "windows": [{"first_step", "last_step", <
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -3,7 +3,6 @@ with one line that names the file."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -99,7 +99,7 @@ class _ThresholdModel(torch.nn.Module):
         self.sides = sides
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        z, y, x = hu.shape[2], hu.shape[3], hu.shape[4]
+        y, x = hu.shape[3], hu.shape[4]
         box = torch.zeros_like(hu)
         box[..., y // 4: 3 * y // 4, x // 8: 7 * x // 8] = 1.0
         lung = (hu < -400).float() * box

@@ -94,7 +94,7 @@ class PatchAugmenter:
         noise = torch.randn(x.shape, generator=generator, device=x.device) * cfg.noise_std_hu
         x = x + noise * _coin(n, cfg.noise_p, generator, x.device).view(n, 1, 1, 1, 1)
         if cfg.offset_p > 0:
-            offset = (2 * torch.rand(n, generator=generator, device=x.device) - 1) * cfg.offset_hu
+            offset = _uniform_symmetric(generator, x.device, n) * cfg.offset_hu
             x = x + (offset * _coin(n, cfg.offset_p, generator, x.device)).view(n, 1, 1, 1, 1)
         low, high = cfg.gamma_range
         gamma = low + (high - low) * torch.rand(n, generator=generator, device=x.device)
@@ -109,12 +109,9 @@ def random_affine(n: int, config: AugmentConfig, generator: torch.Generator, dev
     Rows and columns are in ``affine_grid``'s (x, y, z) order; the matrix part is rotation
     (about x, then y, then z) times per-axis scale, the last column the translation in voxels.
     """
-    def uniform(*shape: int) -> torch.Tensor:  # U(-1, 1)
-        return 2 * torch.rand(*shape, generator=generator, device=device) - 1
-
-    angles = uniform(n, 3) * math.radians(config.rotate_degrees)
-    scales = 1 + uniform(n, 3) * config.scale
-    shifts = uniform(n, 3) * config.translate_voxels
+    angles = _uniform_symmetric(generator, device, n, 3) * math.radians(config.rotate_degrees)
+    scales = 1 + _uniform_symmetric(generator, device, n, 3) * config.scale
+    shifts = _uniform_symmetric(generator, device, n, 3) * config.translate_voxels
     rotation = _rotation_matrices(angles)
     matrix = rotation * scales[:, None, :]
     return torch.cat([matrix, shifts[:, :, None]], dim=2)
@@ -139,6 +136,11 @@ def adjust_gamma(x: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-7) -> tor
     span = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1))) - low
     unit = ((x - low) / (span + eps)).clamp(0, 1)
     return unit ** gamma.view(-1, *([1] * (x.dim() - 1))) * span + low
+
+
+def _uniform_symmetric(generator: torch.Generator, device: torch.device, *shape: int) -> torch.Tensor:
+    """Draws of U(-1, 1) in ``shape``."""
+    return 2 * torch.rand(*shape, generator=generator, device=device) - 1
 
 
 def _coin(n: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -52,14 +52,22 @@ Every arm's held-out embeddings are saved in the work folder (``embeddings_<arm>
 with the same ``--workdir``, the command reuses its cohorts and trained encoders (listed in
 ``reused_encoders``) and measures again, so new probes need no new pretraining.
 
+``--seeds 0 1 2`` runs every arm once per pretraining seed (``train.seed``: initialisation,
+sampling order, augmentation; the cohorts and held-out patches stay the same) and reports the mean
+over seeds under the usual keys, ``std_over_seeds`` (same shape) and ``per_seed`` (each seed's
+result). The recipe's seed (0) lives in the work folder itself, other seeds in ``seed_<n>/``, so a
+one-seed work folder is reused as seed 0.
+
 Usage:
   python benchmarks/pretraining_signal.py --out benchmarks/results/pretraining_signal.json
   python benchmarks/pretraining_signal.py --size small --out /tmp/signal.json   # CI-sized, phantoms
+  python benchmarks/pretraining_signal.py --arms pretrained unconditioned --seeds 0 1 2 --out /tmp/seeds.json
 
 Writes the JSON (``{"retrieval": {arm: ..}, "retrieval_exact": {..}, "probe_r2": {..},
 "density_probe_r2": {"mean_hu": {arm: ..}, "hu_std": {..}}, "pyramid_probe_r2": {"emphysema": {arm: ..},
 "mean_hu": {..}, "laa950": {..}}, "within_subject_r": {"h": {arm: ..}, "pyramid": {..}, "hu_features": ..},
-"lung_core_probe_r2": {..}, "single_hu_feature_probe_r2": {..}, "queue_fill": {..}, "command": ..}``) and a PNG beside it (same name, ``.png``).
+"lung_core_probe_r2": {..}, "single_hu_feature_probe_r2": {..}, "queue_fill": {..}, "command": ..}``, with
+``"std_over_seeds"`` and ``"per_seed"`` beside them for several seeds) and a PNG beside it (same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="pretraining steps per trained arm (default: the size's)")
     parser.add_argument("--arms", nargs="+", choices=sorted(TRAINED_ARMS), default=list(TRAINED_ARMS),
                         help="trained arms to run (default all; random and pretrained_training_bn come with pretrained)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                        help="pretraining seeds (train.seed), every arm once per seed; the JSON reports the mean over "
+                             "seeds, with std_over_seeds and per_seed when there are several (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra recipe override for every trained arm (repeatable), e.g. optim.lr=2.0")
     args = parser.parse_args(argv)
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1:
             parser.error(f"--steps must be at least 1, got {args.steps}")
         size = Size(**{**asdict(size), "steps": args.steps})
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must not repeat a seed, got {args.seeds}")
     workdir = args.workdir or args.out.with_suffix("").with_name(args.out.stem + "_work")
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -165,61 +179,39 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter()
     run_step(["preprocess", str(cohorts["pretrain"] / "manifest.csv"), "--out", str(workdir / "cache"), "--no-progress"])
     timings["preprocess"] = round(time.perf_counter() - clock, 1)
-    overrides = recipe_overrides(size, args.overrides)
-    encoders: dict[str, Path] = {}
     arms = ["pretrained", *(arm for arm in args.arms if arm != "pretrained")]
-    reused = [arm for arm in [*arms, "random"] if (workdir / arm / "encoder.json").is_file()]
-    for arm in arms:
-        clock = time.perf_counter()
-        encoders[arm] = pretrain(workdir / "cache", workdir / arm, [*overrides, *TRAINED_ARMS[arm]])
-        timings[f"pretrain_{arm}"] = round(time.perf_counter() - clock, 1)
-    encoders["random"] = random_encoder(workdir / "cache", workdir / "random", overrides)
-    encoders["pretrained_training_bn"] = export_checkpoint(workdir / "pretrained" / "checkpoints" / "last.pt",
-                                                           workdir / "pretrained_training_bn")
-
     clock = time.perf_counter()
     patches = heldout_patches(prepare_cohort(cohorts["heldout"]), measured_landmarks(size))
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
-    result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {},
-                    "density_probe_r2": {name: {} for name in DENSITY_TARGETS},
-                    "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS},
-                    "within_subject_r": {"h": {}, "pyramid": {}}, "lung_core_probe_r2": {"h": {}, "pyramid": {}}}
-    splits = subject_splits(patches.subjects)
+
+    per_seed: dict[str, dict] = {}
+    reused: list[str] = []
+    for seed in args.seeds:
+        folder = seed_folder(workdir, seed)
+        overrides = recipe_overrides(size, args.overrides, seed)
+        reused += [str((folder / arm).relative_to(workdir)) for arm in [*arms, "random"] if (folder / arm / "encoder.json").is_file()]
+        encoders = train_arms(workdir / "cache", folder, arms, overrides, timings, seed)
+        per_seed[str(seed)] = measure_arms(encoders, patches, folder, seed)
+        per_seed[str(seed)]["queue_fill"] = {arm: queue_fill(folder / arm) for arm in arms}
+    result = mean_over_seeds(list(per_seed.values()))
+    if len(args.seeds) > 1:
+        result["std_over_seeds"] = std_over_seeds(list(per_seed.values()))
+        result["per_seed"] = per_seed
+    hu_probe = ridge_probe(patches.hu_features, patches.emphysema, subject_splits(patches.subjects), patches.subjects)
     core = patches.lung_fraction >= LUNG_CORE
-    for arm, folder in encoders.items():
-        embeddings = embed(folder, patches)
-        result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
-        result["retrieval_image_only"][arm] = retrieval(embed(folder, patches, same_location=True), patches)[0]
-        emphysema_probe = ridge_probe(embeddings, patches.emphysema, splits, patches.subjects)
-        result["probe_r2"][arm] = emphysema_probe.pooled["r2"]
-        for name in DENSITY_TARGETS:
-            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
-        pyramid = embed(folder, patches, pooled_pyramid=True)
-        save_embeddings(workdir / f"embeddings_{arm}.npz", embeddings, pyramid, patches)
-        pyramid_probes = {name: ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects) for name in PYRAMID_TARGETS}
-        for name, probe in pyramid_probes.items():
-            result["pyramid_probe_r2"][name][arm] = probe.pooled["r2"]
-        for name, features, probe in (("h", embeddings, emphysema_probe), ("pyramid", pyramid, pyramid_probes["emphysema"])):
-            result["within_subject_r"][name][arm] = within_subject_r(probe.predictions, patches)
-            result["lung_core_probe_r2"][name][arm] = lung_core_r2(features, patches, core)
-        print(f"{arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
-              f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
-              f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "
-              f"{result['pyramid_probe_r2']['emphysema'][arm]:.3f}", flush=True)
-    hu_probe = ridge_probe(patches.hu_features, patches.emphysema, splits, patches.subjects)
     result["probe_r2"]["hu_features"] = hu_probe.pooled["r2"]
     result["within_subject_r"]["hu_features"] = within_subject_r(hu_probe.predictions, patches)
     result["lung_core_probe_r2"]["hu_features"] = lung_core_r2(patches.hu_features, patches, core)
     result["lung_core_probe_r2"]["patches"] = int(core.sum())
-    result["single_hu_feature_probe_r2"] = {name: ridge_probe(TARGETS[name](patches)[:, None], patches.emphysema, splits,
-                                                              patches.subjects).pooled["r2"] for name in ("mean_hu", "laa950")}
+    result["single_hu_feature_probe_r2"] = {name: ridge_probe(TARGETS[name](patches)[:, None], patches.emphysema,
+                                                              subject_splits(patches.subjects), patches.subjects).pooled["r2"]
+                                            for name in ("mean_hu", "laa950")}
     result["retrieval_chance"] = chance_retrieval(patches)
-    result["queue_fill"] = {arm: queue_fill(workdir / arm) for arm in arms}
     result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
                          "emphysema_fraction_mean": float(patches.emphysema.mean())}
     result["command"] = " ".join(["python", "benchmarks/pretraining_signal.py", *(argv if argv is not None else sys.argv[1:])])
-    result["settings"] = {**asdict(size), "overrides": overrides, "device": "cpu", "device_name": platform.processor(),
-                          "threads": torch.get_num_threads()}
+    result["settings"] = {**asdict(size), "seeds": args.seeds, "overrides": recipe_overrides(size, args.overrides, None),
+                          "device": "cpu", "device_name": platform.processor(), "threads": torch.get_num_threads()}
     result["seconds"] = {**timings, "total": round(time.perf_counter() - started, 1)}
     result["reused_encoders"] = reused  # found in --workdir from an earlier run: their pretrain seconds are not this run's
     write_json(args.out, result)
@@ -227,6 +219,83 @@ def main(argv: list[str] | None = None) -> int:
     print(f"HU features probe R^2 {result['probe_r2']['hu_features']:.3f}; chance retrieval {result['retrieval_chance']:.3f}; "
           f"wrote {args.out}")
     return 0
+
+
+def seed_folder(workdir: Path, seed: int) -> Path:
+    """Where one seed's runs and embeddings live: the work folder itself for the recipe's seed, so a
+    work folder of a one-seed run is reused as seed 0 of a several-seed run."""
+    return workdir if seed == load_recipe(RECIPE).train.seed else workdir / f"seed_{seed}"
+
+
+def train_arms(cache: Path, folder: Path, arms: list[str], overrides: list[str], timings: dict[str, float],
+               seed: int) -> dict[str, Path]:
+    """Every trained arm of one seed, its random init and the pretrained arm's training-statistics
+    export; returns each arm's encoder folder."""
+    encoders: dict[str, Path] = {}
+    for arm in arms:
+        clock = time.perf_counter()
+        encoders[arm] = pretrain(cache, folder / arm, [*overrides, *TRAINED_ARMS[arm]])
+        timings[f"pretrain_{arm}_seed{seed}"] = round(time.perf_counter() - clock, 1)
+    encoders["random"] = random_encoder(cache, folder / "random", overrides)
+    encoders["pretrained_training_bn"] = export_checkpoint(folder / "pretrained" / "checkpoints" / "last.pt",
+                                                           folder / "pretrained_training_bn")
+    return encoders
+
+
+def measure_arms(encoders: dict[str, Path], patches: HeldoutPatches, folder: Path, seed: int) -> dict:
+    """Every measure of every arm's encoder on the held-out patches (one seed); saves each arm's
+    embeddings in ``folder``."""
+    result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {},
+                    "density_probe_r2": {name: {} for name in DENSITY_TARGETS},
+                    "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS},
+                    "within_subject_r": {"h": {}, "pyramid": {}}, "lung_core_probe_r2": {"h": {}, "pyramid": {}}}
+    splits = subject_splits(patches.subjects)
+    core = patches.lung_fraction >= LUNG_CORE
+    for arm, encoder in encoders.items():
+        embeddings = embed(encoder, patches)
+        result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
+        result["retrieval_image_only"][arm] = retrieval(embed(encoder, patches, same_location=True), patches)[0]
+        emphysema_probe = ridge_probe(embeddings, patches.emphysema, splits, patches.subjects)
+        result["probe_r2"][arm] = emphysema_probe.pooled["r2"]
+        for name in DENSITY_TARGETS:
+            result["density_probe_r2"][name][arm] = ridge_probe(embeddings, TARGETS[name](patches), splits, patches.subjects).pooled["r2"]
+        pyramid = embed(encoder, patches, pooled_pyramid=True)
+        save_embeddings(folder / f"embeddings_{arm}.npz", embeddings, pyramid, patches)
+        pyramid_probes = {name: ridge_probe(pyramid, TARGETS[name](patches), splits, patches.subjects) for name in PYRAMID_TARGETS}
+        for name, probe in pyramid_probes.items():
+            result["pyramid_probe_r2"][name][arm] = probe.pooled["r2"]
+        for name, features, probe in (("h", embeddings, emphysema_probe), ("pyramid", pyramid, pyramid_probes["emphysema"])):
+            result["within_subject_r"][name][arm] = within_subject_r(probe.predictions, patches)
+            result["lung_core_probe_r2"][name][arm] = lung_core_r2(features, patches, core)
+        print(f"seed {seed} {arm:>24}: retrieval {result['retrieval'][arm]:.3f} (exact {result['retrieval_exact'][arm]:.3f}, "
+              f"image only {result['retrieval_image_only'][arm]:.3f}), probe R^2 {result['probe_r2'][arm]:.3f} "
+              f"(mean HU {result['density_probe_r2']['mean_hu'][arm]:.3f}); pyramid probe R^2 "
+              f"{result['pyramid_probe_r2']['emphysema'][arm]:.3f}", flush=True)
+    return result
+
+
+def mean_over_seeds(results: list[dict]) -> dict:
+    """The seeds' results (dicts of the same shape) with every number replaced by its mean over
+    seeds; a value equal in every seed (a queue size) is kept as it is, None stays None."""
+    return _combine(results, lambda values: values[0] if all(v == values[0] for v in values) else float(np.mean(values)))
+
+
+def std_over_seeds(results: list[dict]) -> dict:
+    """The same shape as :func:`mean_over_seeds`, each number the standard deviation over seeds
+    (population, ddof 0)."""
+    return _combine(results, lambda values: float(np.std(values)))
+
+
+def _combine(results: list[dict], reduce: Callable[[list], float]) -> dict:
+    """Walk dicts of one shape together and ``reduce`` each leaf's values (None where any is None)."""
+    combined: dict = {}
+    for key, first in results[0].items():
+        values = [result[key] for result in results]
+        if isinstance(first, dict):
+            combined[key] = _combine(values, reduce)
+        else:
+            combined[key] = None if any(v is None for v in values) else reduce(values)
+    return combined
 
 
 def save_embeddings(path: Path, h: np.ndarray, pyramid: np.ndarray, patches: HeldoutPatches) -> None:
@@ -257,10 +326,12 @@ def make_cohorts(size: Size, workdir: Path) -> dict[str, Path]:
     return cohorts
 
 
-def recipe_overrides(size: Size, extra: list[str]) -> list[str]:
-    """The demo recipe at this size's budget: steps, batch, queue and learning rate."""
+def recipe_overrides(size: Size, extra: list[str], seed: int | None) -> list[str]:
+    """The demo recipe at this size's budget: steps, batch, queue and learning rate, and the seed
+    (None: the recipe's)."""
+    seeded = [] if seed is None else [f"train.seed={seed}"]
     return [f"train.max_steps={size.steps}", f"train.batch_size={size.batch_size}", f"moco.queue_size={size.queue_size}",
-            f"optim.lr={size.lr}", "train.progress=false", "train.log_every=20", "train.device=cpu", *extra]
+            f"optim.lr={size.lr}", "train.progress=false", "train.log_every=20", "train.device=cpu", *seeded, *extra]
 
 
 def pretrain(cache: Path, run: Path, overrides: list[str]) -> Path:
@@ -449,25 +520,42 @@ def queue_fill(run: Path) -> dict:
 def plot(result: dict, path: Path) -> None:
     """Three bar charts: landmark retrieval (with chance); the emphysema-fraction probe and the
     patch lung's mean-HU probe, each of the embedding h and of the pooled feature pyramid (the
-    emphysema one with the HU-features baseline)."""
+    emphysema one with the HU-features baseline). With several seeds, bars are means with the
+    seeds' standard deviation as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    spread = result.get("std_over_seeds")
+
+    def error(family: str, *keys: str) -> list[float] | None:
+        if spread is None:
+            return None
+        values = spread[family]
+        for key in keys:
+            values = values[key]
+        return [values[a] for a in arms]
+
     arms = list(result["retrieval"])
     place = np.arange(len(arms))
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
-    left.bar(place, [result["retrieval"][a] for a in arms], color="tab:blue")
+    left.bar(place, [result["retrieval"][a] for a in arms], yerr=error("retrieval"), capsize=3, color="tab:blue")
     left.axhline(result["retrieval_chance"], color="grey", linestyle="--", label="chance")
     left.set_ylabel("share of held-out patches")
-    left.set_title("Landmark retrieval (same or adjacent)")
+    seeds = result["settings"]["seeds"]
+    left.set_title("Landmark retrieval (same or adjacent)" + (f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""))
     left.legend()
-    panels = ((middle, result["probe_r2"], result["pyramid_probe_r2"]["emphysema"], "Probe: patch emphysema fraction"),
-              (right, result["density_probe_r2"]["mean_hu"], result["pyramid_probe_r2"]["mean_hu"], "Probe: patch lung mean HU"))
+    panels = ((middle, ("probe_r2",), ("pyramid_probe_r2", "emphysema"), "Probe: patch emphysema fraction"),
+              (right, ("density_probe_r2", "mean_hu"), ("pyramid_probe_r2", "mean_hu"), "Probe: patch lung mean HU"))
     for axis, from_h, from_pyramid, title in panels:
-        axis.bar(place - 0.2, [from_h[a] for a in arms], width=0.4, color="tab:orange", label="embedding h")
-        axis.bar(place + 0.2, [from_pyramid[a] for a in arms], width=0.4, color="tab:green", label="pooled feature pyramid")
+        for keys, shift, colour, label in ((from_h, -0.2, "tab:orange", "embedding h"),
+                                           (from_pyramid, 0.2, "tab:green", "pooled feature pyramid")):
+            values = result[keys[0]]
+            for key in keys[1:]:
+                values = values[key]
+            axis.bar(place + shift, [values[a] for a in arms], width=0.4, yerr=error(*keys), capsize=3, color=colour,
+                     label=label)
         axis.set_ylabel("out-of-fold R^2")
         axis.set_title(title)
     middle.axhline(result["probe_r2"]["hu_features"], color="grey", linestyle="--", label="4 HU features")

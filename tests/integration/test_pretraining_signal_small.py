@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,12 +52,24 @@ def test_small_pretraining_signal_run(tmp_path: Path) -> None:
     saved = np.load(tmp_path / "signal_work" / "embeddings_pretrained.npz")
     assert len(saved["h"]) == len(saved["subjects"]) == len(saved["lung_fraction"]) == result["heldout"]["patches"]
 
-    # again on the same work folder, one trained arm (fewer embeddings to measure): its encoder and
-    # the random one are reused and measure the same
-    again = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained",
+    # again on the same work folder, one trained arm and a second seed: seed 0's encoder and the
+    # random one are reused and measure the same; seed 1 trains anew, and the JSON's numbers are
+    # the mean of the two seeds, with their spread and each seed's result
+    again = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained", "--seeds", "0", "1",
                             "--out", str(tmp_path / "again.json"), "--workdir", str(tmp_path / "signal_work")],
                            capture_output=True, text=True, timeout=1800, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     repeated = json.loads((tmp_path / "again.json").read_text())
     assert sorted(repeated["reused_encoders"]) == ["pretrained", "random"]
-    assert repeated["retrieval"] == {arm: v for arm, v in result["retrieval"].items() if arm != "unconditioned"}
+    seed0, seed1 = repeated["per_seed"]["0"], repeated["per_seed"]["1"]
+    assert seed0["retrieval"] == {arm: v for arm, v in result["retrieval"].items() if arm != "unconditioned"}
+    first = torch.load(tmp_path / "signal_work" / "pretrained" / "encoder.pt", weights_only=True)["state_dict"]
+    second = torch.load(tmp_path / "signal_work" / "seed_1" / "pretrained" / "encoder.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(first[key], second[key]) for key in first), "seed 1 trained the same weights as seed 0"
+    for arm in ("pretrained", "random"):
+        pair = [seed0["probe_r2"][arm], seed1["probe_r2"][arm]]
+        assert repeated["probe_r2"][arm] == pytest.approx(np.mean(pair))
+        assert repeated["std_over_seeds"]["probe_r2"][arm] == pytest.approx(np.std(pair))
+        pair = [seed0["pyramid_probe_r2"]["laa950"][arm], seed1["pyramid_probe_r2"]["laa950"][arm]]
+        assert repeated["pyramid_probe_r2"]["laa950"][arm] == pytest.approx(np.mean(pair))
+    assert repeated["queue_fill"]["pretrained"]["queue_size"] == 16

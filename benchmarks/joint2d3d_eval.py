@@ -85,7 +85,7 @@ from drasclr_monailabel.ssl.trainer import run_pretraining
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drasclr_steps import step_runner  # noqa: E402
+from drasclr_steps import check_reuse, step_runner  # noqa: E402
 from pretraining_curve import read_scalars  # noqa: E402
 
 run_step = step_runner(__file__)
@@ -267,8 +267,10 @@ def step_cost(config: Joint2d3dConfig) -> float:
 def pretrain(config: Joint2d3dConfig, cohort: Path, run: Path) -> tuple[Path, bool]:
     """Train one arm in this process, resuming a stopped run; returns the run folder (the export)
     and whether it was trained now (False: exported by an earlier invocation, reused). A run
-    stopped by a signal ends the benchmark (rerunning the same command resumes it)."""
+    stopped by a signal ends the benchmark (rerunning the same command resumes it); a finished one
+    is reused only when its recipe is ``config``."""
     if (run / "encoder.json").is_file():
+        check_reuse(__file__, run, config)
         return run, False
     result = run_pretraining(config, cohort, run, resume=(run / "checkpoints" / "last.pt").is_file())
     if not result.completed:

@@ -73,7 +73,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drasclr_steps import step_runner  # noqa: E402
+from drasclr_steps import check_reuse, step_runner  # noqa: E402
 from pretraining_signal import queue_fill  # noqa: E402
 
 from drasclr_monailabel.anatomy.atlas import Atlas  # noqa: E402
@@ -89,6 +89,7 @@ from drasclr_monailabel.segmentation.inference import WINDOW, class_labels, wind
 from drasclr_monailabel.segmentation.labels import BINARY, SUBTYPES, LabelSet  # noqa: E402
 from drasclr_monailabel.segmentation.network import ROUTING_BLOCK, EmphysemaUNet  # noqa: E402
 from drasclr_monailabel.segmentation.training import ENCODER_BATCHNORM, FinetuneConfig, finetune  # noqa: E402
+from drasclr_monailabel.ssl.recipe import load_recipe  # noqa: E402
 from drasclr_monailabel.utils.atomic import write_json, write_with  # noqa: E402
 
 run_step = step_runner(__file__)
@@ -330,15 +331,16 @@ def pretrain(size: Size, unlabelled: Path, run: Path, atlas: Path | None = None,
     atlas_option = ["--atlas", str(atlas)] if atlas is not None else []
     run_step(["preprocess", str(unlabelled / "manifest.csv"), "--out", str(cache), "--no-progress", *atlas_option])
     export = run.parent / ("encoder" if run.name == "pretrain" else f"encoder_{run.name.removeprefix('pretrain_')}")
+    settings = [f"train.max_steps={size.pretrain_steps}", f"train.batch_size={size.pretrain_batch}",
+                f"moco.queue_size={size.pretrain_queue}", "train.progress=false", f"train.device={device}", *(overrides or [])]
+    final = run / "checkpoints" / "final.pt"
+    if final.is_file():  # a finished run (exported or not) is reused only for the recipe asked for
+        check_reuse(__file__, run, load_recipe(DEMO_RECIPE, [*settings, *([f"data.atlas={atlas}"] if atlas is not None else [])]))
+    else:
+        resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
+        run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume, *atlas_option,
+                  *[a for o in settings for a in ("--set", o)]])
     if not (export / "encoder.json").is_file():
-        final = run / "checkpoints" / "final.pt"
-        if not final.is_file():
-            resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
-            settings = [f"train.max_steps={size.pretrain_steps}", f"train.batch_size={size.pretrain_batch}",
-                        f"moco.queue_size={size.pretrain_queue}", "train.progress=false", f"train.device={device}",
-                        *(overrides or [])]
-            run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume, *atlas_option,
-                      *[a for o in settings for a in ("--set", o)]])
         run_step(["export", "--checkpoint", str(final), "--out", str(export)])
     return export
 

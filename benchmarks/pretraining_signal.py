@@ -84,10 +84,12 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 import torch
+import yaml
 from sklearn.model_selection import GroupKFold
 
 from drasclr_monailabel.anatomy.atlas import load_default_atlas
 from drasclr_monailabel.anatomy.landmarks import PATCH_SIZE, STEP
+from drasclr_monailabel.config import to_dict
 from drasclr_monailabel.data.sample_data import fetch_sample_data
 from drasclr_monailabel.embed.patient import landmark_embeddings
 from drasclr_monailabel.io import read_ct
@@ -98,10 +100,10 @@ from drasclr_monailabel.ssl.distributed import setup
 from drasclr_monailabel.ssl.drasclr import DrasclrMethod
 from drasclr_monailabel.ssl.patches import read_crop
 from drasclr_monailabel.ssl.recipe import load_recipe
-from drasclr_monailabel.utils.atomic import write_json, write_with
+from drasclr_monailabel.utils.atomic import write_json, write_text, write_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drasclr_steps import step_runner  # noqa: E402
+from drasclr_steps import check_reuse, step_runner  # noqa: E402
 
 run_step = step_runner(__file__)
 
@@ -180,16 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     run_step(["preprocess", str(cohorts["pretrain"] / "manifest.csv"), "--out", str(workdir / "cache"), "--no-progress"])
     timings["preprocess"] = round(time.perf_counter() - clock, 1)
     arms = ["pretrained", *(arm for arm in args.arms if arm != "pretrained")]
+    reused = reusable_runs(workdir, args.seeds, arms, size, args.overrides)
     clock = time.perf_counter()
     patches = heldout_patches(prepare_cohort(cohorts["heldout"]), measured_landmarks(size))
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
 
     per_seed: dict[str, dict] = {}
-    reused: list[str] = []
     for seed in args.seeds:
         folder = seed_folder(workdir, seed)
         overrides = recipe_overrides(size, args.overrides, seed)
-        reused += [str((folder / arm).relative_to(workdir)) for arm in [*arms, "random"] if (folder / arm / "encoder.json").is_file()]
         encoders = train_arms(workdir / "cache", folder, arms, overrides, timings, seed)
         per_seed[str(seed)] = measure_arms(encoders, patches, folder, seed)
         per_seed[str(seed)]["queue_fill"] = {arm: queue_fill(folder / arm) for arm in arms}
@@ -225,6 +226,20 @@ def seed_folder(workdir: Path, seed: int) -> Path:
     """Where one seed's runs and embeddings live: the work folder itself for the recipe's seed, so a
     work folder of a one-seed run is reused as seed 0 of a several-seed run."""
     return workdir if seed == load_recipe(RECIPE).train.seed else workdir / f"seed_{seed}"
+
+
+def reusable_runs(workdir: Path, seeds: list[int], arms: list[str], size: Size, extra: list[str]) -> list[str]:
+    """The finished runs (trained arms and random inits) that this invocation will reuse, as paths
+    relative to ``workdir``; ends the benchmark before any training when one of them was made with
+    another recipe than this invocation asks for (``drasclr_steps.check_reuse``)."""
+    reused = []
+    for seed in seeds:
+        folder = seed_folder(workdir, seed)
+        for arm in [*arms, "random"]:
+            if (folder / arm / "encoder.json").is_file():
+                check_reuse(__file__, folder / arm, load_recipe(RECIPE, [*recipe_overrides(size, extra, seed), *TRAINED_ARMS.get(arm, [])]))
+                reused.append(str((folder / arm).relative_to(workdir)))
+    return reused
 
 
 def train_arms(cache: Path, folder: Path, arms: list[str], overrides: list[str], timings: dict[str, float],
@@ -335,7 +350,8 @@ def recipe_overrides(size: Size, extra: list[str], seed: int | None) -> list[str
 
 
 def pretrain(cache: Path, run: Path, overrides: list[str]) -> Path:
-    """Train one arm (resuming a stopped run); returns its run folder, which holds the export."""
+    """Train one arm (resuming a stopped run; a finished one is reused, checked by
+    :func:`reusable_runs`); returns its run folder, which holds the export."""
     if not (run / "encoder.json").is_file():
         resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
         run_step(["pretrain", "--config", str(RECIPE), "--cache", str(cache), "--out", str(run), *resume,
@@ -345,7 +361,8 @@ def pretrain(cache: Path, run: Path, overrides: list[str]) -> Path:
 
 def random_encoder(cache: Path, out: Path, overrides: list[str]) -> Path:
     """The trained arms' encoder at its random initialisation (same seed), with precise BatchNorm
-    statistics on the same cache."""
+    statistics on the same cache; its recipe is kept beside it (``config.yaml``, as a trained run's)
+    so that a rerun reuses it only for the same recipe."""
     if not (out / "encoder.json").is_file():
         config = load_recipe(RECIPE, overrides)
         torch.manual_seed(config.train.seed)
@@ -353,6 +370,7 @@ def random_encoder(cache: Path, out: Path, overrides: list[str]) -> Path:
         method.before_export()
         spec = method.export_spec()
         state = {k[len(spec.state_dict_prefix):]: v for k, v in method.network.state_dict().items() if k.startswith(spec.state_dict_prefix)}
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
         save_encoder(out, state, {**spec.metadata, "training": {"steps": 0}})
     return out
 

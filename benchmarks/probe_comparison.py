@@ -43,11 +43,15 @@ from drasclr_monailabel.embed.cohort import (
 from drasclr_monailabel.embed.store import load_embeddings
 from drasclr_monailabel.probe.run import probe_target
 from drasclr_monailabel.ssl.cache import complete_scans
+from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.utils.atomic import write_json, write_with
 
 ROOT = Path(__file__).resolve().parents[1]
 HU_BINS = 16
 HU_RANGE = (-1024.0, 0.0)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from drasclr_steps import check_reuse  # noqa: E402
 
 
 def read_manifest(cohort: Path) -> dict[str, np.ndarray]:
@@ -71,8 +75,10 @@ def lung_histograms(cache: Path, ids: np.ndarray) -> np.ndarray:
 
 
 def pretrain(name: str, config: Path, data: Path, run_dir: Path, overrides: list[str]) -> tuple[Path, float]:
-    """Run ``drasclr pretrain`` unless ``run_dir`` already holds an exported encoder; returns it and the seconds taken."""
+    """Run ``drasclr pretrain`` unless ``run_dir`` already holds an exported encoder of the same
+    recipe; returns it and the seconds taken."""
     if (run_dir / "encoder.json").is_file():
+        check_reuse(__file__, run_dir, load_recipe(config, ["train.progress=false", *overrides]))
         return run_dir, 0.0
     start = time.perf_counter()
     arguments = ["pretrain", "--config", str(config), "--cache", str(data), "--out", str(run_dir), "--set", "train.progress=false"]

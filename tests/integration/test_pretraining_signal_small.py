@@ -73,3 +73,13 @@ def test_small_pretraining_signal_run(tmp_path: Path) -> None:
         pair = [seed0["pyramid_probe_r2"]["laa950"][arm], seed1["pyramid_probe_r2"]["laa950"][arm]]
         assert repeated["pyramid_probe_r2"]["laa950"][arm] == pytest.approx(np.mean(pair))
     assert repeated["queue_fill"]["pretrained"]["queue_size"] == 16
+
+    # a third time with another budget: the finished runs of the work folder are not what it asks
+    # for, so it stops before training anything, with one line naming the changed key
+    other = subprocess.run([sys.executable, str(BENCHMARK), "--size", "small", "--arms", "pretrained", "--steps", "20",
+                            "--out", str(tmp_path / "other.json"), "--workdir", str(tmp_path / "signal_work")],
+                           capture_output=True, text=True, timeout=1800, check=False)
+    assert other.returncode != 0 and not (tmp_path / "other.json").exists()
+    last_line = other.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("pretraining_signal: ") and "'train.max_steps' was 40" in last_line and "now 20" in last_line, last_line
+    assert "Traceback" not in other.stderr

@@ -14,6 +14,7 @@ from drasclr_monailabel.cli.main import main
 from drasclr_monailabel.errors import ConfigError, InputError
 from drasclr_monailabel.models.export import load_encoder
 from drasclr_monailabel.ssl.distributed import setup
+from drasclr_monailabel.ssl.checkpoint import check_reusable
 from drasclr_monailabel.ssl.drasclr import DrasclrMethod, contrast_set
 from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.ssl.synthetic import (
@@ -230,3 +231,19 @@ def test_resume_accepts_a_key_added_later_at_its_default_only(easy_atlas: Path, 
         run_pretraining(easy_config(easy_atlas, "train.max_steps=4", "moco.other_landmark_negatives=8"), easy_cache,
                         tmp_path / "run", resume=True)
     assert run_pretraining(easy_config(easy_atlas, "train.max_steps=4"), easy_cache, tmp_path / "run", resume=True).completed
+
+
+def test_a_finished_run_is_reusable_only_for_the_recipe_it_was_trained_with(easy_atlas: Path, easy_cache: Path,
+                                                                           tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_pretraining(easy_config(easy_atlas, "train.max_steps=2"), easy_cache, run).completed
+    check_reusable(run, easy_config(easy_atlas, "train.max_steps=2"))
+    check_reusable(run, easy_config(easy_atlas, "train.max_steps=2", "train.log_every=5"))  # how it ran, not what
+    with pytest.raises(ConfigError, match=r"'train.max_steps' was 2 when this run started and is now 4: this finished run "
+                                          r"is not the one asked for; use another work folder or remove"):
+        check_reusable(run, easy_config(easy_atlas, "train.max_steps=4"))
+    with pytest.raises(ConfigError, match=r"'train.seed' was 0 .* now 1"):
+        check_reusable(run, easy_config(easy_atlas, "train.max_steps=2", "train.seed=1"))
+    (run / "config.yaml").unlink()
+    with pytest.raises(InputError, match=r"config\.yaml: cannot be read"):
+        check_reusable(run, easy_config(easy_atlas, "train.max_steps=2"))

@@ -1,6 +1,7 @@
 """One ``drasclr`` subcommand run in-process by a benchmark script; a failure ends the benchmark
 with one line naming the benchmark and the subcommand (the subcommand has printed its reason).
-Also the check a benchmark makes before it reuses a finished pretraining run of its work folder."""
+Also what a benchmark does before it reuses a finished pretraining run of its work folder: the
+recipe check, and a fresh export when the run is newer than its export."""
 
 from __future__ import annotations
 
@@ -31,3 +32,12 @@ def check_reuse(benchmark: str, run: Path, config: Any) -> None:
         check_reusable(run, config)
     except DrasclrError as exc:
         raise SystemExit(f"{Path(benchmark).stem}: {exc}") from None
+
+
+def export_checkpoint(benchmark: str, checkpoint: Path, out: Path) -> Path:
+    """``drasclr export`` of ``checkpoint`` to ``out`` for the benchmark ``benchmark``, unless ``out``
+    holds an export written after the checkpoint (a run retrained in place gets a new export)."""
+    exported = out / "encoder.json"
+    if not exported.is_file() or exported.stat().st_mtime < checkpoint.stat().st_mtime:
+        step_runner(benchmark)(["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    return out

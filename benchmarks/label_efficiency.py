@@ -73,7 +73,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drasclr_steps import check_reuse, step_runner  # noqa: E402
+from drasclr_steps import check_reuse, export_checkpoint, step_runner  # noqa: E402
 from pretraining_signal import queue_fill  # noqa: E402
 
 from drasclr_monailabel.anatomy.atlas import Atlas  # noqa: E402
@@ -340,9 +340,7 @@ def pretrain(size: Size, unlabelled: Path, run: Path, atlas: Path | None = None,
         resume = ["--resume"] if (run / "checkpoints" / "last.pt").is_file() else []
         run_step(["pretrain", "--config", str(DEMO_RECIPE), "--cache", str(cache), "--out", str(run), *resume, *atlas_option,
                   *[a for o in settings for a in ("--set", o)]])
-    if not (export / "encoder.json").is_file():
-        run_step(["export", "--checkpoint", str(final), "--out", str(export)])
-    return export
+    return export_checkpoint(__file__, final, export)
 
 
 def pretraining_record(size: Size, run: Path) -> dict:

@@ -103,7 +103,7 @@ from drasclr_monailabel.ssl.recipe import load_recipe
 from drasclr_monailabel.utils.atomic import write_json, write_text, write_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drasclr_steps import check_reuse, step_runner  # noqa: E402
+from drasclr_steps import check_reuse, export_checkpoint, step_runner  # noqa: E402
 
 run_step = step_runner(__file__)
 
@@ -252,7 +252,7 @@ def train_arms(cache: Path, folder: Path, arms: list[str], overrides: list[str],
         encoders[arm] = pretrain(cache, folder / arm, [*overrides, *TRAINED_ARMS[arm]])
         timings[f"pretrain_{arm}_seed{seed}"] = round(time.perf_counter() - clock, 1)
     encoders["random"] = random_encoder(cache, folder / "random", overrides)
-    encoders["pretrained_training_bn"] = export_checkpoint(folder / "pretrained" / "checkpoints" / "last.pt",
+    encoders["pretrained_training_bn"] = export_checkpoint(__file__, folder / "pretrained" / "checkpoints" / "last.pt",
                                                            folder / "pretrained_training_bn")
     return encoders
 
@@ -372,12 +372,6 @@ def random_encoder(cache: Path, out: Path, overrides: list[str]) -> Path:
         state = {k[len(spec.state_dict_prefix):]: v for k, v in method.network.state_dict().items() if k.startswith(spec.state_dict_prefix)}
         write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
         save_encoder(out, state, {**spec.metadata, "training": {"steps": 0}})
-    return out
-
-
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
-    if not (out / "encoder.json").is_file():
-        run_step(["export", "--checkpoint", str(checkpoint), "--out", str(out)])
     return out
 
 

@@ -187,26 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     patches = heldout_patches(prepare_cohort(cohorts["heldout"]), measured_landmarks(size))
     timings["prepare_heldout"] = round(time.perf_counter() - clock, 1)
 
+    splits = subject_splits(patches.subjects)
+    core = patches.lung_fraction >= LUNG_CORE
     per_seed: dict[str, dict] = {}
     for seed in args.seeds:
         folder = seed_folder(workdir, seed)
         overrides = recipe_overrides(size, args.overrides, seed)
         encoders = train_arms(workdir / "cache", folder, arms, overrides, timings, seed)
-        per_seed[str(seed)] = measure_arms(encoders, patches, folder, seed)
+        per_seed[str(seed)] = measure_arms(encoders, patches, splits, core, folder, seed)
         per_seed[str(seed)]["queue_fill"] = {arm: queue_fill(folder / arm) for arm in arms}
     result = mean_over_seeds(list(per_seed.values()))
     if len(args.seeds) > 1:
         result["std_over_seeds"] = std_over_seeds(list(per_seed.values()))
         result["per_seed"] = per_seed
-    hu_probe = ridge_probe(patches.hu_features, patches.emphysema, subject_splits(patches.subjects), patches.subjects)
-    core = patches.lung_fraction >= LUNG_CORE
+    hu_probe = ridge_probe(patches.hu_features, patches.emphysema, splits, patches.subjects)
     result["probe_r2"]["hu_features"] = hu_probe.pooled["r2"]
     result["within_subject_r"]["hu_features"] = within_subject_r(hu_probe.predictions, patches)
     result["lung_core_probe_r2"]["hu_features"] = lung_core_r2(patches.hu_features, patches, core)
     result["lung_core_probe_r2"]["patches"] = int(core.sum())
-    result["single_hu_feature_probe_r2"] = {name: ridge_probe(TARGETS[name](patches)[:, None], patches.emphysema,
-                                                              subject_splits(patches.subjects), patches.subjects).pooled["r2"]
-                                            for name in ("mean_hu", "laa950")}
+    result["single_hu_feature_probe_r2"] = {name: ridge_probe(TARGETS[name](patches)[:, None], patches.emphysema, splits,
+                                                              patches.subjects).pooled["r2"] for name in ("mean_hu", "laa950")}
     result["retrieval_chance"] = chance_retrieval(patches)
     result["heldout"] = {"subjects": int(len(np.unique(patches.subjects))), "patches": int(len(patches.subjects)),
                          "emphysema_fraction_mean": float(patches.emphysema.mean())}
@@ -257,15 +257,15 @@ def train_arms(cache: Path, folder: Path, arms: list[str], overrides: list[str],
     return encoders
 
 
-def measure_arms(encoders: dict[str, Path], patches: HeldoutPatches, folder: Path, seed: int) -> dict:
-    """Every measure of every arm's encoder on the held-out patches (one seed); saves each arm's
-    embeddings in ``folder``."""
+def measure_arms(encoders: dict[str, Path], patches: HeldoutPatches, splits: list[tuple[np.ndarray, np.ndarray]],
+                 core: np.ndarray, folder: Path, seed: int) -> dict:
+    """Every measure of every arm's encoder on the held-out patches (one seed; ``splits`` the
+    probes' subject folds, ``core`` bool (P,) the patches at least LUNG_CORE lung); saves each
+    arm's embeddings in ``folder``."""
     result: dict = {"retrieval": {}, "retrieval_exact": {}, "retrieval_image_only": {}, "probe_r2": {},
                     "density_probe_r2": {name: {} for name in DENSITY_TARGETS},
                     "pyramid_probe_r2": {name: {} for name in PYRAMID_TARGETS},
                     "within_subject_r": {"h": {}, "pyramid": {}}, "lung_core_probe_r2": {"h": {}, "pyramid": {}}}
-    splits = subject_splits(patches.subjects)
-    core = patches.lung_fraction >= LUNG_CORE
     for arm, encoder in encoders.items():
         embeddings = embed(encoder, patches)
         result["retrieval"][arm], result["retrieval_exact"][arm] = retrieval(embeddings, patches)
